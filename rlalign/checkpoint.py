@@ -1,0 +1,231 @@
+"""Atomic, shape-checked checkpoints of the training state, built on Orbax.
+
+A checkpoint at step N is the directory `<directory>/N/` with two items:
+
+  state/  the training-state pytree (step, params, opt_state, rng, ...) as
+          Orbax StandardSave arrays, restorable with any sharding;
+  data/   a JSON dict, the data iterator position (grain `get_state()`).
+
+Atomicity: Orbax writes a step into `<directory>/N.orbax-checkpoint-tmp`
+and renames it to `N/` only after every item is complete (ATOMIC_RENAME
+mode; on GCS, where renames are slow, Orbax's COMMIT_FILE mode gives the
+same guarantee via a commit marker). Step discovery only accepts finalized
+names, so a crash mid-save leaves nothing that `latest_step`/`restore` would
+pick up; leftover tmp dirs are deleted when the next `Checkpointer` opens
+(in the background, awaited before its first save).
+
+Saves are synchronous: when `save` returns the checkpoint is on disk, so the
+caller may immediately donate or overwrite the state's buffers.
+
+Multi-host: every process must call `save`/`restore` (Orbax synchronises
+them and writes each array shard from the process that holds it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import options as ocp_options
+
+STATE_ITEM = "state"
+DATA_ITEM = "data"
+_MAX_LISTED = 10  # cap on paths listed in a mismatch error
+
+
+def _key_name(key: Any) -> str:
+  """Name of one pytree path entry: dict key, attribute name or index."""
+  for attr in ("key", "name", "idx"):  # DictKey / GetAttrKey / SequenceKey
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """Maps 'a/b/0/c' leaf paths to shapes.
+
+  Paths are normalised to plain names so that the live state (namedtuples,
+  tuples) and Orbax's saved metadata (which stores them as dicts and lists)
+  compare equal when they describe the same arrays.
+  """
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  shapes = {}
+  for path, leaf in flat:
+    shape = getattr(leaf, "shape", None)
+    shapes["/".join(_key_name(k) for k in path)] = tuple(
+        np.shape(leaf) if shape is None else shape
+    )
+  return shapes
+
+
+def _listing(paths: set[str]) -> str:
+  shown = sorted(paths)[:_MAX_LISTED]
+  more = len(paths) - len(shown)
+  return ", ".join(shown) + (f" (+{more} more)" if more else "")
+
+
+class Checkpointer:
+  """Saves and restores (state pytree, data-iterator dict) pairs by step.
+
+  Args:
+    directory: root directory holding one subdirectory per step.
+    save_every: `should_save(step)` is true when step % save_every == 0.
+    max_to_keep: newest checkpoints retained; older ones are deleted after
+      each successful save.
+  """
+
+  def __init__(self, directory: str, *, save_every: int, max_to_keep: int = 2):
+    if save_every < 1:
+      raise ValueError(f"save_every must be >= 1, got {save_every}")
+    if max_to_keep < 1:
+      raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
+    is_remote = "://" in directory
+    self.directory = directory if is_remote else os.path.abspath(directory)
+    self.save_every = save_every
+    # Pin write-to-tmp-then-rename locally rather than trusting Orbax's AUTO
+    # choice; on object stores keep AUTO (COMMIT_FILE), as renames are slow.
+    mode = (
+        ocp_options.AtomicityMode.AUTO
+        if is_remote
+        else ocp_options.AtomicityMode.ATOMIC_RENAME
+    )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
+        atomicity_options=ocp_options.AtomicityOptions(mode=mode),
+        # Delete (possibly large) tmp dirs of saves a crash interrupted; they
+        # are never read, and Orbax only replaces one when re-saving its step.
+        cleanup_tmp_directories=True,
+        enable_async_checkpointing=False,
+        create=True,
+    )
+    # Explicit handlers (not just item names): a fresh manager otherwise
+    # cannot read item metadata before its first save, e.g. when resuming.
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=options,
+        item_handlers={
+            STATE_ITEM: ocp.StandardCheckpointHandler(),
+            DATA_ITEM: ocp.JsonCheckpointHandler(),
+        },
+    )
+
+  def step_dir(self, step: int) -> str:
+    """Directory of a finalized checkpoint (Orbax's default step naming)."""
+    return os.path.join(self.directory, str(step))
+
+  def all_steps(self) -> list[int]:
+    """Finalized checkpoint steps, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    """Newest finalized checkpoint step, or None if there is none."""
+    return self._manager.latest_step()
+
+  def should_save(self, step: int) -> bool:
+    return step % self.save_every == 0
+
+  def save(
+      self,
+      step: int,
+      state: Any,
+      data_state: Mapping[str, Any],
+      *,
+      force: bool = False,
+  ) -> bool:
+    """Saves `state` and `data_state` as checkpoint `step`.
+
+    Returns True if a checkpoint was written: only when `should_save(step)`
+    or `force`, and never over an existing checkpoint for that step (so a
+    final forced save that coincides with a periodic one is a no-op).
+    """
+    if not (force or self.should_save(step)):
+      return False
+    if step in self._manager.all_steps():
+      return False
+    # force=True: the save decision is ours; Orbax's own policy would also
+    # refuse steps below its latest one.
+    return self._manager.save(
+        step,
+        args=ocp.args.Composite(
+            **{
+                STATE_ITEM: ocp.args.StandardSave(state),
+                DATA_ITEM: ocp.args.JsonSave(dict(data_state)),
+            }
+        ),
+        force=True,
+    )
+
+  def restore(
+      self, abstract_state: Any, step: int | None = None
+  ) -> tuple[Any, dict[str, Any]]:
+    """Restores (state, data_state) from `step` (default: latest).
+
+    `abstract_state` is a pytree of jax.ShapeDtypeStruct (e.g. from
+    jax.eval_shape); restored arrays take its structure, dtype and, where
+    given, `.sharding`. Raises FileNotFoundError if the checkpoint does not
+    exist and ValueError if its tree or shapes differ from `abstract_state`.
+    """
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    elif step not in self._manager.all_steps():
+      raise FileNotFoundError(
+          f"no checkpoint for step {step} in {self.directory}; "
+          f"available steps: {self.all_steps()}"
+      )
+    self._check_compatible(step, abstract_state)
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+            **{
+                STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+                DATA_ITEM: ocp.args.JsonRestore(),
+            }
+        ),
+    )
+    return restored[STATE_ITEM], dict(restored[DATA_ITEM])
+
+  def _check_compatible(self, step: int, abstract_state: Any) -> None:
+    """Fails loudly if checkpoint `step` does not match `abstract_state`.
+
+    Without this, a checkpoint of a differently shaped model could be
+    silently padded/truncated or fail deep inside tensorstore.
+    """
+    where = f"checkpoint {self.step_dir(step)}"
+    metadata = self._manager.item_metadata(step)[STATE_ITEM]
+    if metadata is None:
+      raise ValueError(f"{where}: no readable metadata for item {STATE_ITEM!r}")
+    saved = _flat_shapes(metadata)
+    expected = _flat_shapes(abstract_state)
+    missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()
+    if missing or unexpected:
+      raise ValueError(
+          f"{where}: tree structure differs from the expected state; "
+          f"missing from checkpoint: [{_listing(missing)}]; "
+          f"in checkpoint but not expected: [{_listing(unexpected)}]"
+      )
+    mismatches = [
+        f"{where}: {path}: saved shape {saved[path]}, expected {shape}"
+        for path, shape in sorted(expected.items())
+        if saved[path] != shape
+    ]
+    if mismatches:
+      raise ValueError("\n".join(mismatches))
+
+  def wait_until_finished(self) -> None:
+    """Blocks until pending work (none for synchronous saves) is done."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -1,0 +1,283 @@
+"""From a `DataConfig` to fixed-shape numpy batches.
+
+  prepare(cfg)        builds (or reuses) the TFDS dataset under cfg.data_dir.
+  load_split(...)     random-access array_record source of one split.
+  validate_split(...) encodes every record up front, so a bad prompt fails
+                      with its index before any compilation.
+  train_iterator(...) infinite, sharded, shuffled grain iterator whose state
+                      is JSON and resumes exactly (for checkpointing).
+  eval_batches(...)   the whole split once, in order, padded to full batches.
+
+Every batch field has a static shape, so jitted steps never recompile:
+prompts are LEFT-padded `[PAD.., BOS, p1..pn]` (generation continues from the
+last column), answers and demonstrations RIGHT-padded `[a1..am, EOS, PAD..]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Iterator, Mapping
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from rlalign.data import builders
+from rlalign.data.tokenizer import CharTokenizer
+
+TASKS = ("addition", "jsonl")
+_MAX_SEED = 2**32  # grain shuffle seeds must fit in 32 bits.
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  task: str = "addition"          # "addition" | "jsonl"
+  data_dir: str = ""              # TFDS data dir; must be set (non-empty) by the caller
+  max_prompt_len: int = 12        # tokens incl. BOS
+  max_answer_len: int = 6         # tokens incl. EOS
+  seed: int = 0
+  max_digits: int = 3             # addition only
+  carry_drop: float = 0.7         # addition only
+  num_train: int = 50_000         # addition only
+  num_test: int = 512             # addition only
+  train_path: str = ""            # jsonl only
+  test_path: str = ""             # jsonl only
+
+  def validate(self) -> None:
+    """Raises ValueError naming the first bad field."""
+    if self.task not in TASKS:
+      raise ValueError(f"data.task must be one of {TASKS}, got {self.task!r}")
+    if not self.data_dir:
+      raise ValueError("data.data_dir must be set (the TFDS data directory)")
+    if self.max_prompt_len < 2:
+      raise ValueError(
+          "data.max_prompt_len must be >= 2 (BOS plus one token), got"
+          f" {self.max_prompt_len}"
+      )
+    if self.max_answer_len < 1:
+      raise ValueError(
+          f"data.max_answer_len must be positive, got {self.max_answer_len}"
+      )
+    if not 0 <= self.seed < _MAX_SEED:
+      raise ValueError(f"data.seed must be in [0, 2**32), got {self.seed}")
+    if self.task == "addition":
+      self._validate_addition()
+    elif not self.train_path:
+      raise ValueError("data.train_path is required when data.task='jsonl'")
+
+  def _validate_addition(self) -> None:
+    if self.max_digits < 1:
+      raise ValueError(f"data.max_digits must be >= 1, got {self.max_digits}")
+    if not 0.0 <= self.carry_drop <= 1.0:
+      raise ValueError(
+          f"data.carry_drop must be in [0, 1], got {self.carry_drop}"
+      )
+    for name in ("num_train", "num_test"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
+    # Catch too-short lengths here rather than after building the dataset.
+    prompt_need = 2 * self.max_digits + 3  # BOS, a, "+", b, "="
+    answer_need = self.max_digits + 2  # one extra carry digit, EOS
+    if self.max_prompt_len < prompt_need:
+      raise ValueError(
+          f"data.max_prompt_len={self.max_prompt_len} is too small for"
+          f" data.max_digits={self.max_digits}: prompts need up to"
+          f" {prompt_need} tokens"
+      )
+    if self.max_answer_len < answer_need:
+      raise ValueError(
+          f"data.max_answer_len={self.max_answer_len} is too small for"
+          f" data.max_digits={self.max_digits}: answers need up to"
+          f" {answer_need} tokens"
+      )
+
+
+def _make_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
+  if cfg.task == "addition":
+    builder_cls = builders.AdditionPrompts
+    config = builders.AdditionConfig.create(
+        max_digits=cfg.max_digits,
+        carry_drop=cfg.carry_drop,
+        num_train=cfg.num_train,
+        num_test=cfg.num_test,
+        seed=cfg.seed,
+    )
+  else:
+    builder_cls = builders.JsonlPrompts
+    config = builders.JsonlConfig.create(cfg.train_path, cfg.test_path)
+  return builder_cls(
+      config=config, data_dir=cfg.data_dir, file_format="array_record"
+  )
+
+
+def prepare(cfg: DataConfig) -> tfds.core.DatasetBuilder:
+  """Builds the dataset for `cfg` unless already built; returns the builder."""
+  cfg.validate()
+  builder = _make_builder(cfg)
+  # try_download_gcs=False: never look for a prebuilt copy on the network.
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+  )
+  return builder
+
+
+def load_split(cfg: DataConfig, split: str):
+  """Random-access source of `split`; records are dicts of bytes."""
+  builder = prepare(cfg)
+  available = sorted(builder.info.splits.keys())
+  if split not in available:
+    raise ValueError(
+        f"split {split!r} does not exist for data.task={cfg.task!r};"
+        f" available: {available}"
+        + (" (set data.test_path for a test split)" if cfg.task == "jsonl" else "")
+    )
+  return builder.as_data_source(split=split)
+
+
+def _text(example: Mapping[str, Any], key: str) -> str:
+  value = example.get(key, "")
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _right_padded(
+    text: str, field: str, tokenizer: CharTokenizer, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """`[t1..tm, EOS, PAD..]`, or all PAD if `text` is empty (no reference)."""
+  tokens = np.full(length, tokenizer.pad_id, np.int32)
+  if not text:
+    return tokens, np.zeros(length, bool)
+  ids = tokenizer.encode(text) + [tokenizer.eos_id]
+  if len(ids) > length:
+    raise ValueError(
+        f"{field} needs {len(ids)} tokens (incl. EOS) but"
+        f" data.max_answer_len={length}: {text!r}"
+    )
+  tokens[: len(ids)] = ids
+  return tokens, np.arange(length) < len(ids)
+
+
+def encode_example(
+    example: Mapping[str, Any], tokenizer: CharTokenizer, cfg: DataConfig
+) -> dict[str, np.ndarray]:
+  """Tokenizes one record into fixed-length arrays (see module docstring)."""
+  prompt = _text(example, "prompt")
+  if not prompt:
+    raise ValueError("prompt is empty")
+  length = cfg.max_prompt_len
+  ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+  if len(ids) > length:
+    raise ValueError(
+        f"prompt needs {len(ids)} tokens (incl. BOS) but"
+        f" data.max_prompt_len={length}: {prompt!r}"
+    )
+  prompt_tokens = np.full(length, tokenizer.pad_id, np.int32)
+  prompt_tokens[length - len(ids) :] = ids
+  answer_tokens, answer_mask = _right_padded(
+      _text(example, "answer"), "answer", tokenizer, cfg.max_answer_len
+  )
+  demo_tokens, demo_mask = _right_padded(
+      _text(example, "demonstration"),
+      "demonstration",
+      tokenizer,
+      cfg.max_answer_len,
+  )
+  return {
+      "prompt_tokens": prompt_tokens,
+      "prompt_mask": np.arange(length) >= length - len(ids),
+      "answer_tokens": answer_tokens,
+      "answer_mask": answer_mask,
+      "demo_tokens": demo_tokens,
+      "demo_mask": demo_mask,
+  }
+
+
+def _read_all(source, chunk_size: int = 4096):
+  """Yields every record in order, reading in chunks where supported."""
+  # Batched reads of an array_record source are ~5x faster than one by one.
+  get_many = getattr(source, "__getitems__", None)
+  for start in range(0, len(source), chunk_size):
+    indices = range(start, min(start + chunk_size, len(source)))
+    yield from get_many(list(indices)) if get_many else (source[i] for i in indices)
+
+
+def _encode_all(
+    source, tokenizer: CharTokenizer, cfg: DataConfig, split_name: str
+) -> Iterator[dict[str, np.ndarray]]:
+  """Encodes every record in order; errors name the split and record index."""
+  if len(source) == 0:
+    raise ValueError(f"{split_name} split is empty")
+  for index, example in enumerate(_read_all(source)):
+    try:
+      yield encode_example(example, tokenizer, cfg)
+    except ValueError as e:
+      raise ValueError(f"{split_name} split, record {index}: {e}") from None
+
+
+def validate_split(
+    source, tokenizer: CharTokenizer, cfg: DataConfig, split_name: str
+) -> None:
+  """Raises ValueError (naming split and record index) if any record is bad."""
+  for _ in _encode_all(source, tokenizer, cfg, split_name):
+    pass
+
+
+def train_iterator(
+    cfg: DataConfig,
+    tokenizer: CharTokenizer,
+    batch_size: int,
+    *,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    seed: int | None = None,
+) -> grain.DatasetIterator:
+  """Endless shuffled batches of this shard's train records.
+
+  Each shard (e.g. host) reads the disjoint records `shard_index::shard_count`
+  and reshuffles them every epoch. `get_state()` is a small JSON-able dict;
+  `set_state()` on a fresh iterator resumes exactly.
+  """
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(
+        f"need 0 <= shard_index < shard_count, got {shard_index=},"
+        f" {shard_count=}"
+    )
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  seed = cfg.seed if seed is None else seed
+  ds = grain.MapDataset.source(load_split(cfg, "train"))
+  ds = ds[shard_index::shard_count]
+  if len(ds) == 0:
+    raise ValueError(
+        f"train shard {shard_index} of {shard_count} has no records"
+    )
+  encode = functools.partial(encode_example, tokenizer=tokenizer, cfg=cfg)
+  ds = (
+      ds.shuffle(seed=seed)
+      .repeat(None)
+      .map(encode)
+      .batch(batch_size, drop_remainder=True)
+  )
+  return iter(ds.to_iter_dataset())
+
+
+def eval_batches(
+    cfg: DataConfig, tokenizer: CharTokenizer, split: str, batch_size: int
+) -> list[dict[str, np.ndarray]]:
+  """The whole split, in order, once, as `batch_size` batches.
+
+  The last batch is filled by repeating its final row, so shapes stay fixed;
+  `valid` marks the real rows.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  rows = list(_encode_all(load_split(cfg, split), tokenizer, cfg, split))
+  batches = []
+  for start in range(0, len(rows), batch_size):
+    chunk = rows[start : start + batch_size]
+    num_valid = len(chunk)
+    chunk = chunk + [chunk[-1]] * (batch_size - num_valid)
+    batch = {k: np.stack([row[k] for row in chunk]) for k in chunk[0]}
+    batch["valid"] = np.arange(batch_size) < num_valid
+    batches.append(batch)
+  return batches

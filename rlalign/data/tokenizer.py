@@ -1,0 +1,100 @@
+"""Character-level tokenizers for the toy tasks.
+
+Ids 0..2 are the special tokens PAD, BOS and EOS; every alphabet character
+gets the next id in alphabet order. A character tokenizer keeps the tasks
+self-contained (no vocabulary files to download) and makes every id easy to
+read when debugging samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:  # Avoids an import cycle: pipeline imports this module.
+  from rlalign.data.pipeline import DataConfig
+
+PAD_ID = 0
+BOS_ID = 1
+EOS_ID = 2
+_NUM_SPECIAL = 3
+
+ADDITION_ALPHABET = "0123456789+="
+# Printable ASCII (space to "~") plus newline, for free-form JSONL prompts.
+ASCII_ALPHABET = "".join(chr(c) for c in range(32, 127)) + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class CharTokenizer:
+  """Maps each character of `alphabet` to one id; see the module docstring."""
+
+  alphabet: str
+  _char_to_id: dict[str, int] = dataclasses.field(
+      init=False, repr=False, compare=False
+  )
+
+  def __post_init__(self):
+    if not self.alphabet:
+      raise ValueError("CharTokenizer alphabet must not be empty")
+    duplicates = sorted({c for c in self.alphabet if self.alphabet.count(c) > 1})
+    if duplicates:
+      raise ValueError(
+          f"CharTokenizer alphabet has duplicate characters: {duplicates}"
+      )
+    # Frozen dataclass: set the derived lookup table once, here.
+    object.__setattr__(
+        self,
+        "_char_to_id",
+        {c: i + _NUM_SPECIAL for i, c in enumerate(self.alphabet)},
+    )
+
+  @property
+  def pad_id(self) -> int:
+    return PAD_ID
+
+  @property
+  def bos_id(self) -> int:
+    return BOS_ID
+
+  @property
+  def eos_id(self) -> int:
+    return EOS_ID
+
+  @property
+  def vocab_size(self) -> int:
+    return _NUM_SPECIAL + len(self.alphabet)
+
+  def encode(self, text: str) -> list[int]:
+    """Returns one id per character; no BOS/EOS are added."""
+    try:
+      return [self._char_to_id[c] for c in text]
+    except KeyError as e:
+      raise ValueError(
+          f"character {e.args[0]!r} is not in the tokenizer alphabet"
+          f" {self.alphabet!r} (text: {text!r})"
+      ) from None
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Inverse of `encode`: stops at the first EOS, skips PAD and BOS."""
+    chars = []
+    for token in ids:
+      token = int(token)
+      if token == EOS_ID:
+        break
+      if token in (PAD_ID, BOS_ID):
+        continue
+      if not _NUM_SPECIAL <= token < self.vocab_size:
+        raise ValueError(
+            f"token id {token} is outside the vocabulary [0, {self.vocab_size})"
+        )
+      chars.append(self.alphabet[token - _NUM_SPECIAL])
+    return "".join(chars)
+
+
+def tokenizer_for(cfg: DataConfig) -> CharTokenizer:
+  """The tokenizer matching `cfg.task`."""
+  if cfg.task == "addition":
+    return CharTokenizer(ADDITION_ALPHABET)
+  if cfg.task == "jsonl":
+    return CharTokenizer(ASCII_ALPHABET)
+  raise ValueError(f"no tokenizer for data.task={cfg.task!r}")

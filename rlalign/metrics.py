@@ -1,0 +1,273 @@
+"""Scalar metric logging: JSONL + TensorBoard, plotting, and a progress bar.
+
+`MetricsWriter` is the single sink the trainer writes to. Every call to
+`write` appends one JSON object to `<workdir>/metrics.jsonl` (the format that
+scripts and tests read back with `read_jsonl`) and logs the same scalars to
+TensorBoard event files under `<workdir>/tensorboard/`. Both are flushed on
+every write so a crash loses at most the record being written.
+
+Resuming: a run restarted from a checkpoint at step S re-executes steps > S,
+so `MetricsWriter(..., resume_step=S)` drops JSONL records with step > S and
+asks TensorBoard to purge events after S. The resumed run thus has exactly one
+record per step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+METRICS_FILENAME = "metrics.jsonl"
+TENSORBOARD_DIRNAME = "tensorboard"
+
+
+def _to_float(name: str, value: Any) -> float:
+  """Converts a Python/NumPy/JAX scalar to float; rejects non-scalars."""
+  # np.asarray also pulls 0-d jax.Arrays to host without importing jax here.
+  array = np.asarray(value)
+  if array.ndim != 0:
+    raise ValueError(
+        f"metric {name!r} must be a scalar, got shape {array.shape}"
+    )
+  return float(array)
+
+
+def _json_float(value: float) -> float | None:
+  # Bare NaN/Infinity are not valid JSON; null keeps the file parseable by
+  # any JSON reader.
+  return value if math.isfinite(value) else None
+
+
+def _atomic_write(path: str, write_fn, *, suffix: str = "") -> None:
+  """Calls write_fn(file) on a temp file next to `path`, then renames it.
+
+  os.replace within one directory is atomic, so readers see either the old
+  or the new file, never a half-written one.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp_path = tempfile.mkstemp(
+      dir=directory, prefix=f".{os.path.basename(path)}.", suffix=suffix
+  )
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write_fn(f)
+    os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; match a normal file.
+    os.replace(tmp_path, path)
+  except BaseException:
+    if os.path.exists(tmp_path):
+      os.remove(tmp_path)
+    raise
+
+
+def _parse_lines(path: str) -> list[dict[str, Any]]:
+  """Parses a JSONL file, tolerating a truncated final line.
+
+  A crash in the middle of a write can leave a partial last line; that record
+  is lost anyway, so it is skipped. Corruption anywhere else is an error.
+  """
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  records = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      if i == len(lines) - 1:
+        continue
+      raise ValueError(
+          f"{path}:{i + 1}: invalid JSON line: {line[:80]!r}"
+      ) from None
+    if not isinstance(record, dict) or "step" not in record:
+      raise ValueError(f"{path}:{i + 1}: expected an object with a 'step'")
+    records.append(record)
+  return records
+
+
+def _ends_with_newline(path: str) -> bool:
+  with open(path, "rb") as f:
+    if f.seek(0, os.SEEK_END) == 0:
+      return True  # empty file
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b"\n"
+
+
+class MetricsWriter:
+  """Writes scalar metrics to metrics.jsonl and TensorBoard under `workdir`.
+
+  Args:
+    workdir: run directory; created if missing.
+    resume_step: when resuming from a checkpoint at this step, records with a
+      larger step (written by the interrupted run) are dropped.
+    enabled: False on non-zero processes of a multi-host run, so only one
+      process writes; all methods then do nothing.
+  """
+
+  def __init__(
+      self,
+      workdir: str,
+      *,
+      resume_step: int | None = None,
+      enabled: bool = True,
+  ):
+    self.enabled = enabled
+    self.jsonl_path = os.path.join(workdir, METRICS_FILENAME)
+    self.tensorboard_dir = os.path.join(workdir, TENSORBOARD_DIRNAME)
+    self._file = None
+    self._tb = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(self.jsonl_path) and (
+        resume_step is not None or not _ends_with_newline(self.jsonl_path)
+    ):
+      # Also rewrite when a crash left a partial last line: appending to it
+      # would corrupt the next record.
+      self._rewrite(keep_through=resume_step)
+    self._file = open(self.jsonl_path, "a", encoding="utf-8")
+
+    # Imported lazily: disabled writers (most processes) never need it.
+    from tensorboardX import SummaryWriter
+
+    self._tb = SummaryWriter(
+        logdir=self.tensorboard_dir,
+        # TensorBoard hides events with step >= purge_step from earlier event
+        # files, mirroring the JSONL truncation.
+        purge_step=None if resume_step is None else resume_step + 1,
+        # Event file names only carry the time in whole seconds and the host,
+        # and tensorboardX opens them with "wb": a restart within the same
+        # second would truncate the previous run's events without this.
+        filename_suffix=f".{uuid.uuid4().hex[:8]}",
+    )
+
+  def _rewrite(self, keep_through: int | None) -> None:
+    """Atomically rewrites the JSONL, keeping records with step <= keep_through."""
+    kept = [
+        r
+        for r in _parse_lines(self.jsonl_path)
+        if keep_through is None or r["step"] <= keep_through
+    ]
+    payload = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
+    _atomic_write(self.jsonl_path, lambda f: f.write(payload.encode("utf-8")))
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    """Logs `metrics` (name -> scalar float/np/jax value) at `step`."""
+    if not self.enabled:
+      return
+    if self._file is None:
+      raise RuntimeError("MetricsWriter.write called after close()")
+    if "step" in metrics:
+      raise ValueError("'step' is reserved; pass it as the step argument")
+    step = int(step)
+    values = {name: _to_float(name, v) for name, v in metrics.items()}
+
+    record = {"step": step}
+    record.update({k: _json_float(v) for k, v in values.items()})
+    # allow_nan=False guards the invariant that every line is strict JSON.
+    self._file.write(json.dumps(record, allow_nan=False) + "\n")
+    self._file.flush()
+
+    for name, value in values.items():
+      self._tb.add_scalar(name, value, global_step=step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    """Flushes and closes both sinks. Safe to call more than once."""
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+  def __enter__(self) -> "MetricsWriter":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+  """Reads a metrics.jsonl file back, one record per step, sorted by step.
+
+  If a step appears more than once (e.g. a resumed run that did not truncate)
+  the last record wins. Non-finite values, stored as null, come back as NaN
+  so every metric value is a float.
+  """
+  by_step: dict[int, dict[str, Any]] = {}
+  for record in _parse_lines(path):
+    by_step[record["step"]] = {
+        k: (float("nan") if v is None else v) for k, v in record.items()
+    }
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def plot_curves(
+    jsonl_path: str,
+    png_path: str,
+    keys: Sequence[str] | None = None,
+    title: str = "",
+) -> str:
+  """Plots metrics from `jsonl_path` into a PNG grid (one subplot per key).
+
+  Keys default to every metric in the file; requested keys absent from every
+  record are skipped. Returns `png_path`. Raises ValueError if nothing is
+  left to plot.
+  """
+  # Figure + Agg canvas directly (no pyplot): never touches a display or the
+  # global matplotlib backend of the calling process.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  records = read_jsonl(jsonl_path)
+  present: dict[str, None] = {}  # ordered set, in first-seen order
+  for record in records:
+    present.update(dict.fromkeys(k for k in record if k != "step"))
+  keys = [k for k in (present if keys is None else keys) if k in present]
+  if not keys:
+    raise ValueError(f"nothing to plot in {jsonl_path}")
+
+  ncols = min(3, len(keys))
+  nrows = math.ceil(len(keys) / ncols)
+  fig = Figure(figsize=(4.5 * ncols, 3.2 * nrows), layout="constrained")
+  FigureCanvasAgg(fig)  # attaches a headless (Agg) canvas to fig
+  for i, key in enumerate(keys):
+    ax = fig.add_subplot(nrows, ncols, i + 1)
+    points = [(r["step"], r[key]) for r in records if key in r]
+    steps, values = zip(*points)
+    # A marker keeps single-point series (and isolated points between NaN
+    # gaps) visible.
+    ax.plot(steps, values, marker="." if len(points) < 50 else None)
+    ax.set_title(key)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title)
+
+  os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+  _atomic_write(png_path, lambda f: fig.savefig(f, format="png"), suffix=".png")
+  return png_path
+
+
+def progress(total: int, initial: int = 0, desc: str = "", *, enabled: bool = True):
+  """Returns a tqdm bar on stderr; call .update(n) and .set_postfix(...)."""
+  # Plain tqdm, not tqdm.auto: always a text bar on stderr, even in notebooks.
+  from tqdm import tqdm
+
+  return tqdm(
+      total=total,
+      initial=initial,
+      desc=desc,
+      dynamic_ncols=True,
+      file=sys.stderr,
+      disable=not enabled,
+  )

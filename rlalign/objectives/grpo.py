@@ -1,0 +1,77 @@
+"""GRPO: group-relative policy optimisation (Shao et al. 2024, DeepSeekMath).
+
+Per token: -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A) + beta KL - c_ent H, where rho is
+the importance ratio pi_theta/pi_old and A the sequence's advantage. Setting clip_eps_high
+above clip_eps gives DAPO's clip-higher; kl_coef=0 drops the reference model entirely.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+from rlalign.objectives import base, kl
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  clip_eps: float = 0.2
+  clip_eps_high: Optional[float] = None  # None: the same as clip_eps
+  kl_coef: float = 0.0
+  kl_estimator: str = "k3"
+  entropy_coef: float = 0.0
+  aggregation: str = "token"  # "token" or "sequence"
+
+  def validate(self, prefix: str = "objective") -> None:
+    if self.clip_eps <= 0:
+      raise ValueError(f"{prefix}.clip_eps must be positive, got {self.clip_eps}")
+    if self.clip_eps_high is not None and self.clip_eps_high <= 0:
+      raise ValueError(f"{prefix}.clip_eps_high must be positive, got {self.clip_eps_high}")
+    if self.kl_coef < 0:
+      raise ValueError(f"{prefix}.kl_coef must be >= 0, got {self.kl_coef}")
+    if self.kl_estimator not in kl.ESTIMATORS:
+      raise ValueError(f"{prefix}.kl_estimator must be one of {sorted(kl.ESTIMATORS)}, "
+                       f"got {self.kl_estimator!r}")
+    if self.aggregation not in base.AGGREGATIONS:
+      raise ValueError(f"{prefix}.aggregation must be one of {base.AGGREGATIONS}, "
+                       f"got {self.aggregation!r}")
+
+
+def clipped_surrogate(log_ratio: jax.Array, advantages: jax.Array, eps_low: float,
+                      eps_high: float):
+  """Per-token clipped policy-gradient loss and where the clip removed the gradient."""
+  ratio = jnp.exp(log_ratio)
+  unclipped = ratio * advantages
+  clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages
+  loss = -jnp.minimum(unclipped, clipped)
+  was_clipped = (((ratio > 1.0 + eps_high) & (advantages > 0))
+                 | ((ratio < 1.0 - eps_low) & (advantages < 0)))
+  return loss, was_clipped
+
+
+def grpo_loss(hp: GRPOConfig, policy: base.PolicyOutputs, batch: Mapping[str, jax.Array]):
+  mask = batch["mask"]
+  advantages = batch["advantages"][:, None]
+  eps_high = hp.clip_eps if hp.clip_eps_high is None else hp.clip_eps_high
+  pg, was_clipped = clipped_surrogate(policy.logprobs - batch["old_logprobs"], advantages,
+                                      hp.clip_eps, eps_high)
+  per_token = pg - hp.entropy_coef * policy.entropy
+  kl_tokens = kl.estimate(hp.kl_estimator, policy.logprobs, batch["ref_logprobs"])
+  if hp.kl_coef:
+    per_token = per_token + hp.kl_coef * kl_tokens
+  loss = base.aggregate(per_token, mask, hp.aggregation)
+  mean = lambda x: base.aggregate(x.astype(jnp.float32), mask, "token")
+  metrics = {
+      "pg_loss": mean(pg),
+      "kl": mean(kl_tokens),
+      "entropy": mean(policy.entropy),
+      "clip_frac": mean(was_clipped),
+  }
+  return loss, metrics
+
+
+OBJECTIVE = base.register(base.Objective(
+    name="grpo", hparams=GRPOConfig, loss_fn=grpo_loss,
+    needs_reference=lambda hp: hp.kl_coef > 0))

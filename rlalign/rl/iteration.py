@@ -1,0 +1,220 @@
+"""One RL iteration, built from small pure parts.
+
+  rollout(params, batch, rng)            sample G completions per prompt, in-graph
+  score(rollouts)                        every in-graph reward, per source
+  learn(state, rollouts, scores, rng)    advantages, reference log-probs, then epochs x
+                                         minibatches of objective gradients
+
+:func:`make_rl_step` composes them into ``step(state, batch, rng) -> (state, metrics)``. When
+every reward is in-graph the composition is one jitted program with the state donated; with a
+host reward the step splits into jitted ``rollout`` and ``learn`` around the Python call.
+Algorithms differ in the objective, the advantage estimator and the rewards, never here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rlalign.models import transformer as tfm
+from rlalign.objectives import advantages as adv_lib
+from rlalign.objectives import base as obj_base
+from rlalign.rewards import base as reward_base
+from rlalign.rl import state as state_lib
+from rlalign.sampling import sampler
+
+Batch = Mapping[str, jax.Array]
+Metrics = Dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+  batch_size: int = 256  # rollouts per iteration: prompts_per_step * group_size
+  group_size: int = 8
+  epochs: int = 1
+  minibatches: int = 1
+  advantage: str = "group_norm"
+  rewards: Tuple[Tuple[str, float], ...] = (("exact_match", 1.0),)
+
+  @property
+  def prompts_per_step(self) -> int:
+    return self.batch_size // self.group_size
+
+  def validate(self, prefix: str = "rl") -> None:
+    for name in ("batch_size", "group_size", "epochs", "minibatches"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{prefix}.{name} must be positive, got {getattr(self, name)}")
+    if self.group_size < 2:
+      raise ValueError(f"{prefix}.group_size must be >= 2 for group-relative advantages, "
+                       f"got {self.group_size}")
+    if self.batch_size % self.group_size:
+      raise ValueError(f"{prefix}.batch_size ({self.batch_size}) must be a multiple of "
+                       f"{prefix}.group_size ({self.group_size}): each prompt is sampled "
+                       f"group_size times")
+    if self.batch_size % self.minibatches:
+      raise ValueError(f"{prefix}.minibatches ({self.minibatches}) must divide "
+                       f"{prefix}.batch_size ({self.batch_size})")
+    adv_lib.get(self.advantage)
+    if not self.rewards:
+      raise ValueError(f"{prefix}.rewards must name at least one reward")
+    for name, _ in self.rewards:
+      reward_base.get(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class IterationSpec:
+  """Everything static about the iteration, bound once with functools.partial."""
+  model: tfm.ModelConfig
+  sampling: sampler.SamplingConfig
+  rl: RLConfig
+  objective: obj_base.Objective
+  hparams: Any
+  optimizer: optax.GradientTransformation
+  pad_id: int = 0
+
+  @property
+  def rewards(self) -> Tuple[reward_base.Reward, ...]:
+    return tuple(reward_base.get(name) for name, _ in self.rl.rewards)
+
+  @property
+  def fused(self) -> bool:
+    return all(r.in_graph for r in self.rewards)
+
+
+def rollout(params, batch: Batch, rng: jax.Array, spec: IterationSpec) -> Dict[str, jax.Array]:
+  """Samples ``group_size`` completions of every prompt; each group is contiguous."""
+  G = spec.rl.group_size
+  repeat = lambda x: jnp.repeat(x, G, axis=0)
+  prompt_tokens, prompt_mask = repeat(batch["prompt_tokens"]), repeat(batch["prompt_mask"])
+  out = sampler.sample(params, prompt_tokens, prompt_mask, rng, spec.model, spec.sampling,
+                       spec.pad_id)
+  stop = jnp.asarray(spec.sampling.stop_tokens or (-1,), jnp.int32)
+  return {
+      "prompt_tokens": prompt_tokens,
+      "prompt_mask": prompt_mask,
+      "completion_tokens": out.tokens,
+      "completion_mask": out.mask,
+      "completion_stopped": jnp.any(jnp.isin(out.tokens, stop) & out.mask, axis=1),
+      "logprobs": out.logprobs,
+      "answer_tokens": repeat(batch["answer_tokens"]),
+      "answer_mask": repeat(batch["answer_mask"]),
+  }
+
+
+def completion_outputs(params, prompt_tokens, prompt_mask, completion_tokens, completion_mask,
+                       model_cfg: tfm.ModelConfig) -> obj_base.PolicyOutputs:
+  """Per-token log-probs and entropies of the completion under ``params``, [B, N]."""
+  P = prompt_tokens.shape[1]
+  tokens = jnp.concatenate([prompt_tokens, completion_tokens], axis=1)
+  mask = jnp.concatenate([prompt_mask, completion_mask], axis=1)
+  logprobs, entropy = tfm.token_logprobs(params, tokens, mask, model_cfg, with_entropy=True)
+  return obj_base.PolicyOutputs(logprobs[:, P - 1:], entropy[:, P - 1:])
+
+
+def score(rollouts: Batch, spec: IterationSpec) -> Dict[str, jax.Array]:
+  return reward_base.score_in_graph(spec.rewards, rollouts)
+
+
+def learn(state: state_lib.TrainState, rollouts: Batch, scores: Mapping[str, jax.Array],
+          rng: jax.Array, frozen: Mapping[str, Any], spec: IterationSpec
+          ) -> Tuple[state_lib.TrainState, Metrics]:
+  """Advantages, reference log-probs and ``epochs x minibatches`` optimizer updates."""
+  rl = spec.rl
+  total = reward_base.combine(rl.rewards, scores)
+  advantages = adv_lib.get(rl.advantage)(total, rl.group_size)
+  mask = rollouts["completion_mask"]
+  data = {
+      "prompt_tokens": rollouts["prompt_tokens"],
+      "prompt_mask": rollouts["prompt_mask"],
+      "completion_tokens": rollouts["completion_tokens"],
+      "mask": mask,
+      "old_logprobs": rollouts["logprobs"],
+      "advantages": advantages,
+  }
+  if spec.objective.needs_reference(spec.hparams):
+    ref = completion_outputs(frozen["reference"], rollouts["prompt_tokens"],
+                             rollouts["prompt_mask"], rollouts["completion_tokens"], mask,
+                             spec.model)
+    data["ref_logprobs"] = jax.lax.stop_gradient(ref.logprobs)
+  else:
+    data["ref_logprobs"] = data["old_logprobs"]
+
+  def loss_fn(params, mb):
+    policy = completion_outputs(params, mb["prompt_tokens"], mb["prompt_mask"],
+                                mb["completion_tokens"], mb["mask"], spec.model)
+    return spec.objective.loss_fn(spec.hparams, policy, mb)
+
+  B = rl.batch_size
+  mb_size = B // rl.minibatches
+  orders = jnp.stack([jax.random.permutation(jax.random.fold_in(rng, e), B)
+                      for e in range(rl.epochs)])
+  orders = orders.reshape(rl.epochs * rl.minibatches, mb_size)
+
+  def update(st, idx):
+    mb = jax.tree.map(lambda x: x[idx], data)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(st["params"], mb)
+    st = state_lib.apply_gradients(st, grads, spec.optimizer)
+    return st, {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+
+  state, update_metrics = jax.lax.scan(update, state, orders)
+  state = {**state, "step": state["step"] + 1}
+
+  lengths = mask.sum(axis=1).astype(jnp.float32)
+  metrics = {k: v.mean() for k, v in update_metrics.items()}
+  metrics.update({
+      "reward": total.mean(),
+      "response_length": lengths.mean(),
+      "zero_variance_groups": adv_lib.zero_variance_fraction(total, rl.group_size),
+      "completed": rollouts["completion_stopped"].astype(jnp.float32).mean(),
+  })
+  for name, value in scores.items():
+    metrics[f"reward/{name}"] = value.mean()
+  if "exact_match" in scores:
+    metrics["accuracy"] = scores["exact_match"].mean()
+  return state, metrics
+
+
+def rl_step(state, batch, rng, frozen, spec: IterationSpec):
+  """The fused iteration: sample, score, advantages and updates in one program."""
+  rng = jax.random.fold_in(rng, state["step"])
+  sample_rng, learn_rng = jax.random.split(rng)
+  rollouts = rollout(state["params"], batch, sample_rng, spec)
+  return learn(state, rollouts, score(rollouts, spec), learn_rng, frozen, spec)
+
+
+def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], str]] = None
+                 ) -> Callable:
+  """Returns ``step(state, batch, rng, frozen) -> (state, metrics)``.
+
+  ``decode`` turns one row of token ids into text; it is needed only for host rewards.
+  """
+  if spec.fused:
+    return jax.jit(functools.partial(rl_step, spec=spec), donate_argnums=(0,))
+  if decode is None:
+    raise ValueError("host rewards need a tokenizer to decode completions")
+
+  def split_rng(rng, step):
+    return jax.random.split(jax.random.fold_in(rng, step))
+
+  sample_jit = jax.jit(lambda params, batch, rng: rollout(params, batch, rng, spec))
+  score_jit = jax.jit(functools.partial(score, spec=spec))
+  learn_jit = jax.jit(functools.partial(learn, spec=spec), donate_argnums=(0,))
+
+  def step(state, batch, rng, frozen):
+    sample_rng, learn_rng = split_rng(rng, state["step"])
+    rollouts = sample_jit(state["params"], batch, sample_rng)
+    scores = dict(score_jit(rollouts))
+    host = jax.device_get({k: rollouts[k] for k in
+                           ("prompt_tokens", "completion_tokens", "answer_tokens")})
+    texts = {k: [decode(row) for row in v] for k, v in host.items()}
+    host_scores = reward_base.score_host(spec.rewards, texts["prompt_tokens"],
+                                         texts["completion_tokens"], texts["answer_tokens"])
+    scores.update({k: jnp.asarray(v) for k, v in host_scores.items()})
+    return learn_jit(state, rollouts, scores, learn_rng, frozen)
+
+  return step

@@ -1,0 +1,215 @@
+"""The experiment driver: data, warm start, RL, evaluation, checkpoints and metrics.
+
+A run is two phases over one workdir, each resumable on its own:
+
+  warm start   supervised steps on demonstrations   <workdir>/checkpoints/warm_start
+  RL           ``rl.steps`` RL iterations            <workdir>/checkpoints/rl
+
+The reference policy is the warm start's result. Metrics share one global step axis (warm-start
+steps first) in ``metrics.jsonl`` and TensorBoard; ``curves.png`` and ``summary.json`` are
+written at the end. Calling :func:`train` again on the same workdir resumes where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlalign import checkpoint as ckpt_lib
+from rlalign import metrics as metrics_lib
+from rlalign.config import ExperimentConfig, to_dict
+from rlalign.data import pipeline, tokenizer as tok_lib
+from rlalign.models import transformer as tfm
+from rlalign.objectives import base as obj_base
+from rlalign.rl import evaluation, iteration, supervised
+from rlalign.rl import state as state_lib
+
+PLOT_KEYS = ("eval/pass@1_greedy", "eval/pass@1_sampled", "reward", "accuracy", "kl", "entropy",
+             "response_length", "clip_frac", "zero_variance_groups", "warm_start/nll")
+
+
+def _check_fits(cfg: ExperimentConfig, tokenizer: tok_lib.CharTokenizer) -> None:
+  if cfg.model.vocab_size < tokenizer.vocab_size:
+    raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the "
+                     f"tokenizer's vocabulary ({tokenizer.vocab_size}) for data.task="
+                     f"{cfg.data.task!r}")
+  if cfg.sampling.max_new_tokens < cfg.data.max_answer_len:
+    raise ValueError(f"sampling.max_new_tokens ({cfg.sampling.max_new_tokens}) must be >= "
+                     f"data.max_answer_len ({cfg.data.max_answer_len}) or no answer can match")
+
+
+def _with_stop_token(cfg: ExperimentConfig, eos_id: int) -> ExperimentConfig:
+  stops = cfg.sampling.stop_tokens
+  if eos_id in stops:
+    return cfg
+  return dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling,
+                                                               stop_tokens=stops + (eos_id,)))
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+@dataclasses.dataclass
+class Phase:
+  """One resumable loop of ``step(state, batch, rng, frozen) -> (state, metrics)``."""
+  name: str
+  step_fn: Callable
+  num_steps: int
+  step_offset: int  # added to the phase's step on the shared metrics axis
+  tokens_per_step: Callable[[Mapping[str, float]], float]
+  checkpoint_every: int
+  log_every: int
+  eval_every: int = 0
+  evaluate: Optional[Callable[[Any], Dict[str, float]]] = None
+  metric_prefix: str = ""
+
+
+def run_phase(phase: Phase, state, data_iter, rng: jax.Array, frozen: Mapping[str, Any],
+              checkpointer: ckpt_lib.Checkpointer, writer: metrics_lib.MetricsWriter):
+  """Runs ``phase`` from ``state['step']`` to ``phase.num_steps``, checkpointing as it goes."""
+  step = int(jax.device_get(state["step"]))
+  bar = metrics_lib.progress(total=phase.num_steps, initial=step, desc=phase.name)
+  window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
+  while step < phase.num_steps:
+    batch = next(data_iter)
+    state, metrics = phase.step_fn(state, batch, rng, frozen)
+    step += 1
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    window_steps += 1
+    window_tokens += phase.tokens_per_step(metrics)
+    last = step == phase.num_steps
+    if step % phase.log_every == 0 or last:
+      elapsed = time.perf_counter() - window_start
+      record = {f"{phase.metric_prefix}{k}": v for k, v in metrics.items()}
+      record[f"{phase.metric_prefix}step_time_s"] = elapsed / window_steps
+      record[f"{phase.metric_prefix}tokens_per_s"] = window_tokens / elapsed
+      if phase.evaluate is not None and (last or (phase.eval_every
+                                                  and step % phase.eval_every == 0)):
+        record.update(phase.evaluate(state["params"]))
+      writer.write(phase.step_offset + step, record)
+      bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
+                       if k.split("/")[-1] in ("loss", "reward", "accuracy", "pass@1_greedy")})
+      window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
+    if checkpointer.should_save(step) or last:
+      checkpointer.save(step, {**state, "rng": jax.random.key_data(rng)},
+                        data_iter.get_state(), force=last)
+    bar.update(1)
+  bar.close()
+  checkpointer.wait_until_finished()
+  return state
+
+
+def _resume(checkpointer: ckpt_lib.Checkpointer, state, data_iter, rng):
+  """Restores the latest checkpoint into ``state`` and the iterator, if there is one."""
+  if checkpointer.latest_step() is None:
+    return state, rng
+  target = _abstract({**state, "rng": jax.random.key_data(rng)})
+  restored, data_state = checkpointer.restore(target)
+  data_iter.set_state(data_state)
+  rng = jax.random.wrap_key_data(restored.pop("rng"))
+  return restored, rng
+
+
+def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
+  """Runs (or resumes) the experiment in ``workdir``; returns the summary it writes there."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if not cfg.data.data_dir:
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, data_dir=os.path.join(workdir, "tfds")))
+  cfg.validate()
+  tokenizer = tok_lib.tokenizer_for(cfg.data)
+  cfg = _with_stop_token(cfg, tokenizer.eos_id)
+  _check_fits(cfg, tokenizer)
+
+  # Everything about the data is checked before anything compiles.
+  pipeline.prepare(cfg.data)
+  for split in ("train", "test"):
+    pipeline.validate_split(pipeline.load_split(cfg.data, split), tokenizer, cfg.data, split)
+  eval_data = pipeline.eval_batches(cfg.data, tokenizer, "test", cfg.train.eval_batch_size)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(to_dict(cfg), f, indent=2)
+
+  root = jax.random.key(cfg.seed)
+  init_rng, warm_rng, rl_rng, eval_rng = jax.random.split(root, 4)
+  warm_dir = os.path.join(workdir, "checkpoints", "warm_start")
+  rl_dir = os.path.join(workdir, "checkpoints", "rl")
+  rl_ckpt = ckpt_lib.Checkpointer(rl_dir, save_every=cfg.train.checkpoint_every,
+                                  max_to_keep=cfg.train.max_checkpoints)
+  warm_steps = cfg.warm_start.steps
+  resume_step = rl_ckpt.latest_step()
+  resume_step = None if resume_step is None else warm_steps + resume_step
+  warm_ckpt = ckpt_lib.Checkpointer(warm_dir, save_every=cfg.train.checkpoint_every,
+                                    max_to_keep=cfg.train.max_checkpoints)
+  if resume_step is None:
+    resume_step = warm_ckpt.latest_step()
+  if resume_step is None:
+    resume_step = -1  # nothing was checkpointed: metrics from an earlier attempt are stale
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=resume_step,
+                                     enabled=jax.process_index() == 0)
+  evaluate = lambda params: evaluation.evaluate(params, eval_data, eval_rng, cfg.model,
+                                                cfg.sampling, pad_id=tokenizer.pad_id)
+
+  # Phase 1: warm start on demonstrations.
+  params = tfm.init(cfg.model, init_rng)
+  if warm_steps:
+    warm_opt = state_lib.make_optimizer(cfg.warm_start.optimizer)
+    state = state_lib.init_state(params, warm_opt)
+    warm_iter = pipeline.train_iterator(cfg.data, tokenizer, cfg.warm_start.batch_size,
+                                        seed=cfg.seed)
+    state, _ = _resume(warm_ckpt, state, warm_iter, warm_rng)
+    phase = Phase("warm start", supervised.make_supervised_step(cfg.model, warm_opt),
+                  num_steps=warm_steps, step_offset=0, checkpoint_every=cfg.train.checkpoint_every,
+                  log_every=cfg.train.log_every, evaluate=evaluate, metric_prefix="warm_start/",
+                  tokens_per_step=lambda m: 0.0)
+    state = run_phase(phase, state, warm_iter, warm_rng, {}, warm_ckpt, writer)
+    params = state["params"]
+  else:
+    writer.write(0, evaluate(params))
+
+  # Phase 2: RL from the warm start, which is also the frozen reference.
+  rl_opt = state_lib.make_optimizer(cfg.optimizer)
+  spec = iteration.IterationSpec(model=cfg.model, sampling=cfg.sampling, rl=cfg.rl,
+                                 objective=cfg.objective.objective, hparams=cfg.objective.hparams,
+                                 optimizer=rl_opt, pad_id=tokenizer.pad_id)
+  frozen = {"reference": params} if spec.objective.needs_reference(spec.hparams) else {}
+  # The state is donated every step, so it must not alias the reference's buffers.
+  state = state_lib.init_state(jax.tree.map(jnp.copy, params), rl_opt)
+  rl_iter = pipeline.train_iterator(cfg.data, tokenizer, cfg.rl.prompts_per_step,
+                                    seed=cfg.seed + 1)
+  state, rl_rng = _resume(rl_ckpt, state, rl_iter, rl_rng)
+  step_fn = iteration.make_rl_step(spec, decode=tokenizer.decode)
+  phase = Phase("rl", step_fn, num_steps=cfg.train.steps, step_offset=warm_steps,
+                checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every,
+                eval_every=cfg.train.eval_every, evaluate=evaluate,
+                tokens_per_step=lambda m: m["response_length"] * cfg.rl.batch_size)
+  state = run_phase(phase, state, rl_iter, rl_rng, frozen, rl_ckpt, writer)
+  writer.close()
+
+  records = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  evals = [r for r in records if "eval/pass@1_greedy" in r]
+  summary = {
+      "before_rl": {k: v for k, v in evals[0].items() if k.startswith("eval/")},
+      "after_rl": {k: v for k, v in evals[-1].items() if k.startswith("eval/")},
+      "rl_steps": cfg.train.steps,
+      "warm_start_steps": warm_steps,
+      "params": tfm.count_params(params),
+  }
+  # Before-RL eval is the warm start's last record (or step 0 without a warm start).
+  if warm_steps:
+    before = [r for r in evals if r["step"] == warm_steps]
+    if before:
+      summary["before_rl"] = {k: v for k, v in before[0].items() if k.startswith("eval/")}
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  metrics_lib.plot_curves(os.path.join(workdir, "metrics.jsonl"),
+                          os.path.join(workdir, "curves.png"), keys=PLOT_KEYS,
+                          title=f"{cfg.objective.name} on {cfg.data.task}")
+  return summary

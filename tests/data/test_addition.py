@@ -1,0 +1,142 @@
+"""Tests for rlalign.data.addition."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from rlalign.data import addition
+
+
+def _parse(prompt: str) -> tuple[int, int]:
+  """Inverse of the prompt format, written independently: "74+58=" -> (47, 85)."""
+  assert prompt.endswith("=")
+  a, b = prompt[:-1].split("+")
+  return int(a[::-1]), int(b[::-1])
+
+
+def test_reverse_digits():
+  assert addition.reverse_digits(132) == "231"
+  assert addition.reverse_digits(0) == "0"
+  assert addition.reverse_digits(100) == "001"
+  with pytest.raises(ValueError):
+    addition.reverse_digits(-1)
+
+
+def test_correct_answer_and_prompt_format():
+  assert addition.correct_answer(47, 85) == "231"
+  assert addition.correct_answer(0, 0) == "0"
+  assert addition.format_prompt(47, 85) == "74+58="
+
+
+def test_sample_operand_values_are_uniform():
+  rng = np.random.default_rng(0)
+  values = np.array([addition.sample_operand(rng, 3) for _ in range(20000)])
+  assert values.min() >= 0 and values.max() <= 999
+  assert abs(values.mean() - 499.5) < 8  # std of the mean is about 2
+  lengths = collections.Counter(len(str(v)) for v in values)
+  assert 1700 < lengths[2] < 1900  # 90 of 1000 values have two digits: 1800 expected
+
+
+def test_sample_operand_single_digit():
+  rng = np.random.default_rng(1)
+  assert {addition.sample_operand(rng, 1) for _ in range(300)} == set(range(10))
+
+
+def test_is_test_pair_is_symmetric_and_matches_known_pairs():
+  one_digit = {(a, b) for a in range(10) for b in range(10) if addition.is_test_pair(a, b)}
+  # zlib.crc32 of "min,max" % 10 == 0 for exactly these single-digit pairs.
+  assert one_digit == {(0, 1), (1, 0), (3, 7), (7, 3), (6, 9), (9, 6), (8, 9), (9, 8)}
+  assert addition.count_test_pairs(1) == 8
+  assert addition.count_test_pairs(2) == 1014
+
+
+def test_sloppy_answer_without_drops_is_exact():
+  rng = np.random.default_rng(0)
+  for a in range(100):
+    for b in range(100):
+      assert addition.sloppy_answer(a, b, 0.0, rng) == addition.correct_answer(a, b)
+  assert addition.sloppy_answer(5, 5, 0.0, rng) == "01"
+
+
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        (5, 5, "0"),  # 5+5=10, carry lost.
+        (47, 85, "22"),  # 7+5=12 -> 2; 4+8=12 -> 2.
+        (999, 1, "099"),  # Only the first column carries.
+        (123, 456, "975"),  # No carries: same as the exact answer.
+        (0, 0, "0"),
+        (58, 7, "55"),  # 8+7=15 -> 5; 5 -> 5.
+    ],
+)
+def test_sloppy_answer_always_dropping_is_digitwise_sum(a, b, expected):
+  assert addition.sloppy_answer(a, b, 1.0, np.random.default_rng(0)) == expected
+
+
+def test_sloppy_answer_drops_each_carry_independently():
+  rng = np.random.default_rng(0)
+  outputs = collections.Counter(
+      addition.sloppy_answer(47, 85, 0.5, rng) for _ in range(2000)
+  )
+  # Carry 1 kept/dropped -> digit 3/2; carry 2 kept/dropped -> "1"/nothing.
+  assert set(outputs) == {"231", "23", "221", "22"}
+  for count in outputs.values():
+    assert 400 < count < 600  # Expected 500 each.
+  dropped = sum(addition.sloppy_answer(5, 5, 0.7, rng) == "0" for _ in range(2000))
+  assert 1300 < dropped < 1500  # Expected 1400.
+
+
+def test_generate_problems_fields_and_split_membership():
+  for split, want_test in (("train", False), ("test", True)):
+    problems = list(addition.generate_problems(split, 200, 3, 0.0, seed=0))
+    assert len(problems) == 200
+    for p in problems:
+      a, b = _parse(p["prompt"])
+      assert 0 <= a <= 999 and 0 <= b <= 999
+      assert addition.is_test_pair(a, b) == want_test
+      assert p["answer"] == str(a + b)[::-1]
+      assert p["demonstration"] == p["answer"]  # carry_drop=0.
+
+
+def test_generate_problems_is_deterministic_per_seed_and_split():
+  def prompts(split, seed):
+    return [p["prompt"] for p in addition.generate_problems(split, 50, 3, 0.7, seed)]
+
+  assert prompts("train", 0) == prompts("train", 0)
+  assert prompts("train", 0) != prompts("train", 1)
+  assert prompts("test", 0) != prompts("train", 0)
+
+
+def test_demonstrations_are_sloppy():
+  problems = list(addition.generate_problems("train", 300, 3, 1.0, seed=0))
+  wrong = [p for p in problems if p["demonstration"] != p["answer"]]
+  assert wrong  # Some problems carry, and every carry is dropped.
+  for p in problems:
+    a, b = _parse(p["prompt"])
+    width = max(len(str(a)), len(str(b)))
+    digitwise = "".join(
+        str((a // 10**i + b // 10**i) % 10) for i in range(width)
+    )
+    assert p["demonstration"] == digitwise
+
+
+def test_test_split_has_no_duplicate_pairs_and_can_be_exhausted():
+  problems = list(addition.generate_problems("test", 8, 1, 0.0, seed=0))
+  pairs = {_parse(p["prompt"]) for p in problems}
+  assert pairs == {(0, 1), (1, 0), (3, 7), (7, 3), (6, 9), (9, 6), (8, 9), (9, 8)}
+
+
+def test_too_many_test_problems_names_the_numbers():
+  with pytest.raises(ValueError) as e:
+    list(addition.generate_problems("test", 9, 1, 0.0, seed=0))
+  assert "9" in str(e.value) and "only 8" in str(e.value)
+
+
+def test_generate_problems_rejects_bad_arguments():
+  with pytest.raises(ValueError, match="split"):
+    list(addition.generate_problems("validation", 1, 1, 0.0, seed=0))
+  with pytest.raises(ValueError, match="carry_drop"):
+    list(addition.generate_problems("train", 1, 1, 1.5, seed=0))
+  with pytest.raises(ValueError, match="max_digits"):
+    list(addition.generate_problems("train", 1, 0, 0.5, seed=0))
