@@ -17,17 +17,17 @@ def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  c.model = dict(vocab_size=16, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32,
-                 d_ff=512, tie_embeddings=True)
-  c.data = dict(task="addition", data_dir="", max_prompt_len=10, max_answer_len=6,
+  c.model = dict(vocab_size=16, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                 d_ff=256, tie_embeddings=True)
+  c.data = dict(task="addition", data_dir="", max_prompt_len=10, max_answer_len=5,
                 max_digits=3, carry_drop=0.7, num_train=50_000, num_test=512)
-  c.sampling = dict(max_new_tokens=6, temperature=1.0, top_k=0, top_p=1.0)
-  c.warm_start = dict(steps=1500, batch_size=128,
-                      optimizer=dict(learning_rate=2e-3, warmup_steps=100))
+  c.sampling = dict(max_new_tokens=5, temperature=1.0, top_k=0, top_p=1.0)
+  c.warm_start = dict(steps=1000, batch_size=64,
+                      optimizer=dict(learning_rate=3e-3, warmup_steps=100))
   c.rl = dict(batch_size=256, group_size=8, epochs=1, minibatches=2, advantage="group_norm",
               rewards={"exact_match": 1.0})
   c.optimizer = dict(learning_rate=5e-4, warmup_steps=10, max_grad_norm=1.0)
-  c.objective = dict(name="grpo", clip_eps=0.2, kl_coef=0.0, kl_estimator="k3",
+  c.objective = dict(name="grpo", clip_eps=0.2, kl_coef=1e-3, kl_estimator="k3",
                      entropy_coef=0.0, aggregation="token")
   c.train = dict(steps=300, log_every=10, eval_every=50, checkpoint_every=50,
                  eval_batch_size=256)

@@ -74,8 +74,12 @@ class CharTokenizer:
           f" {self.alphabet!r} (text: {text!r})"
       ) from None
 
-  def decode(self, ids: Iterable[int]) -> str:
-    """Inverse of `encode`: stops at the first EOS, skips PAD and BOS."""
+  def decode(self, ids: Iterable[int], *, strict: bool = True) -> str:
+    """Inverse of `encode`: stops at the first EOS, skips PAD and BOS.
+
+    Model outputs may hold ids past the alphabet (a model's vocabulary is often padded);
+    with ``strict=False`` those decode to U+FFFD instead of raising.
+    """
     chars = []
     for token in ids:
       token = int(token)
@@ -84,6 +88,9 @@ class CharTokenizer:
       if token in (PAD_ID, BOS_ID):
         continue
       if not _NUM_SPECIAL <= token < self.vocab_size:
+        if not strict:
+          chars.append("\ufffd")
+          continue
         raise ValueError(
             f"token id {token} is outside the vocabulary [0, {self.vocab_size})"
         )

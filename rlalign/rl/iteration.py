@@ -159,7 +159,7 @@ def learn(state: state_lib.TrainState, rollouts: Batch, scores: Mapping[str, jax
     mb = jax.tree.map(lambda x: x[idx], data)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(st["params"], mb)
     st = state_lib.apply_gradients(st, grads, spec.optimizer)
-    return st, {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    return st, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   state, update_metrics = jax.lax.scan(update, state, orders)
   state = {**state, "step": state["step"] + 1}

@@ -185,7 +185,8 @@ def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   rl_iter = pipeline.train_iterator(cfg.data, tokenizer, cfg.rl.prompts_per_step,
                                     seed=cfg.seed + 1)
   state, rl_rng = _resume(rl_ckpt, state, rl_iter, rl_rng)
-  step_fn = iteration.make_rl_step(spec, decode=tokenizer.decode)
+  step_fn = iteration.make_rl_step(
+      spec, decode=lambda ids: tokenizer.decode(ids, strict=False))
   phase = Phase("rl", step_fn, num_steps=cfg.train.steps, step_offset=warm_steps,
                 checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every,
                 eval_every=cfg.train.eval_every, evaluate=evaluate,

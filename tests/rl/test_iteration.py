@@ -1,0 +1,111 @@
+"""The RL iteration: one compile over many steps, fused == split, and the update count."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlalign import objectives
+from rlalign.data import pipeline, tokenizer as tok_lib
+from rlalign.models import transformer as tfm
+from rlalign.profiling import count_compilations
+from rlalign.rl import iteration
+from rlalign.rl import state as state_lib
+from rlalign.sampling import SamplingConfig
+
+TOKENIZER = tok_lib.CharTokenizer(tok_lib.ADDITION_ALPHABET)
+DATA = pipeline.DataConfig(data_dir="unused", max_prompt_len=8, max_answer_len=4)
+MODEL = tfm.ModelConfig(vocab_size=16, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                        head_dim=16, d_ff=64)
+PROBLEMS = [("1+2=", "3"), ("12+3=", "42"), ("5+5=", "01"), ("9+91=", "001"),
+            ("7+1=", "8"), ("33+1=", "43"), ("4+4=", "8"), ("2+22=", "42")]
+
+
+def make_batch(problems):
+  rows = [pipeline.encode_example({"prompt": p.encode(), "answer": a.encode(),
+                                   "demonstration": b""}, TOKENIZER, DATA)
+          for p, a in problems]
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def make_spec(reward="exact_match", epochs=1, minibatches=1, kl_coef=0.0, group_size=4):
+  objective = objectives.get("grpo")
+  rl = iteration.RLConfig(batch_size=4 * group_size, group_size=group_size, epochs=epochs,
+                          minibatches=minibatches, rewards=((reward, 1.0),))
+  return iteration.IterationSpec(
+      model=MODEL, sampling=SamplingConfig(max_new_tokens=4, stop_tokens=(TOKENIZER.eos_id,)),
+      rl=rl, objective=objective, hparams=objective.hparams(kl_coef=kl_coef),
+      optimizer=state_lib.make_optimizer(state_lib.OptimizerConfig(learning_rate=1e-2)))
+
+
+def fresh_state(spec, seed=0):
+  return state_lib.init_state(tfm.init(MODEL, jax.random.key(seed)), spec.optimizer)
+
+
+def test_rl_step_compiles_once_over_many_steps():
+  spec = make_spec(kl_coef=1e-3)
+  step = iteration.make_rl_step(spec)
+  state = fresh_state(spec)
+  frozen = {"reference": tfm.init(MODEL, jax.random.key(0))}
+  batches = [make_batch(PROBLEMS[i:i + 4]) for i in (0, 4, 2, 1, 3, 0, 4, 2)]
+  rng = jax.random.key(1)
+  with count_compilations() as compiles:
+    for batch in batches:
+      state, metrics = step(state, batch, rng, frozen)
+    jax.block_until_ready(state)
+  assert compiles.count == 1
+  assert int(state["step"]) == len(batches)
+  assert set(metrics) >= {"loss", "reward", "accuracy", "kl", "entropy", "clip_frac",
+                          "response_length", "zero_variance_groups", "grad_norm"}
+
+
+def test_host_reward_split_step_matches_fused_step():
+  """exact_match on token ids (one program) and on decoded text (host) must agree."""
+  batch = make_batch(PROBLEMS[:4])
+  rng = jax.random.key(3)
+  fused_spec, host_spec = make_spec("exact_match"), make_spec("exact_match_text")
+  assert fused_spec.fused and not host_spec.fused
+  fused_state, fused_metrics = iteration.make_rl_step(fused_spec)(
+      fresh_state(fused_spec), batch, rng, {})
+  host_state, host_metrics = iteration.make_rl_step(
+      host_spec, decode=lambda ids: TOKENIZER.decode(ids, strict=False))(
+      fresh_state(host_spec), batch, rng, {})
+  np.testing.assert_allclose(fused_metrics["reward"], host_metrics["reward"])
+  np.testing.assert_allclose(fused_metrics["loss"], host_metrics["loss"], atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               fused_state["params"], host_state["params"])
+
+
+def test_host_rewards_need_a_decoder():
+  with pytest.raises(ValueError, match="tokenizer"):
+    iteration.make_rl_step(make_spec("exact_match_text"))
+
+
+def test_learn_runs_epochs_times_minibatches_updates_on_policy_loss():
+  spec = make_spec(epochs=2, minibatches=2)
+  state = fresh_state(spec)
+  batch = make_batch(PROBLEMS[:4])
+  rollouts = jax.jit(lambda p, b, r: iteration.rollout(p, b, r, spec))(
+      state["params"], batch, jax.random.key(5))
+  # A hand-made reward with spread inside every group, so advantages are non-zero.
+  rewards = jnp.tile(jnp.array([1.0, 0.0, 0.0, 2.0]), 4)
+  new_state, metrics = jax.jit(lambda s, ro, sc, r: iteration.learn(s, ro, sc, r, {}, spec))(
+      state, rollouts, {"exact_match": rewards}, jax.random.key(6))
+  # Adam's step count sits in the chained optimizer state: 2 epochs x 2 minibatches.
+  counts = [x for x in jax.tree.leaves(new_state["opt_state"]) if x.ndim == 0]
+  assert counts and all(int(c) == 4 for c in counts)
+  assert int(new_state["step"]) == 1
+  # Group-normalised advantages by hand: mean 0.75, population std sqrt(0.6875).
+  adv = (np.array([1.0, 0.0, 0.0, 2.0]) - 0.75) / (np.sqrt(0.6875) + 1e-6)
+  assert metrics["reward"] == pytest.approx(0.75)
+  lengths = np.asarray(rollouts["completion_mask"]).sum(1)
+  assert metrics["response_length"] == pytest.approx(lengths.mean())
+  # On the first update the ratio is 1, so the token-aggregated pg loss is
+  # -sum_i A_i n_i / sum_i n_i over that minibatch; averaged over four minibatches it is
+  # not checkable by hand, so check the first-update value through a one-update run.
+  one = make_spec(epochs=1, minibatches=1)
+  _, m1 = jax.jit(lambda s, ro, sc, r: iteration.learn(s, ro, sc, r, {}, one))(
+      fresh_state(one), rollouts, {"exact_match": rewards}, jax.random.key(6))
+  full_adv = np.tile(adv, 4)
+  expected = -np.sum(full_adv * lengths) / lengths.sum()
+  assert m1["pg_loss"] == pytest.approx(expected, abs=1e-5)
+  assert m1["clip_frac"] == 0.0
