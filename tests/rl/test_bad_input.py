@@ -1,0 +1,89 @@
+"""Bad input fails with a message naming the key or file, before anything compiles."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rlalign import config as config_lib
+from rlalign.profiling import count_compilations
+from rlalign.rl import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_config(name, arg=""):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def smoke(tmp_path):
+  config = load_config("grpo_addition", "smoke")
+  config.data.data_dir = str(tmp_path / "tfds")
+  return config
+
+
+def test_unknown_key_names_its_path(tmp_path):
+  config = smoke(tmp_path).to_dict()
+  config["rl"]["group_sise"] = 4
+  with pytest.raises(config_lib.ConfigError, match=r"rl\.'group_sise'|'group_sise'.*rl"):
+    config_lib.from_config_dict(config)
+
+
+def test_wrong_type_names_key_and_expected_type(tmp_path):
+  config = smoke(tmp_path).to_dict()
+  config["sampling"]["max_new_tokens"] = 4.5
+  with pytest.raises(config_lib.ConfigError, match=r"sampling\.max_new_tokens: expected int"):
+    config_lib.from_config_dict(config)
+
+
+def test_batch_not_a_multiple_of_group_size(tmp_path):
+  config = smoke(tmp_path)
+  config.rl.batch_size = 18
+  with pytest.raises(ValueError, match=r"rl\.batch_size \(18\).*rl\.group_size \(4\)"):
+    config_lib.from_config_dict(config)
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "rlalign.main",
+       f"--config={os.path.join(REPO, 'configs', 'grpo_addition.py')}:smoke",
+       f"--workdir={tmp_path / 'run'}", "--config.rl.batch_size=18"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert "config error: rl.batch_size (18)" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def jsonl_config(tmp_path, lines, max_prompt_len=24):
+  path = tmp_path / "prompts.jsonl"
+  if lines is not None:
+    path.write_text("\n".join(lines) + "\n")
+  config = load_config("grpo_jsonl", str(path))
+  config.data.max_prompt_len = max_prompt_len
+  config.data.data_dir = str(tmp_path / "tfds")
+  return config_lib.from_config_dict(config), str(path)
+
+
+GOOD = json.dumps({"prompt": "2+2=", "answer": "4", "demonstration": "4"})
+
+
+@pytest.mark.parametrize("lines, error, message", [
+    (None, FileNotFoundError, r"prompts\.jsonl"),
+    ([GOOD, "{not json"], ValueError, r"prompts\.jsonl:2"),
+    ([GOOD, json.dumps({"prompt": ""})], ValueError, r"prompts\.jsonl:2.*empty"),
+    ([GOOD, json.dumps({"answer": "1"})], ValueError, r"prompts\.jsonl:2.*prompt"),
+    ([GOOD, json.dumps({"prompt": "x" * 40, "answer": "1"})], ValueError, r"max_prompt_len"),
+])
+def test_bad_prompt_files_fail_before_compiling(tmp_path, lines, error, message):
+  cfg, _ = jsonl_config(tmp_path, lines)
+  with count_compilations() as compiles:
+    with pytest.raises(error, match=message):
+      train.train(cfg, str(tmp_path / "run"))
+  assert compiles.count == 0
+  assert not os.path.exists(tmp_path / "run" / "checkpoints" / "rl" / "0")
