@@ -154,7 +154,7 @@ def _dataclass_from(cls, value: Any, path: str):
   unknown = sorted(set(given) - set(fields))
   if unknown:
     where = f"{path}." if path else ""
-    raise ConfigError(f"unknown config key {where}{unknown[0]!r}; "
+    raise ConfigError(f"unknown config key '{where}{unknown[0]}'; "
                       f"{path or 'the config'} accepts {sorted(fields)}")
   kwargs = {}
   for name, v in given.items():

@@ -102,9 +102,6 @@ def test_unknown_nested_key_raises_naming_section_and_key():
   assert "group_size" in msg  # lists what rl accepts
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config._dataclass_from formats the key as f\"{path}.\" + repr(key), giving \"rl.'foo'\" "
-    "rather than the dotted path \"rl.foo\" promised by the module docstring"))
 def test_unknown_nested_key_message_has_plain_dotted_path():
   d = _smoke_dict()
   d["rl"]["foo"] = 1
@@ -192,9 +189,6 @@ def test_unknown_objective_hparam_raises():
   assert "clip_eps" in msg and "kl_coef" in msg  # lists the hparams GRPO accepts
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "same formatting as for rl.foo: the message says \"objective.'clip_epsilon'\", not the "
-    "dotted path \"objective.clip_epsilon\""))
 def test_unknown_objective_hparam_message_has_plain_dotted_path():
   d = _smoke_dict()
   d["objective"]["clip_epsilon"] = 0.1

@@ -1,8 +1,10 @@
 """The default RL task: reversed-digit addition with a sloppy teacher.
 
 Numbers are written least-significant digit first, in prompts and answers:
-47+85=132 is the prompt "74+58=" with answer "231". Reversed digits let a
-left-to-right model emit the answer in the order the carries are computed.
+47+85=132 is the prompt "740+580=" (operands zero-padded to `max_digits`, here 3)
+with answer "231". Reversed digits let a left-to-right model emit the answer in the
+order the carries are computed; padded operands keep every column at a fixed offset,
+so what is hard is the carry, not finding the digits.
 
 Each problem also carries a *demonstration* from a sloppy teacher that drops
 every carry with probability `carry_drop`: imitation learning from it alone
@@ -88,8 +90,9 @@ def sloppy_answer(
   return "".join(digits)
 
 
-def format_prompt(a: int, b: int) -> str:
-  return f"{reverse_digits(a)}+{reverse_digits(b)}="
+def format_prompt(a: int, b: int, width: int) -> str:
+  """Both operands reversed and zero-padded on their high end to `width` digits."""
+  return f"{reverse_digits(a).ljust(width, '0')}+{reverse_digits(b).ljust(width, '0')}="
 
 
 def generate_problems(
@@ -134,7 +137,7 @@ def generate_problems(
         continue
       seen.add((a, b))
     yield {
-        "prompt": format_prompt(a, b),
+        "prompt": format_prompt(a, b, max_digits),
         "answer": correct_answer(a, b),
         "demonstration": sloppy_answer(a, b, carry_drop, rng),
     }

@@ -96,10 +96,11 @@ class AdditionPrompts(_LocalBuilder):
   """
 
   name = "rlalign_addition"
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release.",
       "1.1.0": "Operands uniform over values, not digit counts.",
+      "1.2.0": "Operands zero-padded to max_digits.",
   }
 
   def _split_generators(self, dl_manager):

@@ -26,7 +26,8 @@ def test_reverse_digits():
 def test_correct_answer_and_prompt_format():
   assert addition.correct_answer(47, 85) == "231"
   assert addition.correct_answer(0, 0) == "0"
-  assert addition.format_prompt(47, 85) == "74+58="
+  assert addition.format_prompt(47, 85, 3) == "740+580="
+  assert addition.format_prompt(7, 123, 3) == "700+321="
 
 
 def test_sample_operand_values_are_uniform():

@@ -176,11 +176,10 @@ def test_kv_cache_prefill_then_decode_matches_full_forward():
   cache = tfm.init_cache(CFG, B, T)
   chex.assert_shape(cache.k, (CFG.n_layers, B, T, CFG.n_kv_heads, CFG.head_dim))
   # The key mask covers every slot; causality by slot order hides the not-yet-written ones.
-  prefill, cache = tfm.forward(params, tokens[:, :P], positions[:, :P], mask, CFG, cache=cache,
-                               cache_index=0)
-  steps = [prefill]
   step_fn = jax.jit(lambda c, tok, pos, i: tfm.forward(params, tok, pos, mask, CFG, cache=c,
                                                        cache_index=i))
+  prefill, cache = step_fn(cache, tokens[:, :P], positions[:, :P], 0)
+  steps = [prefill]
   for i in range(P, T):
     h, cache = step_fn(cache, tokens[:, i:i + 1], positions[:, i:i + 1], jnp.int32(i))
     steps.append(h)

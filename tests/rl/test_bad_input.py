@@ -30,7 +30,7 @@ def smoke(tmp_path):
 def test_unknown_key_names_its_path(tmp_path):
   config = smoke(tmp_path).to_dict()
   config["rl"]["group_sise"] = 4
-  with pytest.raises(config_lib.ConfigError, match=r"rl\.'group_sise'|'group_sise'.*rl"):
+  with pytest.raises(config_lib.ConfigError, match=r"unknown config key 'rl\.group_sise'"):
     config_lib.from_config_dict(config)
 
 
