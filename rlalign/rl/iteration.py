@@ -169,6 +169,7 @@ def learn(state: state_lib.TrainState, rollouts: Batch, scores: Mapping[str, jax
   metrics.update({
       "reward": total.mean(),
       "response_length": lengths.mean(),
+      "tokens": lengths.sum(),
       "zero_variance_groups": adv_lib.zero_variance_fraction(total, rl.group_size),
       "completed": rollouts["completion_stopped"].astype(jnp.float32).mean(),
   })

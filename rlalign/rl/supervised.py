@@ -27,7 +27,8 @@ def supervised_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   state = state_lib.apply_gradients(state, grads, optimizer)
   state = {**state, "step": state["step"] + 1}
-  return state, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+  return state, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+                 "tokens": batch["demo_mask"].sum().astype(jax.numpy.float32)}
 
 
 def make_supervised_step(model: tfm.ModelConfig, optimizer: optax.GradientTransformation,

@@ -58,12 +58,15 @@ def _abstract(tree):
 
 @dataclasses.dataclass
 class Phase:
-  """One resumable loop of ``step(state, batch, rng, frozen) -> (state, metrics)``."""
+  """One resumable loop of ``step(state, batch, rng, frozen) -> (state, metrics)``.
+
+  Each step's metrics must include ``tokens``, the tokens it processed (trained on, or
+  generated), for the tokens/s figure.
+  """
   name: str
   step_fn: Callable
   num_steps: int
   step_offset: int  # added to the phase's step on the shared metrics axis
-  tokens_per_step: Callable[[Mapping[str, float]], float]
   checkpoint_every: int
   log_every: int
   eval_every: int = 0
@@ -83,7 +86,7 @@ def run_phase(phase: Phase, state, data_iter, rng: jax.Array, frozen: Mapping[st
     step += 1
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     window_steps += 1
-    window_tokens += phase.tokens_per_step(metrics)
+    window_tokens += metrics.pop("tokens")
     last = step == phase.num_steps
     if step % phase.log_every == 0 or last:
       elapsed = time.perf_counter() - window_start
@@ -167,8 +170,7 @@ def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
     state, _ = _resume(warm_ckpt, state, warm_iter, warm_rng)
     phase = Phase("warm start", supervised.make_supervised_step(cfg.model, warm_opt),
                   num_steps=warm_steps, step_offset=0, checkpoint_every=cfg.train.checkpoint_every,
-                  log_every=cfg.train.log_every, evaluate=evaluate, metric_prefix="warm_start/",
-                  tokens_per_step=lambda m: 0.0)
+                  log_every=cfg.train.log_every, evaluate=evaluate, metric_prefix="warm_start/")
     state = run_phase(phase, state, warm_iter, warm_rng, {}, warm_ckpt, writer)
     params = state["params"]
   else:
@@ -189,8 +191,7 @@ def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
       spec, decode=lambda ids: tokenizer.decode(ids, strict=False))
   phase = Phase("rl", step_fn, num_steps=cfg.train.steps, step_offset=warm_steps,
                 checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every,
-                eval_every=cfg.train.eval_every, evaluate=evaluate,
-                tokens_per_step=lambda m: m["response_length"] * cfg.rl.batch_size)
+                eval_every=cfg.train.eval_every, evaluate=evaluate)
   state = run_phase(phase, state, rl_iter, rl_rng, frozen, rl_ckpt, writer)
   writer.close()
 
