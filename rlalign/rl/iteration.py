@@ -136,11 +136,16 @@ def learn(state: state_lib.TrainState, rollouts: Batch, scores: Mapping[str, jax
       "old_logprobs": rollouts["logprobs"],
       "advantages": advantages,
   }
-  if spec.objective.needs_reference(spec.hparams):
+  # The reference is scored whenever one is given, so KL is logged even when the
+  # objective does not penalise it.
+  if "reference" in frozen:
     ref = completion_outputs(frozen["reference"], rollouts["prompt_tokens"],
                              rollouts["prompt_mask"], rollouts["completion_tokens"], mask,
                              spec.model)
     data["ref_logprobs"] = jax.lax.stop_gradient(ref.logprobs)
+  elif spec.objective.needs_reference(spec.hparams):
+    raise ValueError(f"objective {spec.objective.name!r} with these settings needs "
+                     "frozen['reference'] params")
   else:
     data["ref_logprobs"] = data["old_logprobs"]
 

@@ -181,7 +181,7 @@ def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   spec = iteration.IterationSpec(model=cfg.model, sampling=cfg.sampling, rl=cfg.rl,
                                  objective=cfg.objective.objective, hparams=cfg.objective.hparams,
                                  optimizer=rl_opt, pad_id=tokenizer.pad_id)
-  frozen = {"reference": params} if spec.objective.needs_reference(spec.hparams) else {}
+  frozen = {"reference": params}
   # The state is donated every step, so it must not alias the reference's buffers.
   state = state_lib.init_state(jax.tree.map(jnp.copy, params), rl_opt)
   rl_iter = pipeline.train_iterator(cfg.data, tokenizer, cfg.rl.prompts_per_step,
