@@ -13,6 +13,8 @@ for tests.
 """
 import ml_collections
 
+from rlalign.parallel.mesh import DEFAULT_RULES
+
 
 def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
@@ -30,12 +32,15 @@ def get_config(arg: str = ""):
   c.optimizer = dict(learning_rate=5e-4, warmup_steps=10, max_grad_norm=1.0)
   c.objective = dict(name="grpo", clip_eps=0.2, kl_coef=1e-3, kl_estimator="k3",
                      entropy_coef=0.0, aggregation="token")
+  # data x fsdp x tensor; -1 takes the devices left. Rules map logical axes to mesh axes.
+  c.mesh = dict(axes=("data", "fsdp", "tensor"), ici=(-1, 1, 1), dcn=(1, 1, 1),
+                rules=dict(DEFAULT_RULES))
   c.train = dict(steps=300, log_every=10, eval_every=50, checkpoint_every=50,
                  eval_batch_size=256)
 
   c = ml_collections.ConfigDict(c.to_dict())
   if arg == "smoke":
-    c.model.update(d_model=32, n_heads=2, n_kv_heads=1, head_dim=16, d_ff=64)
+    c.model.update(d_model=32, n_heads=2, n_kv_heads=2, head_dim=16, d_ff=64)
     c.data.update(num_train=512, num_test=64)
     c.warm_start.update(steps=4, batch_size=16)
     c.rl.update(batch_size=16, group_size=4)

@@ -22,6 +22,8 @@ reaching held-out greedy pass@1 above 0.5 in about 10 minutes on 2 CPU cores.
 """
 import ml_collections
 
+from rlalign.parallel.mesh import DEFAULT_RULES
+
 
 def get_config(arg: str = ""):
   if not arg:
@@ -42,6 +44,9 @@ def get_config(arg: str = ""):
   c.optimizer = dict(learning_rate=5e-4, warmup_steps=10, max_grad_norm=1.0)
   c.objective = dict(name="grpo", clip_eps=0.2, kl_coef=1e-3, kl_estimator="k3",
                      entropy_coef=0.0, aggregation="token")
+  # data x fsdp x tensor; -1 takes the devices left. Rules map logical axes to mesh axes.
+  c.mesh = dict(axes=("data", "fsdp", "tensor"), ici=(-1, 1, 1), dcn=(1, 1, 1),
+                rules=dict(DEFAULT_RULES))
   c.train = dict(steps=300, log_every=10, eval_every=50, checkpoint_every=50,
                  eval_batch_size=256)
   return ml_collections.ConfigDict(c.to_dict())

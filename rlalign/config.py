@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional, Tuple
 from rlalign import objectives
 from rlalign.data.pipeline import DataConfig
 from rlalign.models.transformer import ModelConfig
+from rlalign.parallel.mesh import MeshConfig
 from rlalign.rl.iteration import RLConfig
 from rlalign.rl.state import OptimizerConfig
 from rlalign.sampling.sampler import SamplingConfig
@@ -73,6 +74,7 @@ class ExperimentConfig:
   optimizer: OptimizerConfig = OptimizerConfig()
   objective: ObjectiveConfig = ObjectiveConfig("grpo", objectives.get("grpo").hparams())
   train: LoopConfig = LoopConfig()
+  mesh: MeshConfig = MeshConfig()
 
   def validate(self) -> "ExperimentConfig":
     self.model.validate("model")
@@ -84,6 +86,7 @@ class ExperimentConfig:
     if hasattr(self.objective.hparams, "validate"):
       self.objective.hparams.validate("objective")
     self.train.validate("train")
+    self.mesh.validate("mesh")
     return self
 
 

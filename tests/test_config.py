@@ -52,6 +52,8 @@ def _assert_matches(cfg, d, path=""):
           assert getattr(cfg.objective.hparams, hp) == v, f"objective.{hp}"
     elif key == "rewards":
       assert cfg.rewards == tuple((name, float(w)) for name, w in value.items()), where
+    elif key == "rules":
+      assert cfg.rules == tuple((name, tuple(axes)) for name, axes in value.items()), where
     elif isinstance(value, dict):
       _assert_matches(getattr(cfg, key), value, where + ".")
     else:

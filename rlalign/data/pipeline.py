@@ -231,11 +231,13 @@ def train_iterator(
     shard_count: int = 1,
     seed: int | None = None,
 ) -> grain.DatasetIterator:
-  """Endless shuffled batches of this shard's train records.
+  """Endless shuffled batches of train records; this shard's rows of each global batch.
 
-  Each shard (e.g. host) reads the disjoint records `shard_index::shard_count`
-  and reshuffles them every epoch. `get_state()` is a small JSON-able dict;
-  `set_state()` on a fresh iterator resumes exactly.
+  `batch_size` is the global batch. Every shard (host) shuffles the same way and reads only
+  its own `batch_size // shard_count` rows of each global batch, in order: concatenating
+  the shards' batches gives exactly the batch a single host would read. So a run trains
+  identically on any number of hosts, and `get_state()` (a small JSON-able dict, the same
+  on every shard) restores on any number of hosts. Each epoch is reshuffled.
   """
   if not 0 <= shard_index < shard_count:
     raise ValueError(
@@ -244,21 +246,34 @@ def train_iterator(
     )
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
-  seed = cfg.seed if seed is None else seed
-  ds = grain.MapDataset.source(load_split(cfg, "train"))
-  ds = ds[shard_index::shard_count]
-  if len(ds) == 0:
+  if batch_size % shard_count:
     raise ValueError(
-        f"train shard {shard_index} of {shard_count} has no records"
+        f"the global batch of {batch_size} does not split evenly over"
+        f" {shard_count} hosts"
     )
+  seed = cfg.seed if seed is None else seed
   encode = functools.partial(encode_example, tokenizer=tokenizer, cfg=cfg)
   ds = (
-      ds.shuffle(seed=seed)
+      grain.MapDataset.source(load_split(cfg, "train"))
+      .shuffle(seed=seed)
       .repeat(None)
-      .map(encode)
-      .batch(batch_size, drop_remainder=True)
+      .batch(batch_size // shard_count, drop_remainder=True)
+  )
+  # Batch k of shard i is rows [i*b, (i+1)*b) of global batch k; encoding happens after
+  # the slice, so a host touches only its own records.
+  ds = ds[shard_index::shard_count].map(
+      lambda rows: _stack([encode(r) for r in _unbatch(rows)])
   )
   return iter(ds.to_iter_dataset())
+
+
+def _unbatch(rows: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+  n = len(next(iter(rows.values())))
+  return [{k: v[i] for k, v in rows.items()} for i in range(n)]
+
+
+def _stack(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def eval_batches(

@@ -17,6 +17,18 @@ Params layout (every leaf's logical axis names come from :func:`param_specs`)::
   final_norm       [embed]
   lm_head          [embed, vocab]     (only with the "lm" head and untied embeddings)
   scalar_head/w    [embed], /b []     (only with the "scalar" head)
+
+Optional per-layer params, present only when the config asks for them (the Hugging Face
+families in ``rlalign.models.hf`` need them)::
+
+  layers/q_bias    [layers, q_heads, head_dim]    qkv_bias (Qwen2)
+  layers/k_bias, v_bias [layers, kv_heads, head_dim]
+  layers/o_bias    [layers, embed]                o_bias
+  layers/q_norm, k_norm [layers, head_dim]        qk_norm (Qwen3, Gemma3)
+  layers/post_attn_norm, post_mlp_norm [layers, embed]   sandwich_norms (Gemma2/3)
+
+Per-layer attention data that is not a param (rotary frequencies, sliding windows) comes
+from the config as numpy constants and is scanned beside the layer params.
 """
 from __future__ import annotations
 
@@ -26,11 +38,33 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlalign.parallel.logical import constrain
 
 Params = Dict[str, Any]
 HEADS = ("lm", "scalar")
+ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
+ROPE_SCALINGS = ("none", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Rotary frequency scaling: "none", "linear" (divide by ``factor``) or "llama3" (Llama 3.1)."""
+  kind: str = "none"
+  factor: float = 1.0
+  low_freq_factor: float = 1.0    # llama3 only
+  high_freq_factor: float = 4.0   # llama3 only
+  original_max_position_embeddings: int = 8192  # llama3 only
+
+  def validate(self, prefix: str = "model.rope_scaling") -> None:
+    if self.kind not in ROPE_SCALINGS:
+      raise ValueError(f"{prefix}.kind must be one of {ROPE_SCALINGS}, got {self.kind!r}")
+    if self.factor <= 0:
+      raise ValueError(f"{prefix}.factor must be positive, got {self.factor}")
+    if self.kind == "llama3" and not (0 < self.low_freq_factor < self.high_freq_factor):
+      raise ValueError(f"{prefix}: llama3 needs 0 < low_freq_factor < high_freq_factor, got "
+                       f"{self.low_freq_factor} and {self.high_freq_factor}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +84,20 @@ class ModelConfig:
   dtype: str = "float32"        # activations and matmuls
   param_dtype: str = "float32"  # stored params
   remat: bool = False           # rematerialise each layer in the backward pass
+  # Architecture variants of the Hugging Face families; the defaults are the Llama backbone.
+  qkv_bias: bool = False        # biases on q, k, v (Qwen2)
+  o_bias: bool = False          # bias on the attention output projection
+  qk_norm: bool = False         # RMSNorm over head_dim on q and k, before rotary (Qwen3, Gemma3)
+  norm_plus_one: bool = False   # RMSNorms scale by (1 + w), w starting at 0 (Gemma)
+  embed_scale: bool = False     # embeddings times sqrt(d_model) in the compute dtype (Gemma)
+  mlp_activation: str = "silu"  # of the gated MLP: "silu", "gelu_tanh" (GeGLU) or "gelu"
+  sandwich_norms: bool = False  # also norm the attention and MLP outputs (Gemma2/3)
+  attn_softcap: float = 0.0     # cap * tanh(scores / cap) on attention logits; 0 disables
+  final_softcap: float = 0.0    # the same on vocabulary logits; 0 disables
+  query_pre_attn_scalar: float = 0.0  # scores scaled by its -1/2 power; 0 means head_dim
+  attn_windows: Tuple[int, ...] = ()  # per layer: keys within this many slots (0: all); ()=all
+  rope_scaling: RopeScaling = RopeScaling()
+  rope_local_theta: float = 0.0  # unscaled rotary base of sliding-window layers (Gemma3); 0: same
 
   def validate(self, prefix: str = "model") -> None:
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff"):
@@ -67,6 +115,21 @@ class ModelConfig:
       if getattr(self, name) not in ("float32", "bfloat16"):
         raise ValueError(f"{prefix}.{name} must be 'float32' or 'bfloat16', "
                          f"got {getattr(self, name)!r}")
+    if self.mlp_activation not in ACTIVATIONS:
+      raise ValueError(f"{prefix}.mlp_activation must be one of {ACTIVATIONS}, "
+                       f"got {self.mlp_activation!r}")
+    for name in ("attn_softcap", "final_softcap", "query_pre_attn_scalar", "rope_local_theta"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{prefix}.{name} must be >= 0 (0 disables), got {getattr(self, name)}")
+    if self.rope_theta <= 0:
+      raise ValueError(f"{prefix}.rope_theta must be positive, got {self.rope_theta}")
+    if self.attn_windows and len(self.attn_windows) != self.n_layers:
+      raise ValueError(f"{prefix}.attn_windows needs one entry per layer ({self.n_layers}), "
+                       f"got {len(self.attn_windows)}")
+    if any(w < 0 for w in self.attn_windows):
+      raise ValueError(f"{prefix}.attn_windows must be >= 0 (0: full attention), "
+                       f"got {self.attn_windows}")
+    self.rope_scaling.validate(f"{prefix}.rope_scaling")
 
 
 class ParamSpec(NamedTuple):
@@ -80,22 +143,36 @@ def param_specs(cfg: ModelConfig) -> Params:
   """The shape, logical axes and initialiser of every parameter."""
   L, d, H, K, hd, F, V = (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
                           cfg.d_ff, cfg.vocab_size)
+  unit = "zeros" if cfg.norm_plus_one else "ones"  # norm weights that start as the identity
   specs: Params = {
       "embed": ParamSpec((V, d), ("vocab", "embed"), "normal", d),
       "layers": {
-          "attn_norm": ParamSpec((L, d), ("layers", "embed"), "ones"),
+          "attn_norm": ParamSpec((L, d), ("layers", "embed"), unit),
           "q": ParamSpec((L, d, H, hd), ("layers", "embed", "q_heads", "head_dim"), "normal", d),
           "k": ParamSpec((L, d, K, hd), ("layers", "embed", "kv_heads", "head_dim"), "normal", d),
           "v": ParamSpec((L, d, K, hd), ("layers", "embed", "kv_heads", "head_dim"), "normal", d),
           "o": ParamSpec((L, H, hd, d), ("layers", "q_heads", "head_dim", "embed"), "normal",
                          H * hd * 2 * L),
-          "mlp_norm": ParamSpec((L, d), ("layers", "embed"), "ones"),
+          "mlp_norm": ParamSpec((L, d), ("layers", "embed"), unit),
           "gate": ParamSpec((L, d, F), ("layers", "embed", "mlp"), "normal", d),
           "up": ParamSpec((L, d, F), ("layers", "embed", "mlp"), "normal", d),
           "down": ParamSpec((L, F, d), ("layers", "mlp", "embed"), "normal", F * 2 * L),
       },
-      "final_norm": ParamSpec((d,), ("embed",), "ones"),
+      "final_norm": ParamSpec((d,), ("embed",), unit),
   }
+  layers = specs["layers"]
+  if cfg.qkv_bias:
+    layers["q_bias"] = ParamSpec((L, H, hd), ("layers", "q_heads", "head_dim"), "zeros")
+    layers["k_bias"] = ParamSpec((L, K, hd), ("layers", "kv_heads", "head_dim"), "zeros")
+    layers["v_bias"] = ParamSpec((L, K, hd), ("layers", "kv_heads", "head_dim"), "zeros")
+  if cfg.o_bias:
+    layers["o_bias"] = ParamSpec((L, d), ("layers", "embed"), "zeros")
+  if cfg.qk_norm:
+    layers["q_norm"] = ParamSpec((L, hd), ("layers", "head_dim"), unit)
+    layers["k_norm"] = ParamSpec((L, hd), ("layers", "head_dim"), unit)
+  if cfg.sandwich_norms:
+    layers["post_attn_norm"] = ParamSpec((L, d), ("layers", "embed"), unit)
+    layers["post_mlp_norm"] = ParamSpec((L, d), ("layers", "embed"), unit)
   if "lm" in cfg.heads and not cfg.tie_embeddings:
     specs["lm_head"] = ParamSpec((d, V), ("embed", "vocab"), "normal", d)
   if "scalar" in cfg.heads:
@@ -137,22 +214,65 @@ def init(cfg: ModelConfig, rng: jax.Array) -> Params:
   return jax.tree.unflatten(treedef, [make(s, k) for s, k in zip(leaves, keys)])
 
 
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float, plus_one: bool = False) -> jax.Array:
+  """RMSNorm over the last axis in float32; scales by ``1 + weight`` with ``plus_one`` (Gemma)."""
   x32 = x.astype(jnp.float32)
   normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-  return (normed * weight.astype(jnp.float32)).astype(x.dtype)
+  w = weight.astype(jnp.float32)
+  return (normed * (1.0 + w if plus_one else w)).astype(x.dtype)
 
 
-def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling = RopeScaling()) -> np.ndarray:
+  """Rotary inverse frequencies [head_dim / 2] in float32, computed once from the config."""
+  # The exponent in float32 as HF builds it, the power in float64 and rounded once.
+  exponent = np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)
+  inv_freq = 1.0 / (float(theta) ** exponent.astype(np.float64))
+  if scaling.kind == "linear":
+    inv_freq = inv_freq / scaling.factor
+  elif scaling.kind == "llama3":
+    # Long wavelengths are divided by ``factor``, short ones kept, the band between blended.
+    old_len = scaling.original_max_position_embeddings
+    low_wavelen = old_len / scaling.low_freq_factor
+    high_wavelen = old_len / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = ((old_len / wavelen - scaling.low_freq_factor)
+              / (scaling.high_freq_factor - scaling.low_freq_factor))
+    blended = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    inv_freq = np.where(medium, blended, scaled)
+  return inv_freq.astype(np.float32)
+
+
+def layer_constants(cfg: ModelConfig) -> Dict[str, np.ndarray]:
+  """Per-layer attention data scanned beside the params: rotary frequencies [L, head_dim/2]
+  and sliding windows [L] (0: full attention)."""
+  windows = np.asarray(cfg.attn_windows or (0,) * cfg.n_layers, np.int32)
+  full = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+  inv_freq = np.stack([full] * cfg.n_layers)
+  if cfg.rope_local_theta:
+    inv_freq[windows > 0] = rope_inv_freq(cfg.head_dim, cfg.rope_local_theta)
+  return {"inv_freq": inv_freq, "window": windows}
+
+
+def rotary(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
   """Rotary embedding on [B, T, heads, head_dim], halves rotated (the Llama/HF layout)."""
-  half = x.shape[-1] // 2
-  inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, half]
   cos = jnp.cos(angles)[:, :, None, :]
   sin = jnp.sin(angles)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
+
+
+def _softcap(x: jax.Array, cap: float) -> jax.Array:
+  return jnp.tanh(x / cap) * cap if cap else x
+
+
+def _activation(x: jax.Array, name: str) -> jax.Array:
+  if name == "silu":
+    return jax.nn.silu(x)
+  return jax.nn.gelu(x, approximate=name == "gelu_tanh")
 
 
 class KVCache(NamedTuple):
@@ -175,7 +295,9 @@ def _attention(q, k, v, mask, cfg: ModelConfig):
   B, T, H, hd = q.shape
   K = k.shape[2]
   q = q.reshape(B, T, K, H // K, hd)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / math.sqrt(hd)
+  scale = math.sqrt(cfg.query_pre_attn_scalar or hd)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / scale
+  scores = _softcap(scores, cfg.attn_softcap)
   scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
@@ -200,38 +322,64 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_mask: j
   """
   dtype = jnp.dtype(cfg.dtype)
   T = tokens.shape[1]
-  x = params["embed"].astype(dtype)[tokens]
+  norm = lambda x, w: rms_norm(x, w, cfg.norm_eps, cfg.norm_plus_one)
+  # Look rows up in a gathered (replicated) table, as FSDP gathers any weight before use: a
+  # lookup into a split table makes the partitioner replicate it anyway, with a warning.
+  x = constrain(params["embed"].astype(dtype), (None, None))[tokens]
+  if cfg.embed_scale:
+    # HF multiplies by the normalizer cast to the compute dtype (sqrt(3072) is 55.5 in bf16).
+    x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
   x = constrain(x, ("batch", "length", "embed"))
   q_slots = cache_index + jnp.arange(T)
   k_slots = jnp.arange(key_mask.shape[1])
   mask = (k_slots[None, :] <= q_slots[:, None])[None] & key_mask[:, None, :]
+  distance = q_slots[:, None] - k_slots[None, :]  # [T, S], in slots, as HF's sliding window
+  consts = layer_constants(cfg)
+  windowed = bool(consts["window"].any())
 
   def layer(x, scanned):
-    p, layer_cache = scanned
+    p, layer_cache, c = scanned
     p = jax.tree.map(lambda w: w.astype(dtype), p)
-    h = rms_norm(x, p["attn_norm"], cfg.norm_eps)
-    q = rotary(jnp.einsum("btd,dhk->bthk", h, p["q"]), positions, cfg.rope_theta)
-    k = rotary(jnp.einsum("btd,dhk->bthk", h, p["k"]), positions, cfg.rope_theta)
+    h = norm(x, p["attn_norm"])
+    q = jnp.einsum("btd,dhk->bthk", h, p["q"])
+    k = jnp.einsum("btd,dhk->bthk", h, p["k"])
     v = jnp.einsum("btd,dhk->bthk", h, p["v"])
+    if cfg.qkv_bias:
+      q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+    if cfg.qk_norm:
+      q, k = norm(q, p["q_norm"]), norm(k, p["k_norm"])
+    q = rotary(q, positions, c["inv_freq"])
+    k = rotary(k, positions, c["inv_freq"])
     q = constrain(q, ("batch", "length", "q_heads", "head_dim"))
     if layer_cache is not None:
       ck, cv = layer_cache
       k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
       v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
       layer_cache = (k, v)
-    attn = _attention(q, k, v, mask, cfg)
-    x = x + jnp.einsum("bthk,hkd->btd", attn, p["o"])
-    h = rms_norm(x, p["mlp_norm"], cfg.norm_eps)
-    gated = jax.nn.silu(jnp.einsum("btd,df->btf", h, p["gate"]))
+    layer_mask = mask
+    if windowed:  # window 0 means full attention on this layer
+      layer_mask = mask & ((c["window"] == 0) | (distance < c["window"]))[None]
+    attn = _attention(q, k, v, layer_mask, cfg)
+    attn_out = jnp.einsum("bthk,hkd->btd", attn, p["o"])
+    if cfg.o_bias:
+      attn_out = attn_out + p["o_bias"]
+    if cfg.sandwich_norms:
+      attn_out = norm(attn_out, p["post_attn_norm"])
+    x = x + attn_out
+    h = norm(x, p["mlp_norm"])
+    gated = _activation(jnp.einsum("btd,df->btf", h, p["gate"]), cfg.mlp_activation)
     gated = constrain(gated * jnp.einsum("btd,df->btf", h, p["up"]), ("batch", "length", "mlp"))
-    x = x + jnp.einsum("btf,fd->btd", gated, p["down"])
+    mlp_out = jnp.einsum("btf,fd->btd", gated, p["down"])
+    if cfg.sandwich_norms:
+      mlp_out = norm(mlp_out, p["post_mlp_norm"])
+    x = x + mlp_out
     return constrain(x, ("batch", "length", "embed")), layer_cache
 
   if cfg.remat:
     layer = jax.checkpoint(layer)
   layer_caches = None if cache is None else (cache.k, cache.v)
-  x, new_caches = jax.lax.scan(layer, x, (params["layers"], layer_caches))
-  x = rms_norm(x, params["final_norm"].astype(dtype), cfg.norm_eps)
+  x, new_caches = jax.lax.scan(layer, x, (params["layers"], layer_caches, consts))
+  x = norm(x, params["final_norm"].astype(dtype))
   new_cache = None if cache is None else KVCache(*new_caches)
   return x, new_cache
 
@@ -242,7 +390,8 @@ def lm_logits(params: Params, hidden: jax.Array, cfg: ModelConfig) -> jax.Array:
     w = params["embed"].astype(hidden.dtype).T
   else:
     w = params["lm_head"].astype(hidden.dtype)
-  return jnp.einsum("...d,dv->...v", hidden, w).astype(jnp.float32)
+  logits = jnp.einsum("...d,dv->...v", hidden, w).astype(jnp.float32)
+  return _softcap(logits, cfg.final_softcap)
 
 
 def scalar_output(params: Params, hidden: jax.Array) -> jax.Array:
@@ -250,6 +399,21 @@ def scalar_output(params: Params, hidden: jax.Array) -> jax.Array:
   head = params["scalar_head"]
   return (jnp.einsum("...d,d->...", hidden.astype(jnp.float32), head["w"].astype(jnp.float32))
           + head["b"].astype(jnp.float32))
+
+
+def sequence_scores(params: Params, tokens: jax.Array, mask: jax.Array,
+                    cfg: ModelConfig) -> jax.Array:
+  """A reward model's score per row: the scalar head at the row's last real token, [B].
+
+  This is what HF's ``*ForSequenceClassification`` returns with right padding. Positions come
+  from ``mask`` (0 at each row's first real token), so a left-padded row, whose last real
+  token is the last column, scores the same as the same row right-padded. HF agrees on
+  left-padded rows only when given ``position_ids`` (its forward otherwise counts the pads),
+  and it finds the last token by ``!= pad_token_id`` rather than by a mask.
+  """
+  hidden, _ = forward(params, tokens, positions_from_mask(mask), mask, cfg)
+  last = jnp.max(jnp.where(mask, jnp.arange(tokens.shape[1]), 0), axis=-1)
+  return scalar_output(params, jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0])
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:

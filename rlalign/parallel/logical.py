@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-Rules = Tuple[Tuple[str, Optional[str]], ...]
+# (logical name, mesh axes): the mesh axes are a tuple (empty: replicated); a single name or
+# None are accepted too.
+Rules = Tuple[Tuple[str, Union[None, str, Tuple[str, ...]]], ...]
 
 _ACTIVE: contextvars.ContextVar[Optional[Tuple[Mesh, Rules]]] = contextvars.ContextVar(
     "rlalign_axis_rules", default=None)
@@ -31,7 +33,13 @@ def axis_rules(mesh: Mesh, rules: Rules) -> Iterator[None]:
 
 
 def logical_to_spec(axes: Sequence[Optional[str]], rules: Rules) -> PartitionSpec:
-  """Maps logical axis names to a PartitionSpec; a name no rule covers raises."""
+  """Maps logical axis names to a PartitionSpec; a name no rule covers raises.
+
+  A mesh axis shards at most one dimension of an array: the first dimension whose rule
+  names it takes it, and later dimensions that name it again stay unsplit along it. So an
+  activation [batch, length, embed] with batch -> (data, fsdp) and embed -> (fsdp,) is split
+  over data x fsdp by batch only.
+  """
   table = dict(rules)
   spec = []
   used = set()
@@ -41,13 +49,14 @@ def logical_to_spec(axes: Sequence[Optional[str]], rules: Rules) -> PartitionSpe
       continue
     if name not in table:
       raise KeyError(f"logical axis {name!r} has no sharding rule; rules cover {sorted(table)}")
-    mesh_axis = table[name]
-    # A mesh axis may shard only one dimension of an array.
-    if mesh_axis is not None and mesh_axis in used:
-      mesh_axis = None
-    if mesh_axis is not None:
-      used.add(mesh_axis)
-    spec.append(mesh_axis)
+    mesh_axes = table[name]
+    if mesh_axes is None:
+      mesh_axes = ()
+    elif isinstance(mesh_axes, str):
+      mesh_axes = (mesh_axes,)
+    free = tuple(a for a in mesh_axes if a not in used)
+    used.update(free)
+    spec.append(None if not free else free[0] if len(free) == 1 else free)
   return PartitionSpec(*spec)
 
 

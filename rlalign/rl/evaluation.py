@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Dict, Mapping, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlalign.models import transformer as tfm
+from rlalign.parallel.logical import axis_rules
+from rlalign.parallel.sharding import ShardingPlan
 from rlalign.rewards import base as reward_base
 from rlalign.sampling import sampler
 
 
-@functools.partial(jax.jit, static_argnames=("model", "sampling", "reward_name", "pad_id"))
 def _score_batch(params, batch, rng, *, model: tfm.ModelConfig,
                  sampling: sampler.SamplingConfig, reward_name: str, pad_id: int):
   out = sampler.sample(params, batch["prompt_tokens"], batch["prompt_mask"], rng, model, sampling,
@@ -25,25 +26,42 @@ def _score_batch(params, batch, rng, *, model: tfm.ModelConfig,
   return reward_base.get(reward_name).fn(rollouts)
 
 
-def pass_at_1(params, batches: Sequence[Mapping[str, np.ndarray]], rng: jax.Array,
-              model: tfm.ModelConfig, sampling: sampler.SamplingConfig,
-              reward_name: str = "exact_match", pad_id: int = 0) -> float:
-  """Mean in-graph reward over the valid rows of ``batches`` (1 sample per prompt)."""
-  total, count = 0.0, 0
-  for i, batch in enumerate(batches):
-    arrays = {k: v for k, v in batch.items() if k != "valid"}
-    scores = _score_batch(params, arrays, jax.random.fold_in(rng, i), model=model,
-                          sampling=sampling, reward_name=reward_name, pad_id=pad_id)
-    valid = np.asarray(batch["valid"])
-    total += float(np.sum(np.asarray(scores)[valid]))
-    count += int(valid.sum())
-  return total / max(count, 1)
+def make_evaluator(model: tfm.ModelConfig, sampling: sampler.SamplingConfig,
+                   reward_name: str = "exact_match", pad_id: int = 0,
+                   plan: Optional[ShardingPlan] = None) -> Callable:
+  """Returns ``evaluate(params, batches, rng) -> {"eval/pass@1_greedy", "eval/pass@1_sampled"}``.
 
+  ``batches`` are numpy dicts with a ``valid`` row mask (see data.pipeline.eval_batches),
+  held in full by every process; with a plan they are split over the mesh's batch axes.
+  """
+  def scorer(settings):
+    fn = functools.partial(_score_batch, model=model, sampling=settings,
+                           reward_name=reward_name, pad_id=pad_id)
+    if plan is None:
+      return jax.jit(fn)
 
-def evaluate(params, batches, rng, model: tfm.ModelConfig, sampling: sampler.SamplingConfig,
-             reward_name: str = "exact_match", pad_id: int = 0) -> Dict[str, float]:
-  greedy = dataclasses.replace(sampling, temperature=0.0)
-  return {
-      "eval/pass@1_greedy": pass_at_1(params, batches, rng, model, greedy, reward_name, pad_id),
-      "eval/pass@1_sampled": pass_at_1(params, batches, rng, model, sampling, reward_name, pad_id),
-  }
+    def traced(*args):
+      with axis_rules(plan.mesh, plan.rules):
+        return fn(*args)
+    return jax.jit(traced, out_shardings=plan.replicated)
+
+  greedy = scorer(dataclasses.replace(sampling, temperature=0.0))
+  sampled = scorer(sampling)
+
+  def pass_at_1(score, params, batches, rng) -> float:
+    total, count = 0.0, 0
+    for i, batch in enumerate(batches):
+      arrays = {k: v for k, v in batch.items() if k != "valid"}
+      if plan is not None:
+        arrays = plan.put_global_batch(arrays)
+      scores = np.asarray(jax.device_get(score(params, arrays, jax.random.fold_in(rng, i))))
+      valid = np.asarray(batch["valid"])
+      total += float(np.sum(scores[valid]))
+      count += int(valid.sum())
+    return total / max(count, 1)
+
+  def evaluate(params, batches: Sequence[Mapping[str, np.ndarray]], rng) -> Dict[str, float]:
+    return {"eval/pass@1_greedy": pass_at_1(greedy, params, batches, rng),
+            "eval/pass@1_sampled": pass_at_1(sampled, params, batches, rng)}
+
+  return evaluate

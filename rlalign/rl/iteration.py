@@ -24,6 +24,8 @@ import optax
 from rlalign.models import transformer as tfm
 from rlalign.objectives import advantages as adv_lib
 from rlalign.objectives import base as obj_base
+from rlalign.parallel.logical import axis_rules
+from rlalign.parallel.sharding import ShardingPlan
 from rlalign.rewards import base as reward_base
 from rlalign.rl import state as state_lib
 from rlalign.sampling import sampler
@@ -193,23 +195,52 @@ def rl_step(state, batch, rng, frozen, spec: IterationSpec):
   return learn(state, rollouts, score(rollouts, spec), learn_rng, frozen, spec)
 
 
-def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], str]] = None
-                 ) -> Callable:
+@dataclasses.dataclass(frozen=True)
+class StepLayout:
+  """Explicit shardings of a step's inputs: the train state, one batch and the frozen roles."""
+  plan: ShardingPlan
+  state: Any
+  batch: Any
+  frozen: Any
+
+
+def jit_with_rules(fn: Callable, plan: Optional[ShardingPlan], **jit_kwargs) -> Callable:
+  """``jax.jit`` that traces ``fn`` with the plan's logical-axis rules active."""
+  if plan is None:
+    return jax.jit(fn, **jit_kwargs)
+
+  @functools.wraps(fn)
+  def traced(*args):
+    with axis_rules(plan.mesh, plan.rules):
+      return fn(*args)
+  return jax.jit(traced, **jit_kwargs)
+
+
+def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], str]] = None,
+                 layout: Optional[StepLayout] = None) -> Callable:
   """Returns ``step(state, batch, rng, frozen) -> (state, metrics)``.
 
   ``decode`` turns one row of token ids into text; it is needed only for host rewards.
+  With a ``layout``, every program is jitted with explicit in/out shardings over its mesh.
   """
+  plan = layout.plan if layout else None
+
+  def shardings(*entries):
+    return dict(in_shardings=entries[:-1], out_shardings=entries[-1]) if layout else {}
+
   if spec.fused:
-    return jax.jit(functools.partial(rl_step, spec=spec), donate_argnums=(0,))
+    kw = shardings(*((layout.state, layout.batch, plan.replicated, layout.frozen,
+                      (layout.state, plan.replicated)) if layout else ()))
+    return jit_with_rules(functools.partial(rl_step, spec=spec), plan, donate_argnums=(0,), **kw)
   if decode is None:
     raise ValueError("host rewards need a tokenizer to decode completions")
 
   def split_rng(rng, step):
     return jax.random.split(jax.random.fold_in(rng, step))
 
-  sample_jit = jax.jit(lambda params, batch, rng: rollout(params, batch, rng, spec))
-  score_jit = jax.jit(functools.partial(score, spec=spec))
-  learn_jit = jax.jit(functools.partial(learn, spec=spec), donate_argnums=(0,))
+  sample_jit = jit_with_rules(lambda params, batch, rng: rollout(params, batch, rng, spec), plan)
+  score_jit = jit_with_rules(functools.partial(score, spec=spec), plan)
+  learn_jit = jit_with_rules(functools.partial(learn, spec=spec), plan, donate_argnums=(0,))
 
   def step(state, batch, rng, frozen):
     sample_rng, learn_rng = split_rng(rng, state["step"])
@@ -220,7 +251,10 @@ def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], st
     texts = {k: [decode(row) for row in v] for k, v in host.items()}
     host_scores = reward_base.score_host(spec.rewards, texts["prompt_tokens"],
                                          texts["completion_tokens"], texts["answer_tokens"])
-    scores.update({k: jnp.asarray(v) for k, v in host_scores.items()})
+    if plan is not None:
+      scores.update(plan.put_global_batch(host_scores))
+    else:
+      scores.update({k: jnp.asarray(v) for k, v in host_scores.items()})
     return learn_jit(state, rollouts, scores, learn_rng, frozen)
 
   return step

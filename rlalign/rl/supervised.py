@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import optax
@@ -32,8 +32,14 @@ def supervised_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
 
 
 def make_supervised_step(model: tfm.ModelConfig, optimizer: optax.GradientTransformation,
-                         objective_name: str = "sft", hparams: Any = None) -> Callable:
+                         objective_name: str = "sft", hparams: Any = None,
+                         layout: Optional[iteration.StepLayout] = None) -> Callable:
   objective = obj_base.get(objective_name)
   hparams = objective.hparams() if hparams is None else hparams
-  return jax.jit(functools.partial(supervised_step, model=model, objective=objective,
-                                   hparams=hparams, optimizer=optimizer), donate_argnums=(0,))
+  fn = functools.partial(supervised_step, model=model, objective=objective, hparams=hparams,
+                         optimizer=optimizer)
+  kw = {}
+  if layout is not None:
+    kw = dict(in_shardings=(layout.state, layout.batch, layout.plan.replicated, layout.frozen),
+              out_shardings=(layout.state, layout.plan.replicated))
+  return iteration.jit_with_rules(fn, layout.plan if layout else None, donate_argnums=(0,), **kw)

@@ -12,10 +12,11 @@ written at the end. Calling :func:`train` again on the same workdir resumes wher
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,8 @@ from rlalign import metrics as metrics_lib
 from rlalign.config import ExperimentConfig, to_dict
 from rlalign.data import pipeline, tokenizer as tok_lib
 from rlalign.models import transformer as tfm
-from rlalign.objectives import base as obj_base
+from rlalign.parallel import mesh as mesh_lib
+from rlalign.parallel.sharding import ShardingPlan
 from rlalign.rl import evaluation, iteration, supervised
 from rlalign.rl import state as state_lib
 
@@ -44,6 +46,25 @@ def _check_fits(cfg: ExperimentConfig, tokenizer: tok_lib.CharTokenizer) -> None
                      f"data.max_answer_len ({cfg.data.max_answer_len}) or no answer can match")
 
 
+def _check_batches(cfg: ExperimentConfig, plan: ShardingPlan) -> None:
+  plan.check_batch(cfg.rl.prompts_per_step, "rl.batch_size / rl.group_size (prompts per step)")
+  plan.check_batch(cfg.rl.batch_size // cfg.rl.minibatches,
+                   "rl.batch_size / rl.minibatches (rollouts per minibatch)")
+  plan.check_batch(cfg.train.eval_batch_size, "train.eval_batch_size")
+  if cfg.warm_start.steps:
+    plan.check_batch(cfg.warm_start.batch_size, "warm_start.batch_size")
+  for key, size in (("rl.batch_size / rl.group_size", cfg.rl.prompts_per_step),
+                    ("warm_start.batch_size", cfg.warm_start.batch_size)):
+    if size % jax.process_count():
+      raise ValueError(f"{key} ({size}) must divide over the {jax.process_count()} processes")
+
+
+def _example(cfg: ExperimentConfig, tokenizer) -> Dict[str, np.ndarray]:
+  """A batch-shaped example (one row) for deriving batch layouts."""
+  record = {"prompt": b"0", "answer": b"", "demonstration": b""}
+  return {k: v[None] for k, v in pipeline.encode_example(record, tokenizer, cfg.data).items()}
+
+
 def _with_stop_token(cfg: ExperimentConfig, eos_id: int) -> ExperimentConfig:
   stops = cfg.sampling.stop_tokens
   if eos_id in stops:
@@ -53,7 +74,12 @@ def _with_stop_token(cfg: ExperimentConfig, eos_id: int) -> ExperimentConfig:
 
 
 def _abstract(tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _log(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)
 
 
 @dataclasses.dataclass
@@ -72,6 +98,7 @@ class Phase:
   eval_every: int = 0
   evaluate: Optional[Callable[[Any], Dict[str, float]]] = None
   metric_prefix: str = ""
+  put_batch: Callable[[Mapping[str, np.ndarray]], Any] = lambda batch: batch
 
 
 def run_phase(phase: Phase, state, data_iter, rng: jax.Array, frozen: Mapping[str, Any],
@@ -81,7 +108,7 @@ def run_phase(phase: Phase, state, data_iter, rng: jax.Array, frozen: Mapping[st
   bar = metrics_lib.progress(total=phase.num_steps, initial=step, desc=phase.name)
   window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
   while step < phase.num_steps:
-    batch = next(data_iter)
+    batch = phase.put_batch(next(data_iter))
     state, metrics = phase.step_fn(state, batch, rng, frozen)
     step += 1
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -132,6 +159,15 @@ def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   cfg = _with_stop_token(cfg, tokenizer.eos_id)
   _check_fits(cfg, tokenizer)
 
+  # The mesh and every layout are checked before anything compiles.
+  plan = ShardingPlan(mesh_lib.make_mesh(cfg.mesh), cfg.mesh.rules)
+  _check_batches(cfg, plan)
+  abstract = tfm.abstract_params(cfg.model)
+  param_shardings = plan.params(tfm.logical_axes(cfg.model), abstract)
+  _log(f"mesh {dict(plan.mesh.shape)} over {jax.device_count()} devices in "
+       f"{jax.process_count()} process(es)")
+  _log(mesh_lib.sharding_report(abstract, param_shardings, "params"))
+
   # Everything about the data is checked before anything compiles.
   pipeline.prepare(cfg.data)
   for split in ("train", "test"):
@@ -157,43 +193,57 @@ def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
     resume_step = -1  # nothing was checkpointed: metrics from an earlier attempt are stale
   writer = metrics_lib.MetricsWriter(workdir, resume_step=resume_step,
                                      enabled=jax.process_index() == 0)
-  evaluate = lambda params: evaluation.evaluate(params, eval_data, eval_rng, cfg.model,
-                                                cfg.sampling, pad_id=tokenizer.pad_id)
+  evaluator = evaluation.make_evaluator(cfg.model, cfg.sampling, pad_id=tokenizer.pad_id,
+                                        plan=plan)
+  evaluate = lambda params: evaluator(params, eval_data, eval_rng)
 
-  # Phase 1: warm start on demonstrations.
-  params = tfm.init(cfg.model, init_rng)
+  # Phase 1: warm start on demonstrations. Params are created already sharded.
+  params = jax.jit(functools.partial(tfm.init, cfg.model), out_shardings=param_shardings)(init_rng)
+  put_batch = plan.put_process_batch
+  shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
   if warm_steps:
     warm_opt = state_lib.make_optimizer(cfg.warm_start.optimizer)
-    state = state_lib.init_state(params, warm_opt)
+    warm_shardings = plan.train_state(param_shardings, abstract, warm_opt)
+    state = jax.jit(lambda p: state_lib.init_state(p, warm_opt),
+                    out_shardings=warm_shardings)(params)
     warm_iter = pipeline.train_iterator(cfg.data, tokenizer, cfg.warm_start.batch_size,
-                                        seed=cfg.seed)
+                                        seed=cfg.seed, **shard)
     state, _ = _resume(warm_ckpt, state, warm_iter, warm_rng)
-    phase = Phase("warm start", supervised.make_supervised_step(cfg.model, warm_opt),
+    layout = iteration.StepLayout(plan, warm_shardings, plan.batch(_example(cfg, tokenizer)), {})
+    phase = Phase("warm start", supervised.make_supervised_step(cfg.model, warm_opt,
+                                                                layout=layout),
                   num_steps=warm_steps, step_offset=0, checkpoint_every=cfg.train.checkpoint_every,
-                  log_every=cfg.train.log_every, evaluate=evaluate, metric_prefix="warm_start/")
+                  log_every=cfg.train.log_every, evaluate=evaluate, metric_prefix="warm_start/",
+                  put_batch=put_batch)
     state = run_phase(phase, state, warm_iter, warm_rng, {}, warm_ckpt, writer)
     params = state["params"]
   else:
     writer.write(0, evaluate(params))
 
-  # Phase 2: RL from the warm start, which is also the frozen reference.
+  # Phase 2: RL from the warm start, which is also the frozen reference. The reference and
+  # the policy share the mesh and the layout; the sampler reads the policy's own arrays.
   rl_opt = state_lib.make_optimizer(cfg.optimizer)
   spec = iteration.IterationSpec(model=cfg.model, sampling=cfg.sampling, rl=cfg.rl,
                                  objective=cfg.objective.objective, hparams=cfg.objective.hparams,
                                  optimizer=rl_opt, pad_id=tokenizer.pad_id)
   frozen = {"reference": params}
-  # The state is donated every step, so it must not alias the reference's buffers.
-  state = state_lib.init_state(jax.tree.map(jnp.copy, params), rl_opt)
+  rl_shardings = plan.train_state(param_shardings, abstract, rl_opt)
+  # jit gives the state fresh buffers: it is donated every step, the reference is not.
+  state = jax.jit(lambda p: state_lib.init_state(p, rl_opt), out_shardings=rl_shardings)(params)
   rl_iter = pipeline.train_iterator(cfg.data, tokenizer, cfg.rl.prompts_per_step,
-                                    seed=cfg.seed + 1)
+                                    seed=cfg.seed + 1, **shard)
   state, rl_rng = _resume(rl_ckpt, state, rl_iter, rl_rng)
+  layout = iteration.StepLayout(plan, rl_shardings, plan.batch(_example(cfg, tokenizer)),
+                                {"reference": param_shardings})
   step_fn = iteration.make_rl_step(
-      spec, decode=lambda ids: tokenizer.decode(ids, strict=False))
+      spec, decode=lambda ids: tokenizer.decode(ids, strict=False), layout=layout)
   phase = Phase("rl", step_fn, num_steps=cfg.train.steps, step_offset=warm_steps,
                 checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every,
-                eval_every=cfg.train.eval_every, evaluate=evaluate)
+                eval_every=cfg.train.eval_every, evaluate=evaluate, put_batch=put_batch)
   state = run_phase(phase, state, rl_iter, rl_rng, frozen, rl_ckpt, writer)
   writer.close()
+  if jax.process_index():
+    return {}
 
   records = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   evals = [r for r in records if "eval/pass@1_greedy" in r]

@@ -204,10 +204,13 @@ def test_train_iterator_epochs_shards_and_seeds(cfg):
   first, second = epochs(2)
   assert collections.Counter(first) == collections.Counter(second) == all_prompts
   assert first != second  # Reshuffled every epoch.
-  (shard0,) = epochs(1, shard_index=0, shard_count=2)
-  (shard1,) = epochs(1, shard_index=1, shard_count=2)
-  assert len(shard0) == len(shard1) == 20
-  assert collections.Counter(shard0) + collections.Counter(shard1) == all_prompts
+  # Two shards read the halves of each global batch: together, exactly one host's batches.
+  it0 = pipeline.train_iterator(cfg, tok, 4, shard_index=0, shard_count=2)
+  it1 = pipeline.train_iterator(cfg, tok, 4, shard_index=1, shard_count=2)
+  sharded = sum((_prompts(tok, next(it0)) + _prompts(tok, next(it1)) for _ in range(10)), [])
+  assert sharded == first
+  with pytest.raises(ValueError, match="does not split evenly"):
+    pipeline.train_iterator(cfg, tok, 5, shard_index=0, shard_count=2)
   assert epochs(1, seed=99)[0] != first
   with pytest.raises(ValueError, match="shard_index"):
     pipeline.train_iterator(cfg, tok, 4, shard_index=2, shard_count=2)

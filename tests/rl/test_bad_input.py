@@ -53,7 +53,8 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path):
       [sys.executable, "-m", "rlalign.main",
        f"--config={os.path.join(REPO, 'configs', 'grpo_addition.py')}:smoke",
        f"--workdir={tmp_path / 'run'}", "--config.rl.batch_size=18"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
   assert proc.returncode == 2
   assert "config error: rl.batch_size (18)" in proc.stderr
   assert "Traceback" not in proc.stderr

@@ -27,6 +27,10 @@ CONFIG = os.path.join(REPO, "configs", "grpo_addition.py")
 pytestmark = pytest.mark.slow
 
 
+# The CLI runs here are single-device; tests/conftest.py's 8 fake devices stay in-process.
+ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+
 def main_cmd(workdir, *overrides):
   return [sys.executable, "-m", "rlalign.main", f"--config={CONFIG}:smoke",
           f"--workdir={workdir}", *overrides]
@@ -34,7 +38,7 @@ def main_cmd(workdir, *overrides):
 
 def run_main(workdir, *overrides, check=True):
   proc = subprocess.run(main_cmd(workdir, *overrides), cwd=REPO, capture_output=True, text=True,
-                        timeout=600)
+                        timeout=600, env=ENV)
   if check and proc.returncode != 0:
     raise AssertionError(f"rlalign.main failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
   return proc
@@ -121,7 +125,7 @@ def test_killed_run_resumes_to_the_same_params(tmp_path, kill_when, uninterrupte
 
   workdir = str(tmp_path / "killed")
   proc = subprocess.Popen(main_cmd(workdir), cwd=REPO, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+                          stderr=subprocess.DEVNULL, env=ENV)
   marker = os.path.join(workdir, "checkpoints", kill_when)
   deadline = time.time() + 300
   while not os.path.isdir(marker) and proc.poll() is None and time.time() < deadline:
