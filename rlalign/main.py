@@ -20,6 +20,11 @@ from rlalign import config as config_lib
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-process runs outside "
+    "Cloud TPU and SLURM (which are detected).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -36,9 +41,12 @@ def main(argv) -> None:
     # A config mistake is the user's to fix: say which key, without a traceback.
     print(f"config error: {e.args[0] if e.args else e}", file=sys.stderr)
     sys.exit(2)
+  from rlalign.parallel import distributed
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from rlalign.rl import train  # heavy imports only once the config is known good
   summary = train.train(cfg, _WORKDIR.value)
-  print(json.dumps(summary, indent=2))
+  if summary:  # process 0 only
+    print(json.dumps(summary, indent=2))
 
 
 def run() -> None:

@@ -8,3 +8,86 @@ import os
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+
+import importlib.util  # noqa: E402  (after XLA_FLAGS on purpose)
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "configs", "grpo_addition.py") + ":smoke"
+
+
+class Cli:
+  """Runs ``python -m rlalign.main`` on the smoke config and reads its checkpoints back.
+
+  The runs share a persistent compilation cache: they compile the same few programs, and
+  compiling dominates a smoke run.
+  """
+
+  def __init__(self, cache_dir):
+    self.cache_dir = cache_dir
+
+  def env(self, devices=None):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_COMPILATION_CACHE_DIR"] = self.cache_dir
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    if devices:
+      env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+  def main_cmd(self, workdir, *overrides):
+    return [sys.executable, "-m", "rlalign.main", f"--config={SMOKE}", f"--workdir={workdir}",
+            *overrides]
+
+  def run(self, cmd, env, check=True):
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    if check and proc.returncode != 0:
+      raise AssertionError(f"{cmd[:4]} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+  def run_main(self, workdir, *overrides, devices=None, check=True):
+    """One process; ``devices`` fake CPU devices (default: one)."""
+    return self.run(self.main_cmd(workdir, *overrides), self.env(devices), check)
+
+  def run_multiprocess(self, num, workdir, *overrides):
+    """``num`` processes with one CPU device each, through launch/local_multiprocess.sh."""
+    cmd = [os.path.join(REPO, "launch", "local_multiprocess.sh"), str(num), SMOKE, workdir,
+           *overrides]
+    return self.run(cmd, self.env())
+
+  def final_params(self, workdir):
+    """The RL phase's last checkpointed (step, params), read back through orbax."""
+    import jax
+    import numpy as np
+    from rlalign import checkpoint as ckpt_lib
+    from rlalign import config as config_lib
+    from rlalign.models import transformer as tfm
+    from rlalign.rl import state as state_lib
+    path, _, arg = SMOKE.rpartition(":")
+    spec = importlib.util.spec_from_file_location("smoke_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    config.data.data_dir = os.path.join(workdir, "tfds")
+    cfg = config_lib.from_config_dict(config)
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints", "rl"), save_every=1)
+    step = ckpt.latest_step()
+    params = tfm.abstract_params(cfg.model)
+    optimizer = state_lib.make_optimizer(cfg.optimizer)
+    target = {"step": jax.ShapeDtypeStruct((), np.int32), "params": params,
+              "opt_state": jax.eval_shape(optimizer.init, params),
+              "rng": jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))}
+    # Restore onto this process's first device, whatever layout the run saved.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          target)
+    state, _ = ckpt.restore(target, step)
+    return step, jax.device_get(state["params"])
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory):
+  return Cli(str(tmp_path_factory.mktemp("jax_cache")))

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from rlalign.models import transformer as tfm
 from rlalign.objectives import advantages as adv_lib
@@ -195,6 +196,13 @@ def rl_step(state, batch, rng, frozen, spec: IterationSpec):
   return learn(state, rollouts, score(rollouts, spec), learn_rng, frozen, spec)
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+  """The whole array on this host, gathering the other hosts' rows when needed."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 @dataclasses.dataclass(frozen=True)
 class StepLayout:
   """Explicit shardings of a step's inputs: the train state, one batch and the frozen roles."""
@@ -246,8 +254,8 @@ def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], st
     sample_rng, learn_rng = split_rng(rng, state["step"])
     rollouts = sample_jit(state["params"], batch, sample_rng)
     scores = dict(score_jit(rollouts))
-    host = jax.device_get({k: rollouts[k] for k in
-                           ("prompt_tokens", "completion_tokens", "answer_tokens")})
+    host = {k: _to_host(rollouts[k])
+            for k in ("prompt_tokens", "completion_tokens", "answer_tokens")}
     texts = {k: [decode(row) for row in v] for k, v in host.items()}
     host_scores = reward_base.score_host(spec.rewards, texts["prompt_tokens"],
                                          texts["completion_tokens"], texts["answer_tokens"])

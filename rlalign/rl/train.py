@@ -19,8 +19,8 @@ import time
 from typing import Any, Callable, Dict, Mapping, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from rlalign import checkpoint as ckpt_lib
 from rlalign import metrics as metrics_lib
@@ -65,6 +65,13 @@ def _example(cfg: ExperimentConfig, tokenizer) -> Dict[str, np.ndarray]:
   return {k: v[None] for k, v in pipeline.encode_example(record, tokenizer, cfg.data).items()}
 
 
+def _replicated_keys(seed: int, num: int, plan: ShardingPlan):
+  """``num`` keys split from the run's root key, as arrays every process holds in full."""
+  data = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(seed), num)))
+  return [jax.random.wrap_key_data(jax.make_array_from_callback(
+      d.shape, plan.replicated, lambda index, d=d: d[index])) for d in data]
+
+
 def _with_stop_token(cfg: ExperimentConfig, eos_id: int) -> ExperimentConfig:
   stops = cfg.sampling.stop_tokens
   if eos_id in stops:
@@ -105,7 +112,8 @@ def run_phase(phase: Phase, state, data_iter, rng: jax.Array, frozen: Mapping[st
               checkpointer: ckpt_lib.Checkpointer, writer: metrics_lib.MetricsWriter):
   """Runs ``phase`` from ``state['step']`` to ``phase.num_steps``, checkpointing as it goes."""
   step = int(jax.device_get(state["step"]))
-  bar = metrics_lib.progress(total=phase.num_steps, initial=step, desc=phase.name)
+  bar = metrics_lib.progress(total=phase.num_steps, initial=step, desc=phase.name,
+                             enabled=jax.process_index() == 0)
   window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
   while step < phase.num_steps:
     batch = phase.put_batch(next(data_iter))
@@ -169,15 +177,19 @@ def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   _log(mesh_lib.sharding_report(abstract, param_shardings, "params"))
 
   # Everything about the data is checked before anything compiles.
-  pipeline.prepare(cfg.data)
+  # One host builds the dataset; the others wait, then reuse it.
+  if jax.process_index() == 0:
+    pipeline.prepare(cfg.data)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("rlalign: data prepared")
+    pipeline.prepare(cfg.data)
   for split in ("train", "test"):
     pipeline.validate_split(pipeline.load_split(cfg.data, split), tokenizer, cfg.data, split)
   eval_data = pipeline.eval_batches(cfg.data, tokenizer, "test", cfg.train.eval_batch_size)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(to_dict(cfg), f, indent=2)
 
-  root = jax.random.key(cfg.seed)
-  init_rng, warm_rng, rl_rng, eval_rng = jax.random.split(root, 4)
+  init_rng, warm_rng, rl_rng, eval_rng = _replicated_keys(cfg.seed, 4, plan)
   warm_dir = os.path.join(workdir, "checkpoints", "warm_start")
   rl_dir = os.path.join(workdir, "checkpoints", "rl")
   rl_ckpt = ckpt_lib.Checkpointer(rl_dir, save_every=cfg.train.checkpoint_every,
