@@ -8,6 +8,7 @@ all before anything is traced or compiled.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from typing import Any, Mapping, Optional, Tuple
@@ -34,6 +35,17 @@ class WarmStartConfig:
     if self.batch_size <= 0:
       raise ValueError(f"{prefix}.batch_size must be positive, got {self.batch_size}")
     self.optimizer.validate(f"{prefix}.optimizer")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitConfig:
+  """Where the policy's first weights come from: random (the default) or a HF checkpoint."""
+  hf_checkpoint: str = ""   # a local Hugging Face checkpoint directory
+  export_hf: bool = True    # with hf_checkpoint: write the trained policy to <workdir>/hf
+
+  def validate(self, prefix: str = "init") -> None:
+    if self.hf_checkpoint and not os.path.isdir(self.hf_checkpoint):
+      raise ValueError(f"{prefix}.hf_checkpoint: {self.hf_checkpoint!r} is not a directory")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +87,7 @@ class ExperimentConfig:
   objective: ObjectiveConfig = ObjectiveConfig("grpo", objectives.get("grpo").hparams())
   train: LoopConfig = LoopConfig()
   mesh: MeshConfig = MeshConfig()
+  init: InitConfig = InitConfig()
 
   def validate(self) -> "ExperimentConfig":
     self.model.validate("model")
@@ -87,6 +100,7 @@ class ExperimentConfig:
       self.objective.hparams.validate("objective")
     self.train.validate("train")
     self.mesh.validate("mesh")
+    self.init.validate("init")
     return self
 
 

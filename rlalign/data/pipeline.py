@@ -43,6 +43,9 @@ class DataConfig:
   num_test: int = 512             # addition only
   train_path: str = ""            # jsonl only
   test_path: str = ""             # jsonl only
+  tokenizer_dir: str = ""         # a Hugging Face tokenizer directory; "" = character tokenizer
+  prompt_format: str = "raw"      # "raw" text, or "chat": one user turn through the chat template
+  system_prompt: str = ""         # chat only: a system turn before the user's
 
   def validate(self) -> None:
     """Raises ValueError naming the first bad field."""
@@ -61,6 +64,15 @@ class DataConfig:
       )
     if not 0 <= self.seed < _MAX_SEED:
       raise ValueError(f"data.seed must be in [0, 2**32), got {self.seed}")
+    if self.prompt_format not in ("raw", "chat"):
+      raise ValueError(
+          f"data.prompt_format must be 'raw' or 'chat', got {self.prompt_format!r}"
+      )
+    if self.prompt_format == "chat" and not self.tokenizer_dir:
+      raise ValueError(
+          "data.prompt_format='chat' needs data.tokenizer_dir (a tokenizer with a"
+          " chat template)"
+      )
     if self.task == "addition":
       self._validate_addition()
     elif not self.train_path:
@@ -157,6 +169,22 @@ def _right_padded(
   return tokens, np.arange(length) < len(ids)
 
 
+def prompt_ids(prompt: str, tokenizer, cfg: DataConfig) -> list[int]:
+  """The token ids the policy is conditioned on.
+
+  Raw prompts get the tokenizer's BOS, if it has one (Qwen's has none). Chat prompts are one
+  user turn (after an optional system turn) rendered by the tokenizer's chat template, which
+  writes any BOS itself, up to the assistant's turn.
+  """
+  if cfg.prompt_format == "chat":
+    messages = [{"role": "user", "content": prompt}]
+    if cfg.system_prompt:
+      messages.insert(0, {"role": "system", "content": cfg.system_prompt})
+    return tokenizer.encode_chat(messages, add_generation_prompt=True)
+  bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+  return bos + tokenizer.encode(prompt)
+
+
 def encode_example(
     example: Mapping[str, Any], tokenizer: CharTokenizer, cfg: DataConfig
 ) -> dict[str, np.ndarray]:
@@ -165,10 +193,10 @@ def encode_example(
   if not prompt:
     raise ValueError("prompt is empty")
   length = cfg.max_prompt_len
-  ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+  ids = prompt_ids(prompt, tokenizer, cfg)
   if len(ids) > length:
     raise ValueError(
-        f"prompt needs {len(ids)} tokens (incl. BOS) but"
+        f"prompt needs {len(ids)} tokens (with BOS or chat template) but"
         f" data.max_prompt_len={length}: {prompt!r}"
     )
   prompt_tokens = np.full(length, tokenizer.pad_id, np.int32)

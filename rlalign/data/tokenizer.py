@@ -98,8 +98,11 @@ class CharTokenizer:
     return "".join(chars)
 
 
-def tokenizer_for(cfg: DataConfig) -> CharTokenizer:
-  """The tokenizer matching `cfg.task`."""
+def tokenizer_for(cfg: DataConfig):
+  """The run's tokenizer: a Hugging Face one if `cfg.tokenizer_dir` is set, else by task."""
+  if cfg.tokenizer_dir:
+    from rlalign.data.hf_tokenizer import HFTokenizer  # keeps `tokenizers` off this import path
+    return HFTokenizer.from_dir(cfg.tokenizer_dir)
   if cfg.task == "addition":
     return CharTokenizer(ADDITION_ALPHABET)
   if cfg.task == "jsonl":

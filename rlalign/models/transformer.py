@@ -325,7 +325,7 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_mask: j
   norm = lambda x, w: rms_norm(x, w, cfg.norm_eps, cfg.norm_plus_one)
   # Look rows up in a gathered (replicated) table, as FSDP gathers any weight before use: a
   # lookup into a split table makes the partitioner replicate it anyway, with a warning.
-  x = constrain(params["embed"].astype(dtype), (None, None))[tokens]
+  x = constrain(jnp.asarray(params["embed"], dtype), (None, None))[tokens]
   if cfg.embed_scale:
     # HF multiplies by the normalizer cast to the compute dtype (sqrt(3072) is 55.5 in bf16).
     x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)

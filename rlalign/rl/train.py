@@ -72,6 +72,23 @@ def _replicated_keys(seed: int, num: int, plan: ShardingPlan):
       d.shape, plan.replicated, lambda index, d=d: d[index])) for d in data]
 
 
+def _initial_params(cfg: ExperimentConfig, shardings, rng):
+  if not cfg.init.hf_checkpoint:
+    return jax.jit(functools.partial(tfm.init, cfg.model), out_shardings=shardings)(rng)
+  from rlalign.models import hf  # safetensors and the family tables only when needed
+  loaded_cfg, params = hf.load_hf_checkpoint(cfg.init.hf_checkpoint, dtype=cfg.model.param_dtype,
+                                             shardings=shardings, heads=cfg.model.heads)
+  # The checkpoint fixes the architecture; only numerics (dtypes, remat) may differ.
+  numerics = ("dtype", "param_dtype", "remat")
+  theirs = {k: v for k, v in dataclasses.asdict(loaded_cfg).items() if k not in numerics}
+  ours = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in numerics}
+  diff = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
+  if diff:
+    raise ValueError(f"model config differs from {cfg.init.hf_checkpoint}/config.json: "
+                     + ", ".join(f"model.{k}={a!r} vs {b!r}" for k, (a, b) in diff.items()))
+  return params
+
+
 def _with_stop_token(cfg: ExperimentConfig, eos_id: int) -> ExperimentConfig:
   stops = cfg.sampling.stop_tokens
   if eos_id in stops:
@@ -209,8 +226,8 @@ def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
                                         plan=plan)
   evaluate = lambda params: evaluator(params, eval_data, eval_rng)
 
-  # Phase 1: warm start on demonstrations. Params are created already sharded.
-  params = jax.jit(functools.partial(tfm.init, cfg.model), out_shardings=param_shardings)(init_rng)
+  # Phase 1: warm start on demonstrations. Params are created (or loaded) already sharded.
+  params = _initial_params(cfg, param_shardings, init_rng)
   put_batch = plan.put_process_batch
   shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
   if warm_steps:
@@ -254,6 +271,17 @@ def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
                 eval_every=cfg.train.eval_every, evaluate=evaluate, put_batch=put_batch)
   state = run_phase(phase, state, rl_iter, rl_rng, frozen, rl_ckpt, writer)
   writer.close()
+  if cfg.init.hf_checkpoint and cfg.init.export_hf:
+    from rlalign.models import hf
+    export_dir = os.path.join(workdir, "hf")
+    params = jax.device_get(state["params"]) if jax.process_count() == 1 else \
+        multihost_utils.process_allgather(state["params"], tiled=True)
+    if jax.process_index() == 0:
+      hf.save_hf_checkpoint(params, cfg.model, export_dir,
+                            hf_config_template=cfg.init.hf_checkpoint,
+                            tokenizer_dir=cfg.data.tokenizer_dir or cfg.init.hf_checkpoint,
+                            overwrite=True)
+      _log(f"exported the policy in Hugging Face format to {export_dir}")
   if jax.process_index():
     return {}
 
