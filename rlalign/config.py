@@ -49,6 +49,20 @@ class InitConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RolesConfig:
+  """Where the roles live. By default every role shares the learner's mesh and the sampler
+  reads the policy's own arrays; ``separate_sampler`` gives sampling its own mesh shape and
+  rules over the same devices (say, tensor-parallel decoding beside FSDP learning), at the
+  cost of resharding the weights into it every step."""
+  separate_sampler: bool = False
+  sampler_mesh: MeshConfig = MeshConfig()
+
+  def validate(self, prefix: str = "roles") -> None:
+    if self.separate_sampler:
+      self.sampler_mesh.validate(f"{prefix}.sampler_mesh")
+
+
+@dataclasses.dataclass(frozen=True)
 class LoopConfig:
   steps: int = 100            # RL iterations
   log_every: int = 10
@@ -88,6 +102,7 @@ class ExperimentConfig:
   train: LoopConfig = LoopConfig()
   mesh: MeshConfig = MeshConfig()
   init: InitConfig = InitConfig()
+  roles: RolesConfig = RolesConfig()
 
   def validate(self) -> "ExperimentConfig":
     self.model.validate("model")
@@ -101,6 +116,7 @@ class ExperimentConfig:
     self.train.validate("train")
     self.mesh.validate("mesh")
     self.init.validate("init")
+    self.roles.validate("roles")
     return self
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -204,12 +205,24 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
+class SamplerLayout:
+  """A sampler on its own mesh and layout: the policy's weights are copied into it each step."""
+  plan: ShardingPlan
+  params: Any  # param shardings in the sampler's layout
+  batch: Any   # prompt-batch shardings on the sampler's mesh
+
+
+@dataclasses.dataclass(frozen=True)
 class StepLayout:
-  """Explicit shardings of a step's inputs: the train state, one batch and the frozen roles."""
+  """Explicit shardings of a step's inputs: the train state, one batch and the frozen roles.
+
+  Without ``sampler``, sampling reads the policy's own arrays inside the one fused program.
+  """
   plan: ShardingPlan
   state: Any
   batch: Any
   frozen: Any
+  sampler: Optional[SamplerLayout] = None
 
 
 def jit_with_rules(fn: Callable, plan: Optional[ShardingPlan], **jit_kwargs) -> Callable:
@@ -230,39 +243,57 @@ def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], st
 
   ``decode`` turns one row of token ids into text; it is needed only for host rewards.
   With a ``layout``, every program is jitted with explicit in/out shardings over its mesh.
+  The step is one program unless a reward runs on the host or the sampler has a layout of
+  its own; then sampling and learning are two programs, and the policy's weights are
+  resharded into the sampler's layout before each rollout (timed as ``reshard_s``).
   """
   plan = layout.plan if layout else None
-
-  def shardings(*entries):
-    return dict(in_shardings=entries[:-1], out_shardings=entries[-1]) if layout else {}
-
-  if spec.fused:
-    kw = shardings(*((layout.state, layout.batch, plan.replicated, layout.frozen,
-                      (layout.state, plan.replicated)) if layout else ()))
+  separate = layout is not None and layout.sampler is not None
+  if spec.fused and not separate:
+    kw = {}
+    if layout:
+      kw = dict(in_shardings=(layout.state, layout.batch, plan.replicated, layout.frozen),
+                out_shardings=(layout.state, plan.replicated))
     return jit_with_rules(functools.partial(rl_step, spec=spec), plan, donate_argnums=(0,), **kw)
-  if decode is None:
+  if not spec.fused and decode is None:
     raise ValueError("host rewards need a tokenizer to decode completions")
 
-  def split_rng(rng, step):
-    return jax.random.split(jax.random.fold_in(rng, step))
-
-  sample_jit = jit_with_rules(lambda params, batch, rng: rollout(params, batch, rng, spec), plan)
-  score_jit = jit_with_rules(functools.partial(score, spec=spec), plan)
-  learn_jit = jit_with_rules(functools.partial(learn, spec=spec), plan, donate_argnums=(0,))
+  sampler_plan = layout.sampler.plan if separate else plan
+  sample_kw = {}
+  if separate:
+    sample_kw = dict(in_shardings=(layout.sampler.params, layout.sampler.batch,
+                                   sampler_plan.replicated))
+  sample_jit = jit_with_rules(lambda params, batch, rng: rollout(params, batch, rng, spec),
+                              sampler_plan, **sample_kw)
+  score_jit = jit_with_rules(functools.partial(score, spec=spec), sampler_plan)
+  learn_kw = dict(out_shardings=(layout.state, plan.replicated)) if layout else {}
+  learn_jit = jit_with_rules(functools.partial(learn, spec=spec), plan, donate_argnums=(0,),
+                             **learn_kw)
 
   def step(state, batch, rng, frozen):
-    sample_rng, learn_rng = split_rng(rng, state["step"])
-    rollouts = sample_jit(state["params"], batch, sample_rng)
+    sample_rng, learn_rng = jax.random.split(jax.random.fold_in(rng, state["step"]))
+    params, extra = state["params"], {}
+    if separate:
+      start = time.perf_counter()
+      params = jax.block_until_ready(jax.device_put(params, layout.sampler.params))
+      extra["reshard_s"] = time.perf_counter() - start
+      batch = jax.device_put(batch, layout.sampler.batch)
+      sample_rng = jax.device_put(sample_rng, sampler_plan.replicated)
+    rollouts = sample_jit(params, batch, sample_rng)
     scores = dict(score_jit(rollouts))
-    host = {k: _to_host(rollouts[k])
-            for k in ("prompt_tokens", "completion_tokens", "answer_tokens")}
-    texts = {k: [decode(row) for row in v] for k, v in host.items()}
-    host_scores = reward_base.score_host(spec.rewards, texts["prompt_tokens"],
-                                         texts["completion_tokens"], texts["answer_tokens"])
-    if plan is not None:
-      scores.update(plan.put_global_batch(host_scores))
-    else:
-      scores.update({k: jnp.asarray(v) for k, v in host_scores.items()})
-    return learn_jit(state, rollouts, scores, learn_rng, frozen)
+    if not spec.fused:
+      host = {k: _to_host(rollouts[k])
+              for k in ("prompt_tokens", "completion_tokens", "answer_tokens")}
+      texts = {k: [decode(row) for row in v] for k, v in host.items()}
+      host_scores = reward_base.score_host(spec.rewards, texts["prompt_tokens"],
+                                           texts["completion_tokens"], texts["answer_tokens"])
+      if sampler_plan is not None:
+        scores.update(sampler_plan.put_global_batch(host_scores))
+      else:
+        scores.update({k: jnp.asarray(v) for k, v in host_scores.items()})
+    if separate:  # rollouts move to the learner's layout
+      rollouts, scores = jax.device_put((rollouts, scores), plan.batch((rollouts, scores)))
+    state, metrics = learn_jit(state, rollouts, scores, learn_rng, frozen)
+    return state, {**metrics, **extra}
 
   return step

@@ -72,6 +72,18 @@ def _replicated_keys(seed: int, num: int, plan: ShardingPlan):
       d.shape, plan.replicated, lambda index, d=d: d[index])) for d in data]
 
 
+def _sampler_layout(cfg: ExperimentConfig, tokenizer, abstract):
+  if not cfg.roles.separate_sampler:
+    return None
+  plan = ShardingPlan(mesh_lib.make_mesh(cfg.roles.sampler_mesh), cfg.roles.sampler_mesh.rules)
+  plan.check_batch(cfg.rl.prompts_per_step,
+                   "rl.batch_size / rl.group_size (prompts per step) on roles.sampler_mesh")
+  params = plan.params(tfm.logical_axes(cfg.model), abstract)
+  _log(f"sampler mesh {dict(plan.mesh.shape)}; the policy is resharded into it every step")
+  _log(mesh_lib.sharding_report(abstract, params, "sampler params"))
+  return iteration.SamplerLayout(plan, params, plan.batch(_example(cfg, tokenizer)))
+
+
 def _initial_params(cfg: ExperimentConfig, shardings, rng):
   if not cfg.init.hf_checkpoint:
     return jax.jit(functools.partial(tfm.init, cfg.model), out_shardings=shardings)(rng)
@@ -263,7 +275,8 @@ def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
                                     seed=cfg.seed + 1, **shard)
   state, rl_rng = _resume(rl_ckpt, state, rl_iter, rl_rng)
   layout = iteration.StepLayout(plan, rl_shardings, plan.batch(_example(cfg, tokenizer)),
-                                {"reference": param_shardings})
+                                {"reference": param_shardings},
+                                sampler=_sampler_layout(cfg, tokenizer, abstract))
   step_fn = iteration.make_rl_step(
       spec, decode=lambda ids: tokenizer.decode(ids, strict=False), layout=layout)
   phase = Phase("rl", step_fn, num_steps=cfg.train.steps, step_offset=warm_steps,

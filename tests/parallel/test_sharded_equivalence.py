@@ -106,3 +106,34 @@ def test_mesh_errors_name_the_numbers():
   with pytest.raises(KeyError, match=r"param layers/\w+: logical axis .mlp. has no sharding rule"):
     ShardingPlan(plan.mesh, rules).params(tfm.logical_axes(bad_model),
                                           tfm.abstract_params(bad_model))
+
+
+def test_sampler_on_its_own_mesh_matches_single_device(single_device):
+  """FSDP learner (1, 8, 1); tensor-parallel sampler (4, 1, 2) over the same devices."""
+  spec, batch, rng, (tokens, expected_state, expected_metrics) = single_device
+  learner = ShardingPlan(mesh_lib.make_mesh(mesh_lib.MeshConfig(ici=(1, 8, 1))),
+                         mesh_lib.DEFAULT_RULES)
+  sampler_plan = ShardingPlan(mesh_lib.make_mesh(mesh_lib.MeshConfig(ici=(4, 1, 2))),
+                              mesh_lib.DEFAULT_RULES)
+  abstract = tfm.abstract_params(MODEL)
+  param_sh = learner.params(tfm.logical_axes(MODEL), abstract)
+  sampler_sh = sampler_plan.params(tfm.logical_axes(MODEL), abstract)
+  state_sh = learner.train_state(param_sh, abstract, spec.optimizer)
+  init = lambda seed: jax.jit(lambda r: tfm.init(MODEL, r), out_shardings=param_sh)(
+      jax.random.key(seed))
+  state = jax.jit(lambda p: state_lib.init_state(p, spec.optimizer),
+                  out_shardings=state_sh)(init(0))
+  layout = iteration.StepLayout(
+      learner, state_sh, learner.batch(batch), {"reference": param_sh},
+      sampler=iteration.SamplerLayout(sampler_plan, sampler_sh, sampler_plan.batch(batch)))
+  step = iteration.make_rl_step(spec, layout=layout)
+  state, metrics = step(state, learner.put_process_batch(batch), rng, {"reference": init(1)})
+  assert metrics["reshard_s"] > 0
+  for key in ("loss", "kl", "reward", "grad_norm"):
+    np.testing.assert_allclose(metrics[key], expected_metrics[key], rtol=1e-5, atol=1e-6,
+                               err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               jax.device_get(state["params"]), expected_state["params"])
+  # The learner keeps its FSDP layout; the sampler's copy was tensor-parallel.
+  assert state["params"]["layers"]["q"].sharding == param_sh["layers"]["q"]
+  assert sampler_sh["layers"]["q"].shard_shape((2, 32, 4, 8)) == (2, 32, 2, 8)

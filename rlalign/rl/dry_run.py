@@ -1,0 +1,318 @@
+"""Ahead-of-time check of a run's programs: lower and compile them, never run them.
+
+  python -m rlalign.main --config=configs/grpo_7b.py:8xh100 --workdir=DIR --dry_run \
+      [--dry_run_reward_model] [--device_memory_gib=80]
+
+Every input is a ``jax.ShapeDtypeStruct`` carrying the sharding the trainer would give it, so
+no param is allocated (a 7B model fits in the dry run of a laptop) and no data is prepared.
+What it compiles, for the config's mesh on the devices present:
+
+  rl_step   the fused RL iteration (sample, score, learn), as ``train.py`` jits it; with a
+            host reward, the ``learn`` program the split iteration jits instead
+  sampler   ``sampler.sample`` on ``rl.batch_size`` prompts
+
+A layout that does not divide, a missing rule or a partitioner error surfaces here, before a
+pod is paid for. Per device it reports the bytes of the params, their gradients, the optimizer
+state, the frozen reference, an optional reward model of the policy's shape and the KV cache of
+one sampling call, all computed from the shardings, plus XLA's own figures for each compiled
+program (``memory_analysis``), and checks the largest peak against a per-device budget.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import sys
+import time
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlalign.config import ExperimentConfig
+from rlalign.models import transformer as tfm
+from rlalign.parallel import mesh as mesh_lib
+from rlalign.parallel.logical import axis_rules
+from rlalign.parallel.sharding import ShardingPlan
+from rlalign.rl import iteration
+from rlalign.rl import state as state_lib
+from rlalign.sampling import sampler
+
+GiB = 2**30
+# The dry run loads no tokenizer: pad and stop ids are constants in the programs and change
+# neither their layouts nor their memory.
+PAD_ID = 0
+
+
+class DryRunError(ValueError):
+  """A layout the mesh cannot hold: a dimension that does not divide, an unknown axis."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StateBytes:
+  """Per-device bytes of what a run holds, from the shardings (not from XLA)."""
+  params: int
+  grads: int          # params' layout in float32
+  optimizer: int
+  reference: int
+  reward_model: int   # 0 unless asked for
+  kv_cache: int       # one sampling call of rl.batch_size rows
+  param_dtype: str
+  kv_shape: Tuple[int, ...]
+  kv_spec: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramBytes:
+  """Per-device figures of one compiled program (``compiled.memory_analysis()``)."""
+  name: str
+  arguments: int
+  outputs: int
+  aliased: int        # outputs written into donated arguments
+  temp: int
+  outside: int        # held by the run while this program runs, but not among its arguments
+  outside_what: str
+  compile_s: float
+
+  @property
+  def peak(self) -> int:
+    return self.arguments + self.outputs - self.aliased + self.temp + self.outside
+
+
+@dataclasses.dataclass(frozen=True)
+class DryRunReport:
+  mesh: Mapping[str, int]
+  devices: int
+  platform: str
+  processes: int
+  state: StateBytes
+  programs: Tuple[ProgramBytes, ...]
+
+  @property
+  def peak(self) -> int:
+    return max(p.peak for p in self.programs)
+
+
+def batch_shapes(cfg: ExperimentConfig, rows: int) -> Dict[str, jax.ShapeDtypeStruct]:
+  """One data batch's fields (see ``data.pipeline.encode_example``), without any data."""
+  P, A = cfg.data.max_prompt_len, cfg.data.max_answer_len
+  ids = lambda n: jax.ShapeDtypeStruct((rows, n), np.int32)
+  mask = lambda n: jax.ShapeDtypeStruct((rows, n), np.bool_)
+  return {"prompt_tokens": ids(P), "prompt_mask": mask(P),
+          "answer_tokens": ids(A), "answer_mask": mask(A),
+          "demo_tokens": ids(A), "demo_mask": mask(A)}
+
+
+def per_device_bytes(abstract_tree, shardings) -> int:
+  """Bytes one device holds of a pytree laid out by ``shardings`` (the largest shard)."""
+  leaves = jax.tree.leaves(abstract_tree)
+  return sum(math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+             for x, s in zip(leaves, jax.tree.leaves(shardings)))
+
+
+def _with_shardings(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+def _as_float32(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), tree)
+
+
+def state_bytes(cfg: ExperimentConfig, plan: ShardingPlan, reward_model: bool = False
+                ) -> StateBytes:
+  """Params, grads, optimizer, reference, reward model and KV cache bytes per device."""
+  abstract = tfm.abstract_params(cfg.model)
+  param_sh = plan.params(tfm.logical_axes(cfg.model), abstract)
+  optimizer = state_lib.make_optimizer(cfg.optimizer)
+  opt_sh = plan.train_state(param_sh, abstract, optimizer)["opt_state"]
+  params = per_device_bytes(abstract, param_sh)
+  rm = 0  # the dry run's reward model is counted, not compiled: no program of ours reads one
+  if reward_model:
+    # A reward model of the policy's backbone: a scalar head in place of the LM head.
+    rm_cfg = dataclasses.replace(cfg.model, heads=("scalar",))
+    rm_abstract = tfm.abstract_params(rm_cfg)
+    rm = per_device_bytes(rm_abstract, plan.params(tfm.logical_axes(rm_cfg), rm_abstract))
+  m = cfg.model
+  kv_shape = (m.n_layers, cfg.rl.batch_size, cfg.data.max_prompt_len + cfg.sampling.max_new_tokens,
+              m.n_kv_heads, m.head_dim)
+  kv_sh = mesh_lib.sharding_for(plan.mesh, tfm.CACHE_AXES, plan.rules)
+  kv = 2 * math.prod(kv_sh.shard_shape(kv_shape)) * jnp.dtype(m.dtype).itemsize  # keys + values
+  return StateBytes(
+      params=params, grads=per_device_bytes(_as_float32(abstract), param_sh),
+      optimizer=per_device_bytes(jax.eval_shape(optimizer.init, abstract), opt_sh),
+      reference=params, reward_model=rm, kv_cache=kv, param_dtype=m.param_dtype,
+      kv_shape=kv_shape, kv_spec=str(kv_sh.spec))
+
+
+def _compile(name: str, jitted, args: Sequence[Any], outside_what: str = "", outside: int = 0
+             ) -> ProgramBytes:
+  """Lowers and compiles ``jitted`` for abstract ``args``; XLA's per-device figures."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - start
+  m = compiled.memory_analysis()
+  return ProgramBytes(name, m.argument_size_in_bytes, m.output_size_in_bytes,
+                      m.alias_size_in_bytes, m.temp_size_in_bytes, outside, outside_what,
+                      seconds)
+
+
+def _check_batches(cfg: ExperimentConfig, plan: ShardingPlan) -> None:
+  plan.check_batch(cfg.rl.prompts_per_step, "rl.batch_size / rl.group_size (prompts per step)")
+  plan.check_batch(cfg.rl.batch_size, "rl.batch_size (rollouts per step)")
+  plan.check_batch(cfg.rl.batch_size // cfg.rl.minibatches,
+                   "rl.batch_size / rl.minibatches (rollouts per minibatch)")
+  if cfg.rl.prompts_per_step % jax.process_count():
+    raise ValueError(f"rl.batch_size / rl.group_size ({cfg.rl.prompts_per_step}) must divide "
+                     f"over the {jax.process_count()} processes")
+
+
+def make_plan(cfg: ExperimentConfig, devices: Optional[Sequence[jax.Device]] = None
+              ) -> ShardingPlan:
+  """The run's mesh and rules, with every batch and param layout checked (DryRunError)."""
+  try:
+    plan = ShardingPlan(mesh_lib.make_mesh(cfg.mesh, devices), cfg.mesh.rules)
+    _check_batches(cfg, plan)
+    for model in (cfg.model, dataclasses.replace(cfg.model, heads=("scalar",))):
+      plan.params(tfm.logical_axes(model), tfm.abstract_params(model))
+    mesh_lib.sharding_for(plan.mesh, tfm.CACHE_AXES, plan.rules)
+  except (ValueError, KeyError) as e:
+    raise DryRunError(e.args[0] if e.args else str(e)) from None
+  return plan
+
+
+def _abstract_key(plan: ShardingPlan) -> jax.ShapeDtypeStruct:
+  # A typed key array's shape and dtype, without making a key.
+  dtype = jax.eval_shape(lambda: jax.random.key(0)).dtype
+  return jax.ShapeDtypeStruct((), dtype, sharding=plan.replicated)
+
+
+def dry_run(cfg: ExperimentConfig, reward_model: bool = False,
+            devices: Optional[Sequence[jax.Device]] = None) -> DryRunReport:
+  """Lowers and compiles the RL step and the sampler for ``cfg.mesh``; runs nothing."""
+  plan = make_plan(cfg, devices)
+  optimizer = state_lib.make_optimizer(cfg.optimizer)
+  abstract = tfm.abstract_params(cfg.model)
+  param_sh = plan.params(tfm.logical_axes(cfg.model), abstract)
+  state_sh = plan.train_state(param_sh, abstract, optimizer)
+  state = _with_shardings({"step": jax.ShapeDtypeStruct((), np.int32), "params": abstract,
+                           "opt_state": jax.eval_shape(optimizer.init, abstract)}, state_sh)
+  frozen = {"reference": _with_shardings(abstract, param_sh)}
+  batch = batch_shapes(cfg, cfg.rl.prompts_per_step)
+  batch = _with_shardings(batch, plan.batch(batch))
+  rng = _abstract_key(plan)
+  held = state_bytes(cfg, plan, reward_model)
+  spec = iteration.IterationSpec(model=cfg.model, sampling=cfg.sampling, rl=cfg.rl,
+                                 objective=cfg.objective.objective, hparams=cfg.objective.hparams,
+                                 optimizer=optimizer, pad_id=PAD_ID)
+  rm = ("reward model", held.reward_model) if reward_model else ("", 0)
+
+  if spec.fused:  # exactly the program train.py jits
+    layout = iteration.StepLayout(plan, state_sh, plan.batch(batch), {"reference": param_sh})
+    step = iteration.make_rl_step(spec, layout=layout)
+    rl_program = _compile("rl_step", step, (state, batch, rng, frozen), *rm)
+  else:
+    rl_program = _compile_learn(spec, plan, state, batch, rng, frozen, rm)
+
+  prompts = jax.ShapeDtypeStruct((cfg.rl.batch_size, cfg.data.max_prompt_len), np.int32)
+  prompts = _with_shardings(prompts, plan.batch(prompts))
+  mask = jax.ShapeDtypeStruct(prompts.shape, np.bool_, sharding=prompts.sharding)
+  sample = iteration.jit_with_rules(
+      functools.partial(sampler.sample, model_cfg=cfg.model, cfg=cfg.sampling, pad_id=PAD_ID),
+      plan)
+  # A sampler alone (evaluation, or a split iteration) runs while the optimizer state and
+  # the reference stay resident.
+  sampler_program = _compile(
+      "sampler", sample, (state["params"], prompts, mask, rng),
+      "optimizer + reference" + (" + reward model" if reward_model else ""),
+      held.optimizer + held.reference + rm[1])
+  return DryRunReport(mesh=dict(plan.mesh.shape), devices=plan.mesh.size,
+                      platform=plan.mesh.devices.flat[0].platform,
+                      processes=jax.process_count(), state=held,
+                      programs=(rl_program, sampler_program))
+
+
+def _compile_learn(spec, plan, state, batch, rng, frozen, rm) -> ProgramBytes:
+  """With a host reward the iteration splits around Python; its largest program is ``learn``."""
+  def rollout(params, batch, rng):
+    with axis_rules(plan.mesh, plan.rules):
+      return iteration.rollout(params, batch, rng, spec)
+  rollouts = jax.eval_shape(rollout, state["params"], batch, rng)
+  rollouts = _with_shardings(rollouts, plan.batch(rollouts))
+  score = jax.ShapeDtypeStruct((spec.rl.batch_size,), np.float32)
+  scores = {r.name: _with_shardings(score, plan.batch(score)) for r in spec.rewards}
+  learn = iteration.jit_with_rules(functools.partial(iteration.learn, spec=spec), plan,
+                                   donate_argnums=(0,))
+  return _compile("learn", learn, (state, rollouts, scores, rng, frozen), *rm)
+
+
+def _size(n: int) -> str:
+  for unit, scale in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
+    if n >= scale:
+      return f"{n / scale:.2f} {unit}"
+  return f"{n} B"
+
+
+def to_markdown(report: DryRunReport, budget_bytes: Optional[int] = None) -> str:
+  """The state table, one table per program, and the verdict."""
+  s = report.state
+  mesh = " x ".join(f"{k}={v}" for k, v in report.mesh.items())
+  lines = [f"mesh {mesh} over {report.devices} {report.platform} device(s) in "
+           f"{report.processes} process(es); all figures are per device", "",
+           "| held by the run | per device | note |", "|---|---:|---|",
+           f"| params ({s.param_dtype}) | {_size(s.params)} | |",
+           f"| gradients (float32) | {_size(s.grads)} | params' layout; inside the RL program's temp "
+           f"(where they take the params' dtype, so this bounds them) |",
+           f"| optimizer state | {_size(s.optimizer)} | follows the params' layout |",
+           f"| reference | {_size(s.reference)} | frozen copy of the policy |",
+           f"| reward model | {_size(s.reward_model) if s.reward_model else '-'} | "
+           + ("policy's backbone with a scalar head |" if s.reward_model
+              else "not counted (--dry_run_reward_model) |"),
+           f"| KV cache, one sampling call | {_size(s.kv_cache)} | k+v {list(s.kv_shape)} "
+           f"split {s.kv_spec}; inside the sampler's temp |"]
+  for p in report.programs:
+    lines += ["", f"| {p.name} (XLA memory_analysis) | per device |", "|---|---:|",
+              f"| arguments | {_size(p.arguments)} |", f"| outputs | {_size(p.outputs)} |",
+              f"| aliased (donated) | -{_size(p.aliased)} |", f"| XLA temp | {_size(p.temp)} |",
+              f"| held outside the program{': ' + p.outside_what if p.outside_what else ''} | "
+              f"{_size(p.outside)} |",
+              f"| **peak estimate** | **{_size(p.peak)}** |",
+              f"| compile time | {p.compile_s:.1f} s |"]
+  if report.platform == "cpu":
+    lines += ["", "XLA temp compiled for CPU is an estimate of an accelerator's: the CPU backend "
+              "computes bfloat16 in float32 and may copy buffers an accelerator updates in place."]
+  lines += ["", verdict(report, budget_bytes)[1]]
+  return "\n".join(lines)
+
+
+def verdict(report: DryRunReport, budget_bytes: Optional[int]) -> Tuple[bool, str]:
+  """Whether the largest per-device peak fits ``budget_bytes``, and a line saying so."""
+  worst = max(report.programs, key=lambda p: p.peak)
+  head = f"peak {_size(worst.peak)} per device ({worst.name})"
+  if budget_bytes is None:
+    return True, f"verdict: {head}; no --device_memory_gib budget given"
+  if worst.peak <= budget_bytes:
+    return True, (f"verdict: fits: {head} of {_size(budget_bytes)}, "
+                  f"{_size(budget_bytes - worst.peak)} to spare")
+  return False, (f"verdict: OVER BUDGET: {head} exceeds {_size(budget_bytes)} by "
+                 f"{_size(worst.peak - budget_bytes)}")
+
+
+def main(cfg: ExperimentConfig, workdir: str, reward_model: bool = False,
+         device_memory_gib: Optional[float] = None) -> int:
+  """The ``--dry_run`` entry point: prints the report; 1 if over budget, 2 on a bad layout."""
+  try:
+    report = dry_run(cfg, reward_model)
+  except DryRunError as e:
+    print(f"dry run: layout error: {e}", file=sys.stderr, flush=True)
+    return 2
+  budget = None if device_memory_gib is None else int(device_memory_gib * GiB)
+  text = to_markdown(report, budget)
+  if jax.process_index() == 0:
+    print(text, flush=True)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "dry_run.md"), "w") as f:
+      f.write(text + "\n")
+  return 0 if verdict(report, budget)[0] else 1
