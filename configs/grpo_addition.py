@@ -35,6 +35,9 @@ def get_config(arg: str = ""):
   # data x fsdp x tensor; -1 takes the devices left. Rules map logical axes to mesh axes.
   c.mesh = dict(axes=("data", "fsdp", "tensor"), ici=(-1, 1, 1), dcn=(1, 1, 1),
                 rules=dict(DEFAULT_RULES))
+  # Set separate_sampler to give sampling its own mesh shape and rules (weights are resharded
+  # into it every step); by default the sampler reads the learner's arrays.
+  c.roles = dict(separate_sampler=False, sampler_mesh=dict(c.mesh))
   c.train = dict(steps=300, log_every=10, eval_every=50, checkpoint_every=50,
                  eval_batch_size=256)
 
