@@ -261,8 +261,9 @@ def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   else:
     writer.write(0, evaluate(params))
 
-  # Phase 2: RL from the warm start, which is also the frozen reference. The reference and
-  # the policy share the mesh and the layout; the sampler reads the policy's own arrays.
+  # Phase 2: RL from the warm start, which is also the frozen reference. The reference shares
+  # the policy's mesh and layout; the sampler reads the policy's own arrays unless
+  # roles.separate_sampler gives it a layout of its own.
   rl_opt = state_lib.make_optimizer(cfg.optimizer)
   spec = iteration.IterationSpec(model=cfg.model, sampling=cfg.sampling, rl=cfg.rl,
                                  objective=cfg.objective.objective, hparams=cfg.objective.hparams,
@@ -285,33 +286,40 @@ def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   state = run_phase(phase, state, rl_iter, rl_rng, frozen, rl_ckpt, writer)
   writer.close()
   if cfg.init.hf_checkpoint and cfg.init.export_hf:
-    from rlalign.models import hf
-    export_dir = os.path.join(workdir, "hf")
-    params = jax.device_get(state["params"]) if jax.process_count() == 1 else \
-        multihost_utils.process_allgather(state["params"], tiled=True)
-    if jax.process_index() == 0:
-      hf.save_hf_checkpoint(params, cfg.model, export_dir,
-                            hf_config_template=cfg.init.hf_checkpoint,
-                            tokenizer_dir=cfg.data.tokenizer_dir or cfg.init.hf_checkpoint,
-                            overwrite=True)
-      _log(f"exported the policy in Hugging Face format to {export_dir}")
+    _export_hf(cfg, workdir, state["params"])
   if jax.process_index():
     return {}
+  return _write_summary(cfg, workdir, tfm.count_params(params))
 
+
+def _export_hf(cfg: ExperimentConfig, workdir: str, params) -> None:
+  from rlalign.models import hf
+  export_dir = os.path.join(workdir, "hf")
+  if jax.process_count() > 1:
+    params = multihost_utils.process_allgather(params, tiled=True)
+  if jax.process_index() == 0:
+    hf.save_hf_checkpoint(jax.device_get(params), cfg.model, export_dir,
+                          hf_config_template=cfg.init.hf_checkpoint,
+                          tokenizer_dir=cfg.data.tokenizer_dir or cfg.init.hf_checkpoint,
+                          overwrite=True)
+    _log(f"exported the policy in Hugging Face format to {export_dir}")
+
+
+def _write_summary(cfg: ExperimentConfig, workdir: str, num_params: int) -> Dict[str, Any]:
+  """summary.json (held-out pass@1 before and after RL) and curves.png."""
   records = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   evals = [r for r in records if "eval/pass@1_greedy" in r]
+  warm_steps = cfg.warm_start.steps
+  # Before RL: the warm start's last evaluation, or step 0's without a warm start.
+  before = [r for r in evals if r["step"] == warm_steps] or evals[:1]
+  pick = lambda record: {k: v for k, v in record.items() if k.startswith("eval/")}
   summary = {
-      "before_rl": {k: v for k, v in evals[0].items() if k.startswith("eval/")},
-      "after_rl": {k: v for k, v in evals[-1].items() if k.startswith("eval/")},
+      "before_rl": pick(before[0]),
+      "after_rl": pick(evals[-1]),
       "rl_steps": cfg.train.steps,
       "warm_start_steps": warm_steps,
-      "params": tfm.count_params(params),
+      "params": num_params,
   }
-  # Before-RL eval is the warm start's last record (or step 0 without a warm start).
-  if warm_steps:
-    before = [r for r in evals if r["step"] == warm_steps]
-    if before:
-      summary["before_rl"] = {k: v for k, v in before[0].items() if k.startswith("eval/")}
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   metrics_lib.plot_curves(os.path.join(workdir, "metrics.jsonl"),
