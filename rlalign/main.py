@@ -4,7 +4,9 @@
   python -m rlalign.main --config=configs/grpo_addition.py:smoke --workdir=/tmp/run \
       --config.rl.group_size=4
 
-Running again with the same workdir resumes from its latest checkpoint.
+Running again with the same workdir resumes from its latest checkpoint. ``--dry_run`` compiles
+the RL step and the sampler for the config's mesh from abstract inputs, prints per-device
+memory and exits, training nothing (``rlalign/rl/dry_run.py``).
 """
 from __future__ import annotations
 
@@ -25,6 +27,15 @@ _COORDINATOR = flags.DEFINE_string(
     "Cloud TPU and SLURM (which are detected).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Lower and compile the RL step and the sampler for the config's mesh on "
+    "the devices present, print per-device memory and exit; allocates no params, reads no data.")
+_DRY_RUN_REWARD_MODEL = flags.DEFINE_bool(
+    "dry_run_reward_model", False, "With --dry_run: also count a reward model of the policy's "
+    "shape.")
+_DEVICE_MEMORY_GIB = flags.DEFINE_float(
+    "device_memory_gib", None, "With --dry_run: memory per device in GiB; exit 1 if the "
+    "estimated peak exceeds it.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -43,6 +54,10 @@ def main(argv) -> None:
     sys.exit(2)
   from rlalign.parallel import distributed
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if _DRY_RUN.value:
+    from rlalign.rl import dry_run
+    sys.exit(dry_run.main(cfg, _WORKDIR.value, _DRY_RUN_REWARD_MODEL.value,
+                          _DEVICE_MEMORY_GIB.value))
   from rlalign.rl import train  # heavy imports only once the config is known good
   summary = train.train(cfg, _WORKDIR.value)
   if summary:  # process 0 only

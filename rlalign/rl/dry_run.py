@@ -7,9 +7,11 @@ Every input is a ``jax.ShapeDtypeStruct`` carrying the sharding the trainer woul
 no param is allocated (a 7B model fits in the dry run of a laptop) and no data is prepared.
 What it compiles, for the config's mesh on the devices present:
 
-  rl_step   the fused RL iteration (sample, score, learn), as ``train.py`` jits it; with a
-            host reward, the ``learn`` program the split iteration jits instead
-  sampler   ``sampler.sample`` on ``rl.batch_size`` prompts
+  rl_step   the fused RL iteration (sample, score, learn), as ``make_rl_step`` jits it; when
+            the iteration splits (a host reward, or ``roles.separate_sampler``), its ``learn``
+            program instead
+  sampler   ``sampler.sample`` on ``rl.batch_size`` prompts, on ``roles.sampler_mesh`` when
+            the sampler has a mesh of its own
 
 A layout that does not divide, a missing rule or a partitioner error surfaces here, before a
 pod is paid for. Per device it reports the bytes of the params, their gradients, the optimizer
@@ -25,7 +27,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +61,7 @@ class StateBytes:
   reference: int
   reward_model: int   # 0 unless asked for
   kv_cache: int       # one sampling call of rl.batch_size rows
+  sampler_params: int  # the sampler's own copy with roles.separate_sampler, else 0
   param_dtype: str
   kv_shape: Tuple[int, ...]
   kv_spec: str
@@ -84,6 +87,7 @@ class ProgramBytes:
 @dataclasses.dataclass(frozen=True)
 class DryRunReport:
   mesh: Mapping[str, int]
+  sampler_mesh: Optional[Mapping[str, int]]  # None: the sampler shares the learner's mesh
   devices: int
   platform: str
   processes: int
@@ -121,9 +125,13 @@ def _as_float32(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), tree)
 
 
-def state_bytes(cfg: ExperimentConfig, plan: ShardingPlan, reward_model: bool = False
-                ) -> StateBytes:
-  """Params, grads, optimizer, reference, reward model and KV cache bytes per device."""
+def state_bytes(cfg: ExperimentConfig, plan: ShardingPlan, reward_model: bool = False,
+                sampler_plan: Optional[ShardingPlan] = None) -> StateBytes:
+  """Params, grads, optimizer, reference, reward model and KV cache bytes per device.
+
+  With a ``sampler_plan`` the KV cache follows the sampler's mesh and rules, and the
+  sampler's copy of the params is counted too.
+  """
   abstract = tfm.abstract_params(cfg.model)
   param_sh = plan.params(tfm.logical_axes(cfg.model), abstract)
   optimizer = state_lib.make_optimizer(cfg.optimizer)
@@ -138,12 +146,17 @@ def state_bytes(cfg: ExperimentConfig, plan: ShardingPlan, reward_model: bool = 
   m = cfg.model
   kv_shape = (m.n_layers, cfg.rl.batch_size, cfg.data.max_prompt_len + cfg.sampling.max_new_tokens,
               m.n_kv_heads, m.head_dim)
-  kv_sh = mesh_lib.sharding_for(plan.mesh, tfm.CACHE_AXES, plan.rules)
+  sp = sampler_plan or plan
+  kv_sh = mesh_lib.sharding_for(sp.mesh, tfm.CACHE_AXES, sp.rules)
+  sampler_params = 0
+  if sampler_plan is not None:
+    sampler_params = per_device_bytes(abstract, sp.params(tfm.logical_axes(m), abstract))
   kv = 2 * math.prod(kv_sh.shard_shape(kv_shape)) * jnp.dtype(m.dtype).itemsize  # keys + values
   return StateBytes(
       params=params, grads=per_device_bytes(_as_float32(abstract), param_sh),
       optimizer=per_device_bytes(jax.eval_shape(optimizer.init, abstract), opt_sh),
-      reference=params, reward_model=rm, kv_cache=kv, param_dtype=m.param_dtype,
+      reference=params, reward_model=rm, kv_cache=kv, sampler_params=sampler_params,
+      param_dtype=m.param_dtype,
       kv_shape=kv_shape, kv_spec=str(kv_sh.spec))
 
 
@@ -169,18 +182,45 @@ def _check_batches(cfg: ExperimentConfig, plan: ShardingPlan) -> None:
                      f"over the {jax.process_count()} processes")
 
 
-def make_plan(cfg: ExperimentConfig, devices: Optional[Sequence[jax.Device]] = None
-              ) -> ShardingPlan:
-  """The run's mesh and rules, with every batch and param layout checked (DryRunError)."""
+def _checked(make: Callable[[], Any]) -> Any:
+  """Runs a layout check; its ValueError or KeyError becomes a DryRunError."""
   try:
-    plan = ShardingPlan(mesh_lib.make_mesh(cfg.mesh, devices), cfg.mesh.rules)
-    _check_batches(cfg, plan)
-    for model in (cfg.model, dataclasses.replace(cfg.model, heads=("scalar",))):
-      plan.params(tfm.logical_axes(model), tfm.abstract_params(model))
-    mesh_lib.sharding_for(plan.mesh, tfm.CACHE_AXES, plan.rules)
+    return make()
   except (ValueError, KeyError) as e:
     raise DryRunError(e.args[0] if e.args else str(e)) from None
-  return plan
+
+
+def _check_params(cfg: ExperimentConfig, plan: ShardingPlan) -> None:
+  for model in (cfg.model, dataclasses.replace(cfg.model, heads=("scalar",))):
+    plan.params(tfm.logical_axes(model), tfm.abstract_params(model))
+  mesh_lib.sharding_for(plan.mesh, tfm.CACHE_AXES, plan.rules)
+
+
+def make_plan(cfg: ExperimentConfig, devices: Optional[Sequence[jax.Device]] = None
+              ) -> ShardingPlan:
+  """The learner's mesh and rules, with every batch and param layout checked (DryRunError)."""
+  def make():
+    plan = ShardingPlan(mesh_lib.make_mesh(cfg.mesh, devices), cfg.mesh.rules)
+    _check_batches(cfg, plan)
+    _check_params(cfg, plan)
+    return plan
+  return _checked(make)
+
+
+def make_sampler_plan(cfg: ExperimentConfig, devices: Optional[Sequence[jax.Device]] = None
+                      ) -> Optional[ShardingPlan]:
+  """The sampler's own mesh with ``roles.separate_sampler`` (checked), else None."""
+  if not cfg.roles.separate_sampler:
+    return None
+  def make():
+    mesh_cfg = cfg.roles.sampler_mesh
+    plan = ShardingPlan(mesh_lib.make_mesh(mesh_cfg, devices), mesh_cfg.rules)
+    for rows, what in ((cfg.rl.prompts_per_step, "rl.batch_size / rl.group_size (prompts per "
+                        "step)"), (cfg.rl.batch_size, "rl.batch_size (rollouts per step)")):
+      plan.check_batch(rows, f"{what} on roles.sampler_mesh")
+    _check_params(cfg, plan)
+    return plan
+  return _checked(make)
 
 
 def _abstract_key(plan: ShardingPlan) -> jax.ShapeDtypeStruct:
@@ -191,8 +231,9 @@ def _abstract_key(plan: ShardingPlan) -> jax.ShapeDtypeStruct:
 
 def dry_run(cfg: ExperimentConfig, reward_model: bool = False,
             devices: Optional[Sequence[jax.Device]] = None) -> DryRunReport:
-  """Lowers and compiles the RL step and the sampler for ``cfg.mesh``; runs nothing."""
+  """Lowers and compiles the RL step and the sampler for the config's meshes; runs nothing."""
   plan = make_plan(cfg, devices)
+  sampler_plan = make_sampler_plan(cfg, devices)
   optimizer = state_lib.make_optimizer(cfg.optimizer)
   abstract = tfm.abstract_params(cfg.model)
   param_sh = plan.params(tfm.logical_axes(cfg.model), abstract)
@@ -203,48 +244,53 @@ def dry_run(cfg: ExperimentConfig, reward_model: bool = False,
   batch = batch_shapes(cfg, cfg.rl.prompts_per_step)
   batch = _with_shardings(batch, plan.batch(batch))
   rng = _abstract_key(plan)
-  held = state_bytes(cfg, plan, reward_model)
+  held = state_bytes(cfg, plan, reward_model, sampler_plan)
   spec = iteration.IterationSpec(model=cfg.model, sampling=cfg.sampling, rl=cfg.rl,
                                  objective=cfg.objective.objective, hparams=cfg.objective.hparams,
                                  optimizer=optimizer, pad_id=PAD_ID)
   rm = ("reward model", held.reward_model) if reward_model else ("", 0)
 
-  if spec.fused:  # exactly the program train.py jits
+  if spec.fused and sampler_plan is None:  # exactly the program make_rl_step jits
     layout = iteration.StepLayout(plan, state_sh, plan.batch(batch), {"reference": param_sh})
     step = iteration.make_rl_step(spec, layout=layout)
     rl_program = _compile("rl_step", step, (state, batch, rng, frozen), *rm)
   else:
-    rl_program = _compile_learn(spec, plan, state, batch, rng, frozen, rm)
+    rl_program = _compile_learn(spec, plan, state_sh, state, batch, rng, frozen, rm)
 
+  sp = sampler_plan or plan
+  params = _with_shardings(abstract, sp.params(tfm.logical_axes(cfg.model), abstract))
   prompts = jax.ShapeDtypeStruct((cfg.rl.batch_size, cfg.data.max_prompt_len), np.int32)
-  prompts = _with_shardings(prompts, plan.batch(prompts))
+  prompts = _with_shardings(prompts, sp.batch(prompts))
   mask = jax.ShapeDtypeStruct(prompts.shape, np.bool_, sharding=prompts.sharding)
   sample = iteration.jit_with_rules(
       functools.partial(sampler.sample, model_cfg=cfg.model, cfg=cfg.sampling, pad_id=PAD_ID),
-      plan)
-  # A sampler alone (evaluation, or a split iteration) runs while the optimizer state and
-  # the reference stay resident.
+      sp)
+  # While a sampler runs (evaluation, or a split iteration), the optimizer state and the
+  # reference stay resident, and so do the learner's params when the sampler has a copy.
+  outside = ["optimizer", "reference"] + ["learner's params"] * (sampler_plan is not None)
+  outside += [rm[0]] * reward_model
   sampler_program = _compile(
-      "sampler", sample, (state["params"], prompts, mask, rng),
-      "optimizer + reference" + (" + reward model" if reward_model else ""),
-      held.optimizer + held.reference + rm[1])
-  return DryRunReport(mesh=dict(plan.mesh.shape), devices=plan.mesh.size,
-                      platform=plan.mesh.devices.flat[0].platform,
+      "sampler", sample, (params, prompts, mask, _abstract_key(sp)), " + ".join(outside),
+      held.optimizer + held.reference + rm[1] + (held.params if sampler_plan else 0))
+  return DryRunReport(mesh=dict(plan.mesh.shape),
+                      sampler_mesh=dict(sampler_plan.mesh.shape) if sampler_plan else None,
+                      devices=plan.mesh.size, platform=plan.mesh.devices.flat[0].platform,
                       processes=jax.process_count(), state=held,
                       programs=(rl_program, sampler_program))
 
 
-def _compile_learn(spec, plan, state, batch, rng, frozen, rm) -> ProgramBytes:
-  """With a host reward the iteration splits around Python; its largest program is ``learn``."""
+def _compile_learn(spec, plan, state_sh, state, batch, rng, frozen, rm) -> ProgramBytes:
+  """A split iteration's largest program, ``learn``, jitted as ``make_rl_step`` jits it."""
   def rollout(params, batch, rng):
     with axis_rules(plan.mesh, plan.rules):
       return iteration.rollout(params, batch, rng, spec)
   rollouts = jax.eval_shape(rollout, state["params"], batch, rng)
-  rollouts = _with_shardings(rollouts, plan.batch(rollouts))
   score = jax.ShapeDtypeStruct((spec.rl.batch_size,), np.float32)
-  scores = {r.name: _with_shardings(score, plan.batch(score)) for r in spec.rewards}
+  scores = {r.name: score for r in spec.rewards}
+  # Rollouts and scores reach ``learn`` in the learner's batch layout.
+  rollouts, scores = _with_shardings((rollouts, scores), plan.batch((rollouts, scores)))
   learn = iteration.jit_with_rules(functools.partial(iteration.learn, spec=spec), plan,
-                                   donate_argnums=(0,))
+                                   donate_argnums=(0,), out_shardings=(state_sh, plan.replicated))
   return _compile("learn", learn, (state, rollouts, scores, rng, frozen), *rm)
 
 
@@ -259,17 +305,23 @@ def to_markdown(report: DryRunReport, budget_bytes: Optional[int] = None) -> str
   """The state table, one table per program, and the verdict."""
   s = report.state
   mesh = " x ".join(f"{k}={v}" for k, v in report.mesh.items())
-  lines = [f"mesh {mesh} over {report.devices} {report.platform} device(s) in "
+  head = f"mesh {mesh}"
+  if report.sampler_mesh is not None:
+    head += ", sampler mesh " + " x ".join(f"{k}={v}" for k, v in report.sampler_mesh.items())
+  lines = [f"{head} over {report.devices} {report.platform} device(s) in "
            f"{report.processes} process(es); all figures are per device", "",
            "| held by the run | per device | note |", "|---|---:|---|",
            f"| params ({s.param_dtype}) | {_size(s.params)} | |",
-           f"| gradients (float32) | {_size(s.grads)} | params' layout; inside the RL program's temp "
-           f"(where they take the params' dtype, so this bounds them) |",
+           f"| gradients (float32) | {_size(s.grads)} | params' layout; inside the RL "
+           f"program's temp (where they take the params' dtype, so this bounds them) |",
            f"| optimizer state | {_size(s.optimizer)} | follows the params' layout |",
            f"| reference | {_size(s.reference)} | frozen copy of the policy |",
            f"| reward model | {_size(s.reward_model) if s.reward_model else '-'} | "
            + ("policy's backbone with a scalar head |" if s.reward_model
               else "not counted (--dry_run_reward_model) |"),
+           *([f"| sampler's copy of the params | {_size(s.sampler_params)} | "
+              f"roles.separate_sampler: resharded into the sampler's layout every step |"]
+             if s.sampler_params else []),
            f"| KV cache, one sampling call | {_size(s.kv_cache)} | k+v {list(s.kv_shape)} "
            f"split {s.kv_spec}; inside the sampler's temp |"]
   for p in report.programs:

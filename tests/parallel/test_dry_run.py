@@ -1,0 +1,194 @@
+"""The dry run compiles a run's programs for a (2, 2, 2) mesh of fake CPU devices, runs none,
+and counts per-device bytes as a hand computation does."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from rlalign.config import ExperimentConfig, RolesConfig
+from rlalign.data import pipeline, tokenizer as tok_lib
+from rlalign.models import transformer as tfm
+from rlalign.parallel.mesh import MeshConfig
+from rlalign.rl import dry_run, iteration
+from rlalign.rl.state import OptimizerConfig
+from rlalign.sampling import SamplingConfig
+
+# Odd sizes, so that no array another test leaves alive has a param's shape.
+V, D, L, H, K, HD, F = 24, 48, 2, 4, 2, 8, 96
+P, A, N = 8, 4, 4            # prompt, answer and new tokens
+ROLLOUTS, GROUP = 16, 2
+
+
+def make_cfg(**rl) -> ExperimentConfig:
+  model = tfm.ModelConfig(vocab_size=V, d_model=D, n_layers=L, n_heads=H, n_kv_heads=K,
+                          head_dim=HD, d_ff=F, tie_embeddings=False, param_dtype="bfloat16",
+                          dtype="float32")
+  return ExperimentConfig(
+      model=model,
+      data=pipeline.DataConfig(data_dir="unused", max_prompt_len=P, max_answer_len=A,
+                               max_digits=1),
+      sampling=SamplingConfig(max_new_tokens=N, stop_tokens=(2,)),
+      rl=iteration.RLConfig(**{**dict(batch_size=ROLLOUTS, group_size=GROUP, minibatches=2),
+                               **rl}),
+      optimizer=OptimizerConfig(warmup_steps=0),
+      mesh=MeshConfig(ici=(2, 2, 2))).validate()
+
+
+# Elements of the params split by both embed (-> fsdp) and vocab/heads/mlp (-> tensor), and of
+# those split by embed only (the norms).
+BOTH = V * D * 2 + L * (D * H * HD + 2 * D * K * HD + H * HD * D + 3 * D * F)
+EMBED_ONLY = 2 * L * D + D
+
+
+def hand_bytes():
+  """Per-device bytes on data=2 x fsdp=2 x tensor=2, by hand from the default rules.
+
+  embed -> fsdp; vocab, heads and mlp -> tensor; batch -> data x fsdp; the rest replicated.
+  """
+  params = (BOTH // 4 + EMBED_ONLY // 2) * 2                                    # bfloat16
+  reward_model = params - (D * V // 4) * 2 + (D // 2 + 1) * 2  # no LM head; scalar head w, b
+  kv = 2 * L * ROLLOUTS * (P + N) * K * HD * 4 // (4 * 2)      # batch over 4, kv_heads over 2
+  return dict(params=params, grads=2 * params, reference=params, reward_model=reward_model,
+              # Adam's two moments in the params' dtype, plus its int32 step count.
+              optimizer=2 * params + 4, kv_cache=kv)
+
+
+@pytest.fixture(scope="module")
+def report_and_live():
+  before = {id(a) for a in jax.live_arrays()}
+  report = dry_run.dry_run(make_cfg(), reward_model=True)
+  new = [a for a in jax.live_arrays() if id(a) not in before]
+  return report, new
+
+
+def test_bytes_per_device_match_hand_computation(report_and_live):
+  report, _ = report_and_live
+  assert report.mesh == {"data": 2, "fsdp": 2, "tensor": 2} and report.devices == 8
+  got = {k: getattr(report.state, k) for k in hand_bytes()}
+  assert got == hand_bytes()
+  assert report.state.kv_shape == (L, ROLLOUTS, P + N, K, HD)
+
+
+def test_programs_compiled_and_nothing_ran(report_and_live):
+  report, new_arrays = report_and_live
+  rl_step, sampler = report.programs
+  assert (rl_step.name, sampler.name) == ("rl_step", "sampler")
+  s = report.state
+  # The step's arguments hold the state and the reference; the donated state is aliased.
+  assert rl_step.arguments >= s.params + s.optimizer + s.reference
+  assert rl_step.aliased >= s.params + s.optimizer
+  assert sampler.arguments >= s.params and sampler.temp >= s.kv_cache
+  assert rl_step.outside == s.reward_model
+  assert sampler.outside == s.optimizer + s.reference + s.reward_model
+  assert report.peak == max(p.arguments + p.outputs - p.aliased + p.temp + p.outside
+                            for p in report.programs)
+  # Nothing was materialised: no array the run would hold appeared.
+  shapes = {x.shape for x in jax.tree.leaves(tfm.abstract_params(make_cfg().model))}
+  shapes.add(report.state.kv_shape)
+  assert not [a.shape for a in new_arrays if a.shape in shapes]
+  assert sum(a.nbytes for a in new_arrays) < 1024
+
+
+def test_verdict_against_budget(report_and_live):
+  report, _ = report_and_live
+  assert dry_run.verdict(report, report.peak)[0]
+  ok, line = dry_run.verdict(report, report.peak - 1)
+  assert not ok and "OVER BUDGET" in line
+  text = dry_run.to_markdown(report, report.peak - 1)
+  assert "| **peak estimate** |" in text and "OVER BUDGET" in text
+
+
+def test_batch_shapes_match_the_pipeline():
+  cfg = make_cfg()
+  tokenizer = tok_lib.CharTokenizer(tok_lib.ADDITION_ALPHABET)
+  row = pipeline.encode_example({"prompt": b"1+2=", "answer": b"3", "demonstration": b"3"},
+                                tokenizer, cfg.data)
+  shapes = dry_run.batch_shapes(cfg, 5)
+  assert sorted(shapes) == sorted(row)
+  for k, v in row.items():
+    assert shapes[k].shape == (5,) + v.shape and shapes[k].dtype == v.dtype, k
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(batch_size=12), "prompts per step"),         # 6 prompts over 4 batch shards
+    (dict(minibatches=8), "rollouts per minibatch"),   # 2 rollouts over 4 batch shards
+])
+def test_layout_errors_surface_before_compiling(change, message):
+  with pytest.raises(dry_run.DryRunError, match=message):
+    dry_run.dry_run(make_cfg(**change))
+
+
+def test_mesh_errors_surface_before_compiling():
+  cfg = make_cfg()
+  bad = dataclasses.replace(cfg, mesh=MeshConfig(ici=(4, 2, 2)))
+  with pytest.raises(dry_run.DryRunError, match="16 devices"):
+    dry_run.make_plan(bad)
+  odd = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, d_ff=99))
+  with pytest.raises(dry_run.DryRunError, match="mlp"):
+    dry_run.make_plan(odd)
+
+
+def test_main_writes_the_report_and_fails_over_budget(report_and_live, tmp_path, monkeypatch,
+                                                      capsys):
+  report, _ = report_and_live
+  monkeypatch.setattr(dry_run, "dry_run", lambda cfg, reward_model: report)
+  budget_gib = (report.peak - 1) / dry_run.GiB
+  assert dry_run.main(make_cfg(), str(tmp_path), True, budget_gib) == 1
+  assert dry_run.main(make_cfg(), str(tmp_path), True, report.peak / dry_run.GiB) == 0
+  assert "verdict: fits" in (tmp_path / "dry_run.md").read_text()
+  assert "OVER BUDGET" in capsys.readouterr().out
+
+
+def test_cli_dispatches_the_dry_run(tmp_path):
+  """``--dry_run`` reaches the dry run (here its layout check, so nothing compiles), no data."""
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  cmd = [sys.executable, "-m", "rlalign.main",
+         f"--config={os.path.join(repo, 'configs', 'grpo_addition.py')}:smoke",
+         f"--workdir={tmp_path}", "--config.mesh.ici=(2,2,2)", "--config.rl.batch_size=24",
+         "--dry_run"]
+  proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "dry run: layout error: rl.batch_size / rl.group_size (prompts per step) (6)" \
+      in proc.stderr
+  assert not os.listdir(tmp_path)  # no data prepared, nothing written
+
+
+
+def test_split_iteration_compiles_the_update_and_samples_on_its_own_mesh():
+  """A host reward and a separate sampler each split the step; one compile covers both."""
+  cfg = dataclasses.replace(make_cfg(rewards=(("exact_match_text", 1.0),)), roles=RolesConfig(
+      separate_sampler=True, sampler_mesh=MeshConfig(ici=(4, 1, 2))))
+  report = dry_run.dry_run(cfg)
+  assert report.sampler_mesh == {"data": 4, "fsdp": 1, "tensor": 2}
+  assert [p.name for p in report.programs] == ["learn", "sampler"]
+  s = report.state
+  # On the sampler's mesh only tensor splits the params; the batch is still split 4 ways.
+  assert s.sampler_params == (BOTH // 2 + EMBED_ONLY) * 2
+  assert s.kv_cache == hand_bytes()["kv_cache"]
+  learn, sampler = report.programs
+  assert learn.aliased >= s.params + s.optimizer
+  assert sampler.arguments >= s.sampler_params
+  assert sampler.outside == s.optimizer + s.reference + s.params
+
+
+@pytest.mark.parametrize("target, devices", [("v5p-64", 32), ("8xh100", 8)])
+def test_7b_config_validates_and_its_layouts_divide(target, devices):
+  import importlib.util
+  from rlalign import config as config_lib
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  spec = importlib.util.spec_from_file_location("grpo_7b", os.path.join(repo, "configs",
+                                                                         "grpo_7b.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(target)
+  config.data.data_dir = "unused"
+  cfg = config_lib.from_config_dict(config)
+  assert cfg.mesh.shape(devices)["fsdp"] == devices
+  assert tfm.count_params(tfm.abstract_params(cfg.model)) == 6_738_415_616  # Llama-2-7B
+  if devices == jax.device_count():  # no 7B array is made: layouts are checked abstractly
+    dry_run.make_plan(cfg)
