@@ -6,7 +6,7 @@ on token ids) must find the carries on its own; the whole RL iteration is one ji
 
   python -m rlalign.main --config=configs/grpo_addition.py --workdir=/tmp/rlalign_addition
 
-Expected on 2 CPU cores, in about 1.5 minutes: held-out greedy pass@1 rises from 0.17 after
+Expected on 2 CPU cores, in about 2 minutes: held-out greedy pass@1 rises from 0.17 after
 the warm start (it solves exactly the carry-free problems) to 1.00 after 300 GRPO steps, and
 sampled (T=1) pass@1 from 0.30 to 0.99. ``:smoke`` shrinks everything to a seconds-long run
 for tests.
