@@ -38,6 +38,8 @@ def get_config(arg: str = ""):
   # Set separate_sampler to give sampling its own mesh shape and rules (weights are resharded
   # into it every step); by default the sampler reads the learner's arrays.
   c.roles = dict(separate_sampler=False, sampler_mesh=dict(c.mesh))
+  # lora_rank > 0 trains LoRA adapters on the (frozen) starting weights instead of all of them.
+  c.adapter = dict(lora_rank=0, lora_alpha=16.0, lora_targets=r"layers/(q|k|v|o|gate|up|down)")
   c.train = dict(steps=300, log_every=10, eval_every=50, checkpoint_every=50,
                  eval_batch_size=256)
 

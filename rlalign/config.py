@@ -49,6 +49,29 @@ class InitConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+  """Train LoRA adapters instead of every weight (``lora_rank`` 0: full fine-tuning).
+
+  The warm start, if any, still trains every weight; RL then trains adapters on top of its
+  result, which stays frozen and doubles as the reference, sharing the same arrays.
+  """
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: str = r"layers/(q|k|v|o|gate|up|down)"
+
+  def validate(self, prefix: str = "adapter") -> None:
+    if self.lora_rank < 0:
+      raise ValueError(f"{prefix}.lora_rank must be >= 0, got {self.lora_rank}")
+    if self.lora_rank:
+      self.lora().validate(prefix)
+
+  def lora(self):
+    from rlalign.models.lora import LoRAConfig
+    return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha,
+                      target_regex=self.lora_targets)
+
+
+@dataclasses.dataclass(frozen=True)
 class RolesConfig:
   """Where the roles live. By default every role shares the learner's mesh and the sampler
   reads the policy's own arrays; ``separate_sampler`` gives sampling its own mesh shape and
@@ -103,6 +126,7 @@ class ExperimentConfig:
   mesh: MeshConfig = MeshConfig()
   init: InitConfig = InitConfig()
   roles: RolesConfig = RolesConfig()
+  adapter: AdapterConfig = AdapterConfig()
 
   def validate(self) -> "ExperimentConfig":
     self.model.validate("model")
@@ -117,6 +141,10 @@ class ExperimentConfig:
     self.mesh.validate("mesh")
     self.init.validate("init")
     self.roles.validate("roles")
+    self.adapter.validate("adapter")
+    if self.adapter.lora_rank and self.roles.separate_sampler:
+      raise ValueError("adapter.lora_rank > 0 with roles.separate_sampler is not supported: "
+                       "the sampler would need the base weights in its layout too")
     return self
 
 

@@ -30,6 +30,7 @@ DEFAULT_RULES: Rules = (
     ("head_dim", ()),
     ("mlp", ("tensor",)),
     ("layers", ()),
+    ("lora_rank", ()),
 )
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
+from rlalign.models import lora as lora_lib
 from rlalign.models import transformer as tfm
 from rlalign.objectives import advantages as adv_lib
 from rlalign.objectives import base as obj_base
@@ -80,6 +81,7 @@ class IterationSpec:
   hparams: Any
   optimizer: optax.GradientTransformation
   pad_id: int = 0
+  adapter: Optional[lora_lib.LoRAConfig] = None  # train LoRA adapters on frozen["base"]
 
   @property
   def rewards(self) -> Tuple[reward_base.Reward, ...]:
@@ -88,6 +90,13 @@ class IterationSpec:
   @property
   def fused(self) -> bool:
     return all(r.in_graph for r in self.rewards)
+
+
+def policy_params(trainable, frozen: Mapping[str, Any], spec: IterationSpec):
+  """The policy's weights: the trained params, or the frozen base with adapters merged in."""
+  if spec.adapter is None:
+    return trainable
+  return lora_lib.merge(frozen["base"], trainable, spec.adapter)
 
 
 def rollout(params, batch: Batch, rng: jax.Array, spec: IterationSpec) -> Dict[str, jax.Array]:
@@ -154,7 +163,8 @@ def learn(state: state_lib.TrainState, rollouts: Batch, scores: Mapping[str, jax
     data["ref_logprobs"] = data["old_logprobs"]
 
   def loss_fn(params, mb):
-    policy = completion_outputs(params, mb["prompt_tokens"], mb["prompt_mask"],
+    policy = completion_outputs(policy_params(params, frozen, spec), mb["prompt_tokens"],
+                                mb["prompt_mask"],
                                 mb["completion_tokens"], mb["mask"], spec.model)
     return spec.objective.loss_fn(spec.hparams, policy, mb)
 
@@ -193,7 +203,7 @@ def rl_step(state, batch, rng, frozen, spec: IterationSpec):
   """The fused iteration: sample, score, advantages and updates in one program."""
   rng = jax.random.fold_in(rng, state["step"])
   sample_rng, learn_rng = jax.random.split(rng)
-  rollouts = rollout(state["params"], batch, sample_rng, spec)
+  rollouts = rollout(policy_params(state["params"], frozen, spec), batch, sample_rng, spec)
   return learn(state, rollouts, score(rollouts, spec), learn_rng, frozen, spec)
 
 
@@ -262,9 +272,11 @@ def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], st
   sample_kw = {}
   if separate:
     sample_kw = dict(in_shardings=(layout.sampler.params, layout.sampler.batch,
-                                   sampler_plan.replicated))
-  sample_jit = jit_with_rules(lambda params, batch, rng: rollout(params, batch, rng, spec),
-                              sampler_plan, **sample_kw)
+                                   sampler_plan.replicated, {}))
+  sample_jit = jit_with_rules(
+      lambda params, batch, rng, frozen: rollout(policy_params(params, frozen, spec), batch,
+                                                 rng, spec),
+      sampler_plan, **sample_kw)
   score_jit = jit_with_rules(functools.partial(score, spec=spec), sampler_plan)
   learn_kw = dict(out_shardings=(layout.state, plan.replicated)) if layout else {}
   learn_jit = jit_with_rules(functools.partial(learn, spec=spec), plan, donate_argnums=(0,),
@@ -279,7 +291,7 @@ def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], st
       extra["reshard_s"] = time.perf_counter() - start
       batch = jax.device_put(batch, layout.sampler.batch)
       sample_rng = jax.device_put(sample_rng, sampler_plan.replicated)
-    rollouts = sample_jit(params, batch, sample_rng)
+    rollouts = sample_jit(params, batch, sample_rng, {} if separate else frozen)
     scores = dict(score_jit(rollouts))
     if not spec.fused:
       host = {k: _to_host(rollouts[k])

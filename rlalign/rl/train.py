@@ -26,6 +26,7 @@ from rlalign import checkpoint as ckpt_lib
 from rlalign import metrics as metrics_lib
 from rlalign.config import ExperimentConfig, to_dict
 from rlalign.data import pipeline, tokenizer as tok_lib
+from rlalign.models import lora as lora_lib
 from rlalign.models import transformer as tfm
 from rlalign.parallel import mesh as mesh_lib
 from rlalign.parallel.sharding import ShardingPlan
@@ -265,28 +266,44 @@ def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   # the policy's mesh and layout; the sampler reads the policy's own arrays unless
   # roles.separate_sampler gives it a layout of its own.
   rl_opt = state_lib.make_optimizer(cfg.optimizer)
+  adapter = cfg.adapter.lora() if cfg.adapter.lora_rank else None
   spec = iteration.IterationSpec(model=cfg.model, sampling=cfg.sampling, rl=cfg.rl,
                                  objective=cfg.objective.objective, hparams=cfg.objective.hparams,
-                                 optimizer=rl_opt, pad_id=tokenizer.pad_id)
-  frozen = {"reference": params}
-  rl_shardings = plan.train_state(param_shardings, abstract, rl_opt)
+                                 optimizer=rl_opt, pad_id=tokenizer.pad_id, adapter=adapter)
+  frozen, frozen_shardings = {"reference": params}, {"reference": param_shardings}
+  trainable, trainable_shardings, trainable_abstract = params, param_shardings, abstract
+  if adapter is not None:
+    # The base is the reference: one set of arrays serves both.
+    frozen["base"], frozen_shardings["base"] = params, param_shardings
+    model_axes = tfm.logical_axes(cfg.model)
+    make = lambda p, r: lora_lib.init_lora(p, adapter, r, model_axes)
+    trainable_abstract = jax.eval_shape(make, abstract, init_rng)
+    trainable_shardings = plan.params(lora_lib.lora_logical_axes(model_axes, adapter),
+                                      trainable_abstract)
+    trainable = jax.jit(make, out_shardings=trainable_shardings)(params, init_rng)
+    _log(f"training LoRA adapters: {tfm.count_params(trainable):,} of "
+         f"{tfm.count_params(params):,} params")
+  rl_shardings = plan.train_state(trainable_shardings, trainable_abstract, rl_opt)
   # jit gives the state fresh buffers: it is donated every step, the reference is not.
-  state = jax.jit(lambda p: state_lib.init_state(p, rl_opt), out_shardings=rl_shardings)(params)
+  state = jax.jit(lambda p: state_lib.init_state(p, rl_opt),
+                  out_shardings=rl_shardings)(trainable)
   rl_iter = pipeline.train_iterator(cfg.data, tokenizer, cfg.rl.prompts_per_step,
                                     seed=cfg.seed + 1, **shard)
   state, rl_rng = _resume(rl_ckpt, state, rl_iter, rl_rng)
   layout = iteration.StepLayout(plan, rl_shardings, plan.batch(_example(cfg, tokenizer)),
-                                {"reference": param_shardings},
+                                frozen_shardings,
                                 sampler=_sampler_layout(cfg, tokenizer, abstract))
   step_fn = iteration.make_rl_step(
       spec, decode=lambda ids: tokenizer.decode(ids, strict=False), layout=layout)
+  policy = jax.jit(lambda t, f: iteration.policy_params(t, f, spec))
   phase = Phase("rl", step_fn, num_steps=cfg.train.steps, step_offset=warm_steps,
                 checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every,
-                eval_every=cfg.train.eval_every, evaluate=evaluate, put_batch=put_batch)
+                eval_every=cfg.train.eval_every, put_batch=put_batch,
+                evaluate=lambda trainable: evaluate(policy(trainable, frozen)))
   state = run_phase(phase, state, rl_iter, rl_rng, frozen, rl_ckpt, writer)
   writer.close()
   if cfg.init.hf_checkpoint and cfg.init.export_hf:
-    _export_hf(cfg, workdir, state["params"])
+    _export_hf(cfg, workdir, policy(state["params"], frozen))
   if jax.process_index():
     return {}
   return _write_summary(cfg, workdir, tfm.count_params(params))

@@ -109,3 +109,33 @@ def test_learn_runs_epochs_times_minibatches_updates_on_policy_loss():
   expected = -np.sum(full_adv * lengths) / lengths.sum()
   assert m1["pg_loss"] == pytest.approx(expected, abs=1e-5)
   assert m1["clip_frac"] == 0.0
+
+
+def test_lora_step_trains_only_adapters_and_starts_as_the_full_model():
+  from rlalign.models import lora as lora_lib
+  adapter = lora_lib.LoRAConfig(rank=2, alpha=4.0, target_regex=r"layers/(q|v|down)")
+  full = make_spec(kl_coef=1e-3)
+  spec = iteration.IterationSpec(**{**full.__dict__, "adapter": adapter})
+  base = tfm.init(MODEL, jax.random.key(0))
+  adapters = lora_lib.init_lora(base, adapter, jax.random.key(9), tfm.logical_axes(MODEL))
+  frozen = {"reference": base, "base": base}
+  base_before = jax.tree.map(np.asarray, base)
+  # B starts at zero, so the merged policy is the base model and samples as it does.
+  merged = jax.jit(lambda t, f: iteration.policy_params(t, f, spec))(adapters, frozen)
+  jax.tree.map(np.testing.assert_array_equal, merged, base)
+  rollouts = jax.jit(lambda p, b, r: iteration.rollout(p, b, r, spec))(
+      merged, make_batch(PROBLEMS[:4]), jax.random.key(5))
+  scores = {"exact_match": jnp.tile(jnp.array([1.0, 0.0, 0.0, 2.0]), 4)}  # spread per group
+
+  def learn(spec, trainable, frozen):
+    return jax.jit(lambda s, ro, sc, r, f: iteration.learn(s, ro, sc, r, f, spec))(
+        state_lib.init_state(trainable, spec.optimizer), rollouts, scores, jax.random.key(6),
+        frozen)
+
+  state, metrics = learn(spec, adapters, frozen)
+  _, full_metrics = learn(full, base, {"reference": base})
+  for key in ("loss", "pg_loss", "entropy", "kl"):
+    np.testing.assert_allclose(metrics[key], full_metrics[key], rtol=1e-5, atol=1e-6)
+  assert set(state["params"]) == {"layers"}  # the state holds adapters only
+  assert float(jnp.abs(state["params"]["layers"]["q"]["b"]).max()) > 0
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, base), base_before)
