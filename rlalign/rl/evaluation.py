@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlalign.models import transformer as tfm
-from rlalign.parallel.logical import axis_rules
 from rlalign.parallel.sharding import ShardingPlan
 from rlalign.rewards import base as reward_base
+from rlalign.rl.iteration import jit_with_rules
 from rlalign.sampling import sampler
 
 
@@ -37,13 +37,8 @@ def make_evaluator(model: tfm.ModelConfig, sampling: sampler.SamplingConfig,
   def scorer(settings):
     fn = functools.partial(_score_batch, model=model, sampling=settings,
                            reward_name=reward_name, pad_id=pad_id)
-    if plan is None:
-      return jax.jit(fn)
-
-    def traced(*args):
-      with axis_rules(plan.mesh, plan.rules):
-        return fn(*args)
-    return jax.jit(traced, out_shardings=plan.replicated)
+    kw = dict(out_shardings=plan.replicated) if plan is not None else {}
+    return jit_with_rules(fn, plan, **kw)
 
   greedy = scorer(dataclasses.replace(sampling, temperature=0.0))
   sampled = scorer(sampling)
