@@ -276,31 +276,59 @@ def _activation(x: jax.Array, name: str) -> jax.Array:
 
 
 class KVCache(NamedTuple):
-  """Keys and values of every layer: [layers, batch, slots, kv_heads, head_dim]."""
+  """Keys and values of every layer: [layers, batch, kv_heads, slots, head_dim].
+
+  Heads come before slots so each layer's block is already in the layout the attention
+  contractions read (batch and head leading, slots and head_dim trailing): decoding reads the
+  cache in place instead of transposing a copy of it every step.
+  """
   k: jax.Array
   v: jax.Array
 
 
-CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
 
 
-def init_cache(cfg: ModelConfig, batch: int, slots: int) -> KVCache:
-  shape = (cfg.n_layers, batch, slots, cfg.n_kv_heads, cfg.head_dim)
+def init_cache(cfg: ModelConfig, batch: int, slots: int, *, stacked: bool = True) -> KVCache:
+  """Zeros: stacked [layers, ...] arrays, or (``stacked=False``) a tuple of per-layer arrays
+  for :func:`unstack_layers` params."""
+  if not stacked:
+    shape = (batch, cfg.n_kv_heads, slots, cfg.head_dim)
+    make = lambda: tuple(constrain(jnp.zeros(shape, jnp.dtype(cfg.dtype)), CACHE_AXES[1:])
+                         for _ in range(cfg.n_layers))
+    return KVCache(make(), make())
+  shape = (cfg.n_layers, batch, cfg.n_kv_heads, slots, cfg.head_dim)
   zeros = jnp.zeros(shape, jnp.dtype(cfg.dtype))
   return KVCache(constrain(zeros, CACHE_AXES), constrain(zeros, CACHE_AXES))
 
 
+def unstack_layers(params: Params, *, fuse: bool = True) -> Params:
+  """The params with ``layers`` split into a tuple of per-layer dicts.
+
+  :func:`forward` then runs the layers as an unrolled loop. Decoding does this once before its
+  loop: inside a scan, every step would slice (copy) each layer's weights and cache out of the
+  stacked arrays, which costs as much as the matmuls themselves at small batch. With
+  ``fuse``, q/k/v and gate/up are also concatenated, so each becomes one wider matmul.
+  """
+  layers = dict(params["layers"])
+  if fuse:
+    layers["qkv"] = jnp.concatenate([layers.pop(n) for n in ("q", "k", "v")], axis=2)
+    layers["gate_up"] = jnp.concatenate([layers.pop(n) for n in ("gate", "up")], axis=2)
+  n = jax.tree.leaves(layers)[0].shape[0]
+  return {**params, "layers": tuple(jax.tree.map(lambda w, i=i: w[i], layers) for i in range(n))}
+
+
 def _attention(q, k, v, mask, cfg: ModelConfig):
-  """Grouped-query attention. q [B,T,H,hd], k/v [B,S,K,hd], mask [B,T,S] -> [B,T,H,hd]."""
+  """Grouped-query attention. q [B,T,H,hd], k/v [B,K,S,hd], mask [B,T,S] -> [B,T,H,hd]."""
   B, T, H, hd = q.shape
-  K = k.shape[2]
+  K = k.shape[1]
   q = q.reshape(B, T, K, H // K, hd)
   scale = math.sqrt(cfg.query_pre_attn_scalar or hd)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / scale
+  scores = jnp.einsum("btkgd,bksd->bkgts", q, k).astype(jnp.float32) / scale
   scores = _softcap(scores, cfg.attn_softcap)
   scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
   return out.reshape(B, T, H, hd)
 
 
@@ -337,13 +365,19 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_mask: j
   consts = layer_constants(cfg)
   windowed = bool(consts["window"].any())
 
-  def layer(x, scanned):
-    p, layer_cache, c = scanned
+  def layer(carry, scanned):
+    x, caches = carry
+    p, c, index = scanned  # index None: ``caches`` are this layer's own arrays
     p = jax.tree.map(lambda w: w.astype(dtype), p)
     h = norm(x, p["attn_norm"])
-    q = jnp.einsum("btd,dhk->bthk", h, p["q"])
-    k = jnp.einsum("btd,dhk->bthk", h, p["k"])
-    v = jnp.einsum("btd,dhk->bthk", h, p["v"])
+    if "qkv" in p:  # fused by unstack_layers: one [d, (H + 2K) hd] matmul
+      H = p["o"].shape[0]
+      q, k, v = jnp.split(jnp.einsum("btd,dhk->bthk", h, p["qkv"]),
+                          [H, H + cfg.n_kv_heads], axis=2)
+    else:
+      q = jnp.einsum("btd,dhk->bthk", h, p["q"])
+      k = jnp.einsum("btd,dhk->bthk", h, p["k"])
+      v = jnp.einsum("btd,dhk->bthk", h, p["v"])
     if cfg.qkv_bias:
       q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
     if cfg.qk_norm:
@@ -351,11 +385,19 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_mask: j
     q = rotary(q, positions, c["inv_freq"])
     k = rotary(k, positions, c["inv_freq"])
     q = constrain(q, ("batch", "length", "q_heads", "head_dim"))
-    if layer_cache is not None:
-      ck, cv = layer_cache
-      k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
-      layer_cache = (k, v)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, hd]
+    if caches is not None and index is None:
+      caches = tuple(jax.lax.dynamic_update_slice(full, new.astype(full.dtype),
+                                                  (0, 0, cache_index, 0))
+                     for full, new in zip(caches, (k, v)))
+      k, v = caches
+    elif caches is not None:
+      # The whole stacked cache rides in the scan carry and only this call's slots are
+      # written, so XLA updates it in place.
+      start = (index, 0, 0, cache_index, 0)
+      caches = tuple(jax.lax.dynamic_update_slice(full, new[None].astype(full.dtype), start)
+                     for full, new in zip(caches, (k, v)))
+      k, v = (jax.lax.dynamic_index_in_dim(full, index, keepdims=False) for full in caches)
     layer_mask = mask
     if windowed:  # window 0 means full attention on this layer
       layer_mask = mask & ((c["window"] == 0) | (distance < c["window"]))[None]
@@ -367,20 +409,37 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_mask: j
       attn_out = norm(attn_out, p["post_attn_norm"])
     x = x + attn_out
     h = norm(x, p["mlp_norm"])
-    gated = _activation(jnp.einsum("btd,df->btf", h, p["gate"]), cfg.mlp_activation)
-    gated = constrain(gated * jnp.einsum("btd,df->btf", h, p["up"]), ("batch", "length", "mlp"))
+    if "gate_up" in p:
+      gate, up = jnp.split(jnp.einsum("btd,df->btf", h, p["gate_up"]), 2, axis=-1)
+    else:
+      gate, up = jnp.einsum("btd,df->btf", h, p["gate"]), jnp.einsum("btd,df->btf", h, p["up"])
+    gated = constrain(_activation(gate, cfg.mlp_activation) * up, ("batch", "length", "mlp"))
     mlp_out = jnp.einsum("btf,fd->btd", gated, p["down"])
     if cfg.sandwich_norms:
       mlp_out = norm(mlp_out, p["post_mlp_norm"])
     x = x + mlp_out
-    return constrain(x, ("batch", "length", "embed")), layer_cache
+    return (constrain(x, ("batch", "length", "embed")), caches), None
 
   if cfg.remat:
     layer = jax.checkpoint(layer)
-  layer_caches = None if cache is None else (cache.k, cache.v)
-  x, new_caches = jax.lax.scan(layer, x, (params["layers"], layer_caches, consts))
+  if isinstance(params["layers"], (tuple, list)):
+    # Unstacked layers (see :func:`unstack_layers`): a Python loop with each layer's own
+    # weights and cache arrays, so nothing is sliced out of a stacked array per call.
+    new_k, new_v = [], []
+    for i, p in enumerate(params["layers"]):
+      c = {name: value[i] for name, value in consts.items()}
+      caches = None if cache is None else (cache.k[i], cache.v[i])
+      (x, caches), _ = layer((x, caches), (p, c, None))
+      if caches is not None:
+        new_k.append(caches[0])
+        new_v.append(caches[1])
+    new_cache = None if cache is None else KVCache(tuple(new_k), tuple(new_v))
+  else:
+    caches = None if cache is None else (cache.k, cache.v)
+    xs = (params["layers"], consts, jnp.arange(cfg.n_layers))
+    (x, caches), _ = jax.lax.scan(layer, (x, caches), xs)
+    new_cache = None if cache is None else KVCache(*caches)
   x = norm(x, params["final_norm"].astype(dtype))
-  new_cache = None if cache is None else KVCache(*new_caches)
   return x, new_cache
 
 

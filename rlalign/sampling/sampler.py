@@ -75,7 +75,8 @@ def sample(params: tfm.Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
 
   key_mask = jnp.zeros((B, P + N), bool).at[:, :P].set(prompt_mask.astype(bool))
   positions = tfm.positions_from_mask(prompt_mask)
-  cache = tfm.init_cache(model_cfg, B, P + N)
+  params = tfm.unstack_layers(params)
+  cache = tfm.init_cache(model_cfg, B, P + N, stacked=False)
   hidden, cache = tfm.forward(params, prompt_tokens, positions, key_mask, model_cfg,
                               cache=cache, cache_index=0)
   # With left padding the last prompt slot is always a real token.

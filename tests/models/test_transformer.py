@@ -174,7 +174,7 @@ def test_kv_cache_prefill_then_decode_matches_full_forward():
   full = _FORWARD(params, tokens, positions, mask)
 
   cache = tfm.init_cache(CFG, B, T)
-  chex.assert_shape(cache.k, (CFG.n_layers, B, T, CFG.n_kv_heads, CFG.head_dim))
+  chex.assert_shape(cache.k, (CFG.n_layers, B, CFG.n_kv_heads, T, CFG.head_dim))
   # The key mask covers every slot; causality by slot order hides the not-yet-written ones.
   step_fn = jax.jit(lambda c, tok, pos, i: tfm.forward(params, tok, pos, mask, CFG, cache=c,
                                                        cache_index=i))
