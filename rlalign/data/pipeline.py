@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Tuple
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rlalign.data import builders
+from rlalign.data import buckets, builders
 from rlalign.data.tokenizer import CharTokenizer
 
 TASKS = ("addition", "jsonl")
@@ -46,6 +46,9 @@ class DataConfig:
   tokenizer_dir: str = ""         # a Hugging Face tokenizer directory; "" = character tokenizer
   prompt_format: str = "raw"      # "raw" text, or "chat": one user turn through the chat template
   system_prompt: str = ""         # chat only: a system turn before the user's
+  # RL prompts are cut to the smallest of these lengths that holds a batch's longest prompt
+  # (one compilation per bucket); () keeps every batch at max_prompt_len.
+  prompt_buckets: Tuple[int, ...] = ()
 
   def validate(self) -> None:
     """Raises ValueError naming the first bad field."""
@@ -73,6 +76,7 @@ class DataConfig:
           "data.prompt_format='chat' needs data.tokenizer_dir (a tokenizer with a"
           " chat template)"
       )
+    buckets.validate(self.prompt_buckets, self.max_prompt_len)
     if self.task == "addition":
       self._validate_addition()
     elif not self.train_path:

@@ -144,8 +144,8 @@ def state_bytes(cfg: ExperimentConfig, plan: ShardingPlan, reward_model: bool = 
     rm_abstract = tfm.abstract_params(rm_cfg)
     rm = per_device_bytes(rm_abstract, plan.params(tfm.logical_axes(rm_cfg), rm_abstract))
   m = cfg.model
-  kv_shape = (m.n_layers, cfg.rl.batch_size, cfg.data.max_prompt_len + cfg.sampling.max_new_tokens,
-              m.n_kv_heads, m.head_dim)
+  kv_shape = (m.n_layers, cfg.rl.batch_size, m.n_kv_heads,
+              cfg.data.max_prompt_len + cfg.sampling.max_new_tokens, m.head_dim)
   sp = sampler_plan or plan
   kv_sh = mesh_lib.sharding_for(sp.mesh, tfm.CACHE_AXES, sp.rules)
   sampler_params = 0

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from rlalign import checkpoint as ckpt_lib
 from rlalign import metrics as metrics_lib
 from rlalign.config import ExperimentConfig, to_dict
-from rlalign.data import pipeline, tokenizer as tok_lib
+from rlalign.data import buckets, pipeline, tokenizer as tok_lib
 from rlalign.models import lora as lora_lib
 from rlalign.models import transformer as tfm
 from rlalign.parallel import mesh as mesh_lib
@@ -174,6 +174,16 @@ def run_phase(phase: Phase, state, data_iter, rng: jax.Array, frozen: Mapping[st
   return state
 
 
+def _bucketed(batch: Mapping[str, np.ndarray], prompt_buckets) -> Mapping[str, np.ndarray]:
+  """Prompts cut to their length bucket, the same on every host."""
+  if not prompt_buckets:
+    return batch
+  longest = buckets.longest_prompt(batch)
+  if jax.process_count() > 1:
+    longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
+  return buckets.trim_prompts(batch, prompt_buckets, longest)
+
+
 def _resume(checkpointer: ckpt_lib.Checkpointer, state, data_iter, rng):
   """Restores the latest checkpoint into ``state`` and the iterator, if there is one."""
   if checkpointer.latest_step() is None:
@@ -298,7 +308,8 @@ def train(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   policy = jax.jit(lambda t, f: iteration.policy_params(t, f, spec))
   phase = Phase("rl", step_fn, num_steps=cfg.train.steps, step_offset=warm_steps,
                 checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every,
-                eval_every=cfg.train.eval_every, put_batch=put_batch,
+                eval_every=cfg.train.eval_every,
+                put_batch=lambda batch: put_batch(_bucketed(batch, cfg.data.prompt_buckets)),
                 evaluate=lambda trainable: evaluate(policy(trainable, frozen)))
   state = run_phase(phase, state, rl_iter, rl_rng, frozen, rl_ckpt, writer)
   writer.close()
