@@ -119,12 +119,16 @@ def compile_count(root: str, steps: int = 100, buckets: Tuple[int, ...] = (8, 16
   rng = np.random.default_rng(seed)
   width = buckets[-1]
   per_bucket: Dict[int, Dict[str, int]] = {}
+  key = jax.random.key(0)  # made before counting: the key constructor compiles once too
   from tqdm import tqdm
   with profiling.count_compilations() as compiles:
     for i in tqdm(range(steps), desc="compile count", leave=False):
       n = setting.prompts_per_step
       # Each batch's longest prompt falls in a random bucket, so every bucket recurs.
-      lengths = rng.integers(3, width + 1, n)
+      b = int(rng.integers(len(buckets)))
+      low = buckets[b - 1] + 1 if b else 3
+      lengths = rng.integers(3, buckets[b] + 1, n)
+      lengths[0] = rng.integers(low, buckets[b] + 1)
       tokens = np.zeros((n, width), np.int32)
       mask = np.zeros((n, width), bool)
       for r, length in enumerate(lengths):
@@ -135,7 +139,7 @@ def compile_count(root: str, steps: int = 100, buckets: Tuple[int, ...] = (8, 16
            "answer_tokens": np.zeros((n, 1), np.int32), "answer_mask": np.zeros((n, 1), bool)},
           buckets)
       before = compiles.count
-      state, metrics = step(state, batch, jax.random.key(0), frozen)
+      state, metrics = step(state, batch, key, frozen)
       jax.block_until_ready(metrics)
       entry = per_bucket.setdefault(batch["prompt_tokens"].shape[1], {"steps": 0, "compiles": 0})
       entry["steps"] += 1

@@ -188,6 +188,50 @@ def test_kv_cache_prefill_then_decode_matches_full_forward():
   np.testing.assert_allclose(np.asarray(cached)[m], np.asarray(full)[m], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fuse", [False, True])
+def test_unstacked_layers_decode_like_the_stacked_scan(fuse):
+  """The sampler's path (unstacked, fused qkv and gate/up, per-layer caches) against the
+  stacked scan with a stacked cache, for prefill and decode; q/k/v biases and q/k norms on, so
+  the fused projection must split and route them exactly."""
+  cfg = dataclasses.replace(CFG, qkv_bias=True, qk_norm=True)
+  params = _INIT(cfg, jax.random.key(3, impl="rbg"))
+  rng = np.random.default_rng(3)
+  for name in ("q_bias", "k_bias", "v_bias"):
+    params["layers"][name] = jnp.asarray(
+        0.3 * rng.standard_normal(params["layers"][name].shape), jnp.float32)
+  tokens, mask = (jnp.asarray(x) for x in _padded_batch())
+  B, T = tokens.shape
+  P = 4
+  positions = tfm.positions_from_mask(mask)
+  unstacked = tfm.unstack_layers(params, fuse=fuse)
+  assert isinstance(unstacked["layers"], tuple) and len(unstacked["layers"]) == cfg.n_layers
+  assert ("qkv" in unstacked["layers"][0]) == fuse
+
+  def run(p, cache):
+    fn = jax.jit(lambda c, tok, pos, i: tfm.forward(p, tok, pos, mask, cfg, cache=c,
+                                                    cache_index=i))
+    h, cache = fn(cache, tokens[:, :P], positions[:, :P], 0)
+    out = [h]
+    for i in range(P, T):
+      h, cache = fn(cache, tokens[:, i:i + 1], positions[:, i:i + 1], jnp.int32(i))
+      out.append(h)
+    return jnp.concatenate(out, axis=1), cache
+
+  stacked_h, stacked_cache = run(params, tfm.init_cache(cfg, B, T))
+  flat_h, flat_cache = run(unstacked, tfm.init_cache(cfg, B, T, stacked=False))
+  m = np.asarray(mask)
+  np.testing.assert_allclose(np.asarray(flat_h)[m], np.asarray(stacked_h)[m], rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(np.stack(flat_cache.k), np.asarray(stacked_cache.k), rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(np.stack(flat_cache.v), np.asarray(stacked_cache.v), rtol=1e-5,
+                             atol=1e-5)
+  # No cache: the unstacked loop is also a plain forward.
+  np.testing.assert_allclose(
+      np.asarray(tfm.forward(unstacked, tokens, positions, mask, cfg)[0])[m],
+      np.asarray(tfm.forward(params, tokens, positions, mask, cfg)[0])[m], rtol=1e-5, atol=1e-5)
+
+
 def test_logical_axes_match_params():
   for cfg in (CFG, _FULL_CFG):
     params = jax.eval_shape(lambda: tfm.init(cfg, jax.random.PRNGKey(0)))
