@@ -36,6 +36,10 @@ _DRY_RUN_REWARD_MODEL = flags.DEFINE_bool(
 _DEVICE_MEMORY_GIB = flags.DEFINE_float(
     "device_memory_gib", None, "With --dry_run: memory per device in GiB; exit 1 if the "
     "estimated peak exceeds it.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir", os.environ.get("RLALIGN_COMPILATION_CACHE", ""),
+    "Directory for JAX's persistent compilation cache (default: $RLALIGN_COMPILATION_CACHE; "
+    "empty: off). A relaunch of the same config then starts without compiling.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -52,6 +56,9 @@ def main(argv) -> None:
     # A config mistake is the user's to fix: say which key, without a traceback.
     print(f"config error: {e.args[0] if e.args else e}", file=sys.stderr)
     sys.exit(2)
+  if _COMPILATION_CACHE.value:
+    from rlalign import profiling
+    profiling.enable_compilation_cache(_COMPILATION_CACHE.value)
   from rlalign.parallel import distributed
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if _DRY_RUN.value:

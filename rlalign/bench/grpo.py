@@ -119,7 +119,8 @@ def run(root: str, setting: S.GRPOSetting, steps: int, start: float, *, remat: b
       "completion_length_mean": last["response_length"],
       "compilations": compiles.count,
       "final_metrics": {k: last[k] for k in ("loss", "kl", "reward", "grad_norm")},
-      "options": {"remat": remat, "dtype": spec.model.dtype},
+      "options": {"remat": remat, "dtype": spec.model.dtype,
+                  "compilation_cache": bool(jax.config.jax_compilation_cache_dir)},
   }
 
 
@@ -148,7 +149,12 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--remat", action="store_true")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+  parser.add_argument("--compilation_cache_dir", default="",
+                      help="JAX's persistent compilation cache, as rlalign.main takes it")
   args = parser.parse_args(argv)
+  if args.compilation_cache_dir:
+    from rlalign import profiling
+    profiling.enable_compilation_cache(args.compilation_cache_dir)
   setting = S.GRPO_SETTINGS[args.setting]
   result = run(args.root, setting, args.steps or setting.steps,
                args.launch_time or _START, remat=args.remat, dtype=args.dtype)

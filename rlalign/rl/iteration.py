@@ -45,6 +45,10 @@ class RLConfig:
   minibatches: int = 1
   advantage: str = "group_norm"
   rewards: Tuple[Tuple[str, float], ...] = (("exact_match", 1.0),)
+  # Completion widths the update may run at: it runs at the smallest that holds the batch's
+  # longest completion, chosen in-graph (lax.switch), so short rollouts train on short
+  # arrays in the same single program. () always trains at sampling.max_new_tokens.
+  response_buckets: Tuple[int, ...] = ()
 
   @property
   def prompts_per_step(self) -> int:
@@ -65,6 +69,11 @@ class RLConfig:
       raise ValueError(f"{prefix}.minibatches ({self.minibatches}) must divide "
                        f"{prefix}.batch_size ({self.batch_size})")
     adv_lib.get(self.advantage)
+    if self.response_buckets and (any(b <= 0 for b in self.response_buckets)
+                                  or list(self.response_buckets)
+                                  != sorted(set(self.response_buckets))):
+      raise ValueError(f"{prefix}.response_buckets must be strictly increasing positive "
+                       f"lengths, got {self.response_buckets}")
     if not self.rewards:
       raise ValueError(f"{prefix}.rewards must name at least one reward")
     for name, _ in self.rewards:
@@ -133,10 +142,43 @@ def score(rollouts: Batch, spec: IterationSpec) -> Dict[str, jax.Array]:
   return reward_base.score_in_graph(spec.rewards, rollouts)
 
 
+COMPLETION_KEYS = ("completion_tokens", "completion_mask", "logprobs")
+
+
+def response_widths(spec: IterationSpec) -> Tuple[int, ...]:
+  """The completion widths ``learn`` compiles for: the buckets below max_new_tokens, then it."""
+  n = spec.sampling.max_new_tokens
+  return tuple(b for b in spec.rl.response_buckets if b < n) + (n,)
+
+
 def learn(state: state_lib.TrainState, rollouts: Batch, scores: Mapping[str, jax.Array],
           rng: jax.Array, frozen: Mapping[str, Any], spec: IterationSpec
           ) -> Tuple[state_lib.TrainState, Metrics]:
-  """Advantages, reference log-probs and ``epochs x minibatches`` optimizer updates."""
+  """Advantages, reference log-probs and ``epochs x minibatches`` optimizer updates.
+
+  With ``rl.response_buckets``, the completions are cut to the smallest bucket that holds the
+  longest one before anything is scored: every column cut is padding after every row's stop,
+  which causal attention never lets an earlier token see, so the update is the same at a
+  fraction of the cost.
+  """
+  widths = response_widths(spec)
+  if len(widths) == 1:
+    return _learn(state, rollouts, scores, rng, frozen, spec)
+  longest = jnp.max(jnp.sum(rollouts["completion_mask"], axis=1))
+  index = jnp.searchsorted(jnp.asarray(widths), longest, side="left")
+
+  def at_width(width):
+    def branch(state, rollouts, scores, rng, frozen):
+      cut = {k: (v[:, :width] if k in COMPLETION_KEYS else v) for k, v in rollouts.items()}
+      return _learn(state, cut, scores, rng, frozen, spec)
+    return branch
+
+  state, metrics = jax.lax.switch(index, [at_width(w) for w in widths], state, rollouts,
+                                  scores, rng, frozen)
+  return state, {**metrics, "response_bucket": jnp.asarray(widths)[index].astype(jnp.float32)}
+
+
+def _learn(state, rollouts, scores, rng, frozen, spec: IterationSpec):
   rl = spec.rl
   total = reward_base.combine(rl.rewards, scores)
   advantages = adv_lib.get(rl.advantage)(total, rl.group_size)

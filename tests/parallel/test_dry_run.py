@@ -70,7 +70,7 @@ def test_bytes_per_device_match_hand_computation(report_and_live):
   assert report.mesh == {"data": 2, "fsdp": 2, "tensor": 2} and report.devices == 8
   got = {k: getattr(report.state, k) for k in hand_bytes()}
   assert got == hand_bytes()
-  assert report.state.kv_shape == (L, ROLLOUTS, P + N, K, HD)
+  assert report.state.kv_shape == (L, ROLLOUTS, K, P + N, HD)
 
 
 def test_programs_compiled_and_nothing_ran(report_and_live):

@@ -139,3 +139,50 @@ def test_lora_step_trains_only_adapters_and_starts_as_the_full_model():
   assert set(state["params"]) == {"layers"}  # the state holds adapters only
   assert float(jnp.abs(state["params"]["layers"]["q"]["b"]).max()) > 0
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, base), base_before)
+
+
+def _rollouts(lengths, width=12, seed=0):
+  """Hand-made rollouts: completions of the given lengths (stop token last), padded to width."""
+  rng = np.random.default_rng(seed)
+  B = len(lengths)
+  prompt = rng.integers(3, 16, (B, 5)).astype(np.int32)
+  tokens = np.zeros((B, width), np.int32)
+  mask = np.zeros((B, width), bool)
+  for r, n in enumerate(lengths):
+    tokens[r, :n - 1] = rng.integers(3, 16, n - 1)
+    tokens[r, n - 1] = TOKENIZER.eos_id
+    mask[r, :n] = True
+  return {"prompt_tokens": jnp.asarray(prompt), "prompt_mask": jnp.ones((B, 5), bool),
+          "completion_tokens": jnp.asarray(tokens), "completion_mask": jnp.asarray(mask),
+          "completion_stopped": jnp.ones((B,), bool),
+          "logprobs": jnp.asarray(np.where(mask, -rng.random((B, width)), 0.0), jnp.float32)}
+
+
+@pytest.mark.parametrize("lengths,bucket", [((1, 3, 2, 4, 1, 2, 3, 3), 4),
+                                            ((1, 3, 2, 11, 1, 2, 3, 3), 12)])
+def test_response_buckets_train_exactly_like_full_width(lengths, bucket):
+  import dataclasses
+  base = make_spec(kl_coef=0.05, group_size=2)
+  base = dataclasses.replace(base, sampling=dataclasses.replace(base.sampling, max_new_tokens=12),
+                             rl=dataclasses.replace(base.rl, batch_size=8))
+  bucketed = dataclasses.replace(base, rl=dataclasses.replace(base.rl,
+                                                              response_buckets=(4, 8, 16)))
+  assert iteration.response_widths(bucketed) == (4, 8, 12)
+  rollouts = _rollouts(lengths)
+  scores = {"exact_match": jnp.asarray(np.arange(8) % 3 == 0, jnp.float32)}
+  frozen = {"reference": tfm.init(MODEL, jax.random.key(7))}
+  rng = jax.random.key(2)
+  full_state, full_m = jax.jit(lambda s: iteration.learn(s, rollouts, scores, rng, frozen, base))(
+      fresh_state(base))
+  cut_state, cut_m = jax.jit(lambda s: iteration.learn(s, rollouts, scores, rng, frozen,
+                                                       bucketed))(fresh_state(base))
+  assert float(cut_m["response_bucket"]) == bucket
+  for key in ("loss", "kl", "entropy", "pg_loss", "grad_norm", "response_length"):
+    np.testing.assert_allclose(cut_m[key], full_m[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               cut_state["params"], full_state["params"])
+
+
+def test_response_buckets_validated():
+  with pytest.raises(ValueError, match="rl.response_buckets"):
+    iteration.RLConfig(batch_size=8, group_size=2, response_buckets=(8, 4)).validate()

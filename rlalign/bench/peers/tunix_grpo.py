@@ -277,7 +277,8 @@ def main() -> None:
 
   def generate_and_record(*args, **kwargs):
     out = generate(*args, **kwargs)
-    rollouts.append((np.asarray(out.left_padded_prompt_tokens), [np.asarray(t) for t in out.tokens]))
+    rollouts.append((np.asarray(out.left_padded_prompt_tokens),
+                     [np.asarray(t) for t in out.tokens]))
     return out
   cluster.generate = generate_and_record
 
