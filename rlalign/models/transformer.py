@@ -332,6 +332,20 @@ def _attention(q, k, v, mask, cfg: ModelConfig):
   return out.reshape(B, T, H, hd)
 
 
+def _dense(x: jax.Array, w: jax.Array, in_dims: int = 1) -> jax.Array:
+  """Contracts the last ``in_dims`` axes of ``x`` with the first of ``w``, as one 2D matmul.
+
+  Folding batch and length into one row axis first matters for the backward pass: the
+  weight gradient is then a plain [rows, in]^T x [rows, out] product, where the 3D einsum
+  leaves XLA's CPU backend materialising transposed copies of the activations (1.6x slower
+  on the MLP of a 4-layer d256 model).
+  """
+  lead, contract, out = x.shape[:-in_dims], w.shape[:in_dims], w.shape[in_dims:]
+  rows = x.reshape(-1, math.prod(contract))
+  y = rows @ w.reshape(math.prod(contract), -1)
+  return y.reshape(*lead, *out)
+
+
 def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_mask: jax.Array,
             cfg: ModelConfig, *, cache: Optional[KVCache] = None,
             cache_index: jax.Array | int = 0) -> Tuple[jax.Array, Optional[KVCache]]:
@@ -372,12 +386,9 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_mask: j
     h = norm(x, p["attn_norm"])
     if "qkv" in p:  # fused by unstack_layers: one [d, (H + 2K) hd] matmul
       H = p["o"].shape[0]
-      q, k, v = jnp.split(jnp.einsum("btd,dhk->bthk", h, p["qkv"]),
-                          [H, H + cfg.n_kv_heads], axis=2)
+      q, k, v = jnp.split(_dense(h, p["qkv"]), [H, H + cfg.n_kv_heads], axis=2)
     else:
-      q = jnp.einsum("btd,dhk->bthk", h, p["q"])
-      k = jnp.einsum("btd,dhk->bthk", h, p["k"])
-      v = jnp.einsum("btd,dhk->bthk", h, p["v"])
+      q, k, v = _dense(h, p["q"]), _dense(h, p["k"]), _dense(h, p["v"])
     if cfg.qkv_bias:
       q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
     if cfg.qk_norm:
@@ -402,7 +413,7 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_mask: j
     if windowed:  # window 0 means full attention on this layer
       layer_mask = mask & ((c["window"] == 0) | (distance < c["window"]))[None]
     attn = _attention(q, k, v, layer_mask, cfg)
-    attn_out = jnp.einsum("bthk,hkd->btd", attn, p["o"])
+    attn_out = _dense(attn, p["o"], in_dims=2)
     if cfg.o_bias:
       attn_out = attn_out + p["o_bias"]
     if cfg.sandwich_norms:
@@ -410,11 +421,11 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_mask: j
     x = x + attn_out
     h = norm(x, p["mlp_norm"])
     if "gate_up" in p:
-      gate, up = jnp.split(jnp.einsum("btd,df->btf", h, p["gate_up"]), 2, axis=-1)
+      gate, up = jnp.split(_dense(h, p["gate_up"]), 2, axis=-1)
     else:
-      gate, up = jnp.einsum("btd,df->btf", h, p["gate"]), jnp.einsum("btd,df->btf", h, p["up"])
+      gate, up = _dense(h, p["gate"]), _dense(h, p["up"])
     gated = constrain(_activation(gate, cfg.mlp_activation) * up, ("batch", "length", "mlp"))
-    mlp_out = jnp.einsum("btf,fd->btd", gated, p["down"])
+    mlp_out = _dense(gated, p["down"])
     if cfg.sandwich_norms:
       mlp_out = norm(mlp_out, p["post_mlp_norm"])
     x = x + mlp_out
