@@ -51,7 +51,7 @@ def peak_matmul(dtype: str = "float32", repeats: int = 5) -> Dict[str, Any]:
 
 
 def update_mfu(root: str, model: str = "l4_d512", batch: int = 8, seq: int = 512,
-               remat: bool = False, dtype: str = "float32", repeats: int = 5
+               remat: bool = False, dtype: str = "float32", repeats: int = 3
                ) -> Dict[str, Any]:
   """Time of one GRPO update (forward, backward, Adam) on ``batch`` x ``seq`` tokens.
 

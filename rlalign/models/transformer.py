@@ -33,6 +33,7 @@ from the config as numpy constants and is scanned beside the layer params.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
@@ -322,14 +323,61 @@ def _attention(q, k, v, mask, cfg: ModelConfig):
   """Grouped-query attention. q [B,T,H,hd], k/v [B,K,S,hd], mask [B,T,S] -> [B,T,H,hd]."""
   B, T, H, hd = q.shape
   K = k.shape[1]
-  q = q.reshape(B, T, K, H // K, hd)
-  scale = math.sqrt(cfg.query_pre_attn_scalar or hd)
-  scores = jnp.einsum("btkgd,bksd->bkgts", q, k).astype(jnp.float32) / scale
-  scores = _softcap(scores, cfg.attn_softcap)
-  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  scale = 1.0 / math.sqrt(cfg.query_pre_attn_scalar or hd)
+  # Scaling q, not the scores, touches B*T*H*hd numbers instead of B*H*T*S.
+  q = (q * jnp.asarray(scale, q.dtype)).reshape(B, T, K, H // K, hd)
+  return _grouped_attention(q, k, v, mask, float(cfg.attn_softcap)).reshape(B, T, H, hd)
+
+
+def _scores(q, k, mask, cap: float):
+  """Masked attention logits in float32, [B, K, G, T, S], and the capped ones before masking."""
+  s = jnp.einsum("btkgd,bksd->bkgts", q, k).astype(jnp.float32)
+  s = _softcap(s, cap)
+  return jnp.where(mask[:, None, None, :, :], s, jnp.finfo(jnp.float32).min), s
+
+
+def _grouped_attention_fwd(q, k, v, mask, cap):
+  s, _ = _scores(q, k, mask, cap)
+  m = jnp.max(s, axis=-1, keepdims=True)
+  e = jnp.exp(s - m)
+  l = jnp.sum(e, axis=-1, keepdims=True)
+  probs = (e / l).astype(v.dtype)
   out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
-  return out.reshape(B, T, H, hd)
+  return out, (q, k, v, mask, out, m, l)
+
+
+def _grouped_attention_bwd(cap, residuals, d_out):
+  """FlashAttention's backward: the probabilities are recomputed from q, k and the saved row
+  max and sum instead of being stored, and the softmax's row term is sum(dO * O) over head_dim
+  rather than sum(dP * P) over every key, so no [T, S] tensor beyond the probabilities and
+  their gradient is ever made or kept."""
+  q, k, v, mask, out, m, l = residuals
+  s, capped = _scores(q, k, mask, cap)
+  probs = jnp.exp(s - m) / l
+  d_out32 = d_out.astype(jnp.float32)
+  # dV and dK contract over queries; written as (dO^T P)^T, the [T, S] operand is read in
+  # its own layout and only [hd, S] results are transposed.
+  dv = jnp.einsum("btkgd,bkgts->bkds", d_out.astype(v.dtype),
+                  probs.astype(v.dtype)).swapaxes(-1, -2)
+  dp = jnp.einsum("btkgd,bksd->bkgts", d_out.astype(v.dtype), v).astype(jnp.float32)
+  row = jnp.einsum("btkgd,btkgd->bkgt", d_out32, out.astype(jnp.float32))[..., None]
+  # Masked keys get no gradient, also in a row with every key masked (a pad query).
+  ds = jnp.where(mask[:, None, None, :, :], probs * (dp - row), 0.0)
+  if cap:
+    ds = ds * (1.0 - jnp.square(capped / cap))
+  ds = ds.astype(q.dtype)
+  dq = jnp.einsum("bkgts,bksd->btkgd", ds, k)
+  dk = jnp.einsum("btkgd,bkgts->bkds", q, ds).swapaxes(-1, -2)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _grouped_attention(q, k, v, mask, cap):
+  """softmax(q k^T) v over [B, T, K, G, hd] queries (pre-scaled) and [B, K, S, hd] keys."""
+  return _grouped_attention_fwd(q, k, v, mask, cap)[0]
+
+
+_grouped_attention.defvjp(_grouped_attention_fwd, _grouped_attention_bwd)
 
 
 def _dense(x: jax.Array, w: jax.Array, in_dims: int = 1) -> jax.Array:
@@ -460,7 +508,7 @@ def lm_logits(params: Params, hidden: jax.Array, cfg: ModelConfig) -> jax.Array:
     w = params["embed"].astype(hidden.dtype).T
   else:
     w = params["lm_head"].astype(hidden.dtype)
-  logits = jnp.einsum("...d,dv->...v", hidden, w).astype(jnp.float32)
+  logits = _dense(hidden, w).astype(jnp.float32)
   return _softcap(logits, cfg.final_softcap)
 
 
