@@ -150,7 +150,7 @@ def compile_count(root: str, steps: int = 100, buckets: Tuple[int, ...] = (8, 16
           "one_per_bucket": all(v["compiles"] == 1 for v in per_bucket.values())}
 
 
-def memory(root: str, setting_name: str) -> Dict[str, Any]:
+def memory(root: str, setting_name: str, remat: bool = False) -> Dict[str, Any]:
   """XLA's peak bytes for the fused RL step against the theoretical minimum.
 
   The minimum is what must be resident at once: params, gradients, Adam's two moments, the
@@ -163,7 +163,7 @@ def memory(root: str, setting_name: str) -> Dict[str, Any]:
   from rlalign.rl import state as state_lib
   setting = S.GRPO_SETTINGS[setting_name]
   model_cfg = hf.model_config_from_dir(fixtures.write_model(root, setting.model))
-  spec = bench_grpo.iteration_spec(setting, model_cfg)
+  spec = bench_grpo.iteration_spec(setting, model_cfg, remat=remat)
   abstract = tfm.abstract_params(model_cfg)
   state = jax.eval_shape(lambda p: state_lib.init_state(p, spec.optimizer), abstract)
   batch = {"prompt_tokens": jax.ShapeDtypeStruct((setting.prompts_per_step, setting.prompt_len),
@@ -186,7 +186,7 @@ def memory(root: str, setting_name: str) -> Dict[str, Any]:
   minimum["total"] = sum(minimum.values())
   peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
           + m.temp_size_in_bytes)
-  return {"setting": setting_name, "minimum_bytes": minimum,
+  return {"setting": setting_name, "remat": remat, "minimum_bytes": minimum,
           "xla": {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
                   "aliased": m.alias_size_in_bytes, "temp": m.temp_size_in_bytes,
                   "peak": peak},
@@ -222,9 +222,10 @@ def main(argv=None) -> None:
     out["compiles"] = compile_count(args.root, steps=args.compile_steps)
     print(f"compilations over {args.compile_steps} steps: {out['compiles']['per_bucket']}")
   if "memory" in parts:
-    out["memory"] = [memory(args.root, s) for s in ("medium", "gen_heavy")]
+    out["memory"] = [memory(args.root, s, remat) for s in ("medium", "gen_heavy")
+                     for remat in (False, True)]
     for r in out["memory"]:
-      print(f"memory {r['setting']}: XLA peak {r['xla']['peak'] / 2**20:.1f} MiB, minimum "
+      print(f"memory {r['setting']}{' remat' if r['remat'] else ''}: XLA peak {r['xla']['peak'] / 2**20:.1f} MiB, minimum "
             f"{r['minimum_bytes']['total'] / 2**20:.1f} MiB ({r['peak_over_minimum']:.2f}x)")
   write_json(args.out, out)
 

@@ -141,7 +141,7 @@ def efficiency_table(results) -> List[str]:
     mib = lambda b: f"{b / 2**20:.1f} MiB"
     for r in eff["memory"]:
       m = r["minimum_bytes"]
-      lines.append(f"| {r['setting']} | {mib(m['params'])} | {mib(m['grads'])} | "
+      lines.append(f"| {r['setting']}{', remat' if r.get('remat') else ''} | {mib(m['params'])} | {mib(m['grads'])} | "
                    f"{mib(m['optimizer'])} | {mib(m['reference'])} | {mib(m['kv_cache'])} | "
                    f"{mib(m['total'])} | {mib(r['xla']['peak'])} | {r['peak_over_minimum']:.2f}× |")
   return lines

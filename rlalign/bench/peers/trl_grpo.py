@@ -33,7 +33,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 import trl  # noqa: E402
 
-# Optimizer, matching the benchmark's: AdamW, no weight decay, no gradient clipping.
+# rlalign's side of the benchmark updates with optax.adam(learning_rate): b1 0.9, b2 0.999,
+# eps 1e-8, no weight decay and no gradient clipping. The same here, in torch's AdamW.
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 WEIGHT_DECAY = 0.0
@@ -51,7 +52,7 @@ def grpo_config_kwargs(setting: S.GRPOSetting, steps: int, output_dir: str) -> d
   return dict(
       output_dir=output_dir,
       seed=0,
-      # Float32 end to end like rlalign's run: TRL defaults to bf16=True and gradient checkpointing.
+      # Float32 end to end, as the fixtures are; TRL defaults to bf16 and gradient checkpointing.
       bf16=False,
       fp16=False,
       gradient_checkpointing=False,
@@ -81,7 +82,8 @@ def grpo_config_kwargs(setting: S.GRPOSetting, steps: int, output_dir: str) -> d
       # Prompts in file order, as every framework consumes them.
       shuffle_dataset=False,
       # Sampling from the full distribution, never stopping early: min_new_tokens masks EOS
-      # until new_tokens tokens are out, so every completion is exactly new_tokens long.
+      # until new_tokens tokens are out, so every completion is exactly new_tokens long. (TRL 1.16
+      # has no max_prompt_length: prompts go in whole.)
       max_completion_length=n,
       temperature=setting.temperature,
       top_p=1.0,
@@ -219,9 +221,8 @@ def main() -> None:
           "prompts and TRL's per-step metric logging fall outside it.",
           "Generation is transformers' model.generate (no vLLM, dynamic KV cache, sdpa "
           "attention); min_new_tokens=new_tokens masks EOS, so sampling never stops early.",
-          "With one generation per update TRL skips a separate old-policy log-prob pass (the "
-          "ratio is taken against detached current log-probs), the same on-policy case as "
-          "rlalign's.",
+          "With one generation per update TRL runs no separate old-policy log-prob pass: the "
+          "ratio is taken against the detached current log-probs.",
           "Gradient clipping is off, but transformers still computes the global gradient "
           "norm each step for its logs; TRL also computes token entropies in the loss pass.",
       ],
