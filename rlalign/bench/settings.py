@@ -63,7 +63,7 @@ GRPO_SETTINGS: Dict[str, GRPOSetting] = {
                         steps=20),
     "medium": GRPOSetting("medium", "l4_d256", prompts_per_step=4, group_size=4, new_tokens=64),
     "gen_heavy": GRPOSetting("gen_heavy", "l4_d256", prompts_per_step=8, group_size=8,
-                             new_tokens=256, steps=4),
+                             new_tokens=256, steps=3),
 }
 
 
