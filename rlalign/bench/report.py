@@ -85,6 +85,21 @@ def grpo_table(results) -> List[str]:
     relaunch = _ok(results, f"grpo/{name}/rlalign_relaunch")
     startup.append(f"| {name} | {s(ours)} | {s(relaunch)} | {s(peers['trl'])} | "
                    f"{s(peers['tunix'])} |")
+  lines += ["", "Necessary work per iteration (6N per trained token, 2N per reference-scored "
+            "and per generated token) and the rate each framework sustains on it:", "",
+            "| setting | GFLOP per iteration | rlalign GFLOP/s | TRL GFLOP/s | Tunix GFLOP/s |",
+            "|---|---:|---:|---:|---:|"]
+  from rlalign.bench import fixtures
+  for name, setting in S.GRPO_SETTINGS.items():
+    if f"grpo/{name}/rlalign" not in results:
+      continue
+    cfg = fixtures.model_config(S.MODELS[setting.model])
+    work = flops.grpo_iteration_flops(cfg, setting.rollouts, setting.prompt_len,
+                                      setting.new_tokens)["total"]
+    rate = lambda key: (f"{work / r['median_step_s'] / 1e9:.1f}"
+                        if (r := _ok(results, f"grpo/{name}/{key}")) else "-")
+    lines.append(f"| {name} | {work / 1e9:.2f} | {rate('rlalign')} | {rate('trl')} | "
+                 f"{rate('tunix')} |")
   lines += ["", "Median iteration time after the first. Start-up, from launching the process "
             "to the end of the first finished RL step (imports, model load and compilation "
             "included):", ""] + startup
@@ -113,9 +128,13 @@ def efficiency_table(results) -> List[str]:
                    f"{r['params'] / 1e6:.1f}M | {r['batch']} × {r['seq']} | "
                    f"{r['median_s'] * 1e3:.0f} ms | {r['mfu_6n']:.1%} | "
                    f"{r['mfu_with_attention']:.1%} |")
-    best = max(r["mfu_6n"] for r in eff["mfu"])
-    lines += ["", f"Update-step MFU target (60%): best {best:.1%}, "
-              f"{'met' if best >= MFU_TARGET else 'missed'}."]
+    # The target is judged against the fastest matmul of any dtype: a dtype with a slower
+    # peak must not look efficient for being slow.
+    top = max(p["flops_per_s"] for p in peak.values())
+    best = max(r["flops_per_s_6n"] / top for r in eff["mfu"])
+    lines += ["", "MFU columns divide by the peak of the step's own dtype. Against the fastest "
+              f"peak of any dtype ({top / 1e9:.1f} GFLOP/s), the best update reaches "
+              f"{best:.1%} (6N): target 60% {'met' if best >= MFU_TARGET else 'missed'}."]
   medium = _ok(results, "grpo/medium/rlalign")
   if medium and peak:
     from rlalign.bench import fixtures
