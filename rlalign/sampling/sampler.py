@@ -75,12 +75,16 @@ def sample(params: tfm.Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
 
   key_mask = jnp.zeros((B, P + N), bool).at[:, :P].set(prompt_mask.astype(bool))
   positions = tfm.positions_from_mask(prompt_mask)
-  params = tfm.unstack_layers(params)
-  cache = tfm.init_cache(model_cfg, B, P + N, stacked=False)
+  # The prefill scans the stacked layers: one layer's activations live at a time, and its
+  # compile does not grow with depth. The decode then runs the layers unstacked (see
+  # tfm.unstack_layers), each with its own cache arrays.
+  cache = tfm.init_cache(model_cfg, B, P + N)
   hidden, cache = tfm.forward(params, prompt_tokens, positions, key_mask, model_cfg,
                               cache=cache, cache_index=0)
   # With left padding the last prompt slot is always a real token.
   logits = tfm.lm_logits(params, hidden[:, -1], model_cfg)
+  params = tfm.unstack_layers(params)
+  cache = tfm.KVCache(tuple(cache.k), tuple(cache.v))
 
   class Carry(NamedTuple):
     t: jax.Array
