@@ -103,6 +103,14 @@ def grpo_table(results) -> List[str]:
   lines += ["", "Median iteration time after the first. Start-up, from launching the process "
             "to the end of the first finished RL step (imports, model load and compilation "
             "included):", ""] + startup
+  spread = []
+  for k, v in results.items():
+    rounds = (v.get("result") or {}).get("round_median_step_s") if isinstance(v, dict) else None
+    if k.startswith("grpo/") and rounds:
+      spread.append(f"{k}: " + ", ".join(f"{x * 1e3:.0f}" for x in rounds) + " ms")
+  if spread:
+    lines += ["", "Median step of each interleaved round (the table shows their median): "
+              + "; ".join(spread) + "."]
   failed = [f"- {k}: {_missing(results, k)}" for k in results
             if k.startswith("grpo/") and results[k].get("status") != "ok"]
   if failed:

@@ -2,7 +2,9 @@
 
 One backbone serves every role (policy, reference, value model, reward model, verifier); roles
 differ only in which heads their params carry. Layers are stacked along a leading "layers"
-axis and run under ``lax.scan``, so compile time does not grow with depth.
+axis and run under ``lax.scan``, so compile time does not grow with depth. The sampler's
+decode loop is the exception: it runs :func:`unstack_layers` params, one unrolled layer at a
+time, because slicing a layer out of the stack per token costs as much as its matmuls.
 
 Params layout (every leaf's logical axis names come from :func:`param_specs`)::
 
@@ -405,7 +407,8 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_mask: j
     key_mask: [B, S] which keys may be attended to: S = T without a cache, else the cache's
       slot count. Causality is by slot order.
     cache: if given, this call's keys/values are written at ``cache_index`` and attention runs
-      over every slot of the cache.
+      over every slot of the cache. Stacked params take a stacked cache; params from
+      :func:`unstack_layers` take per-layer cache arrays (``init_cache(..., stacked=False)``).
 
   Returns:
     Final-normed hidden states [B, T, d] and the updated cache (None without one).

@@ -69,3 +69,17 @@ def test_settings_match_the_issue():
   assert (S.MODELS["l2_d128"].n_layers, S.MODELS["l2_d128"].d_model) == (2, 128)
   assert (S.MODELS["l4_d256"].n_layers, S.MODELS["l4_d256"].d_model) == (4, 256)
   assert S.even_token_fraction([2, 3, 4, 5]) == 0.5
+
+
+def test_rounds_merge_to_their_median_and_keep_the_cold_start():
+  from rlalign.bench import run
+  results = {"grpo/tiny/trl": _grpo(0.05), "grpo/tiny/trl#1": _grpo(0.02),
+             "grpo/tiny/trl#2": {"status": "failed", "why": "exit 1", "log": "x"},
+             "grpo/tiny/tunix": _grpo(0.03)}
+  results["grpo/tiny/trl#1"]["result"]["startup_s"] = 1.0
+  run.merge_rounds(results)
+  merged = results["grpo/tiny/trl"]["result"]
+  assert merged["round_median_step_s"] == [0.05, 0.02]
+  assert merged["median_step_s"] == pytest.approx(0.035)
+  assert merged["startup_s"] == 10.0  # round 0's: the only cold start
+  assert results["grpo/tiny/tunix"]["result"]["median_step_s"] == 0.03
