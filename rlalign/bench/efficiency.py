@@ -22,7 +22,7 @@ import numpy as np
 from rlalign.bench import fixtures, flops
 from rlalign.bench import grpo as bench_grpo
 from rlalign.bench import settings as S
-from rlalign.bench.grpo import write_json
+from rlalign.bench.peers.common import write_json
 
 PEAK_SHAPES = ((2048, 2048, 2048), (4096, 1024, 4096), (1024, 4096, 1024))
 

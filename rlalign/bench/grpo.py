@@ -15,13 +15,14 @@ import time
 
 _START = time.time()
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
 from typing import Any, Dict, Optional  # noqa: E402
 
 from rlalign.bench import settings as S  # noqa: E402
+from rlalign.bench.peers import common  # noqa: E402
+from rlalign.bench.peers.common import write_json  # noqa: E402
 
 REWARD = "bench/even_token_fraction"
 
@@ -132,21 +133,8 @@ def _version() -> str:
     return "source"
 
 
-def write_json(path: str, data: Any) -> None:
-  """Writes ``data`` atomically: a reader never sees half a file."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=2)
-  os.replace(tmp, path)
-
-
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--root", required=True)
-  parser.add_argument("--setting", required=True, choices=sorted(S.GRPO_SETTINGS))
-  parser.add_argument("--out", required=True)
-  parser.add_argument("--launch_time", type=float, default=None)
-  parser.add_argument("--steps", type=int, default=None)
+  parser = common.parser(__doc__.split("\n")[0])
   parser.add_argument("--remat", action="store_true")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
   parser.add_argument("--compilation_cache_dir", default="",
@@ -155,9 +143,8 @@ def main(argv=None) -> None:
   if args.compilation_cache_dir:
     from rlalign import profiling
     profiling.enable_compilation_cache(args.compilation_cache_dir)
-  setting = S.GRPO_SETTINGS[args.setting]
-  result = run(args.root, setting, args.steps or setting.steps,
-               args.launch_time or _START, remat=args.remat, dtype=args.dtype)
+  setting, steps, start = common.resolve(parser, args, _START)
+  result = run(args.root, setting, steps, start, remat=args.remat, dtype=args.dtype)
   write_json(args.out, result)
   print(f"rlalign {setting.name}: startup {result['startup_s']:.2f}s, first step "
         f"{result['first_step_s']:.2f}s, median step {result['median_step_s'] * 1e3:.1f}ms, "

@@ -23,7 +23,7 @@ import time
 from typing import Any, Dict
 
 from rlalign.bench import settings as S
-from rlalign.bench.grpo import write_json
+from rlalign.bench.peers.common import write_json
 
 # Trace events that are not XLA ops: the executor, loops, Python and runtime bookkeeping.
 _NOT_OPS = ("$", "Thunk", "while", "Slinky", "call", "conditional", "Pjit", "Python",

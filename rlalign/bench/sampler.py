@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from rlalign.bench import fixtures
 from rlalign.bench import settings as S
-from rlalign.bench.grpo import write_json
+from rlalign.bench.peers.common import write_json
 
 MODEL = "l4_d256"
 TARGET = (32, 32, 128)  # batch, prompt length, new tokens: the headline setting

@@ -16,7 +16,6 @@ import time
 
 _T0 = time.time()  # startup is measured from here, unless --launch_time is given
 
-import argparse
 import json
 import math
 import os
@@ -27,6 +26,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))))
 from rlalign.bench import settings as S  # noqa: E402
+from rlalign.bench.peers import common  # noqa: E402
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
@@ -130,29 +130,10 @@ def check_prompt_tokenisation(tokenizer, texts, ids) -> None:
     raise RuntimeError("the tokenizer does not reproduce the prompt ids of the fixture file")
 
 
-def write_json(path: str, data: dict) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=2)
-  os.replace(tmp, path)
-
-
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--root", required=True, help="fixtures root (rlalign.bench.fixtures)")
-  p.add_argument("--setting", required=True, choices=sorted(S.GRPO_SETTINGS))
-  p.add_argument("--out", required=True, help="JSON result path")
-  p.add_argument("--launch_time", type=float, default=None,
-                 help="epoch seconds just before this process was spawned; the startup origin")
-  p.add_argument("--steps", type=int, default=None, help="timed steps after the first")
+  p = common.parser(__doc__.splitlines()[0])
   a = p.parse_args()
-
-  start = a.launch_time if a.launch_time is not None else _T0
-  setting = S.GRPO_SETTINGS[a.setting]
-  steps = setting.steps if a.steps is None else a.steps
-  if steps < 1:
-    p.error("--steps must be >= 1")
+  setting, steps, start = common.resolve(p, a, _T0)
   model_dir = os.path.join(a.root, "models", setting.model)
   with open(os.path.join(a.root, "prompts", f"{setting.name}.json")) as f:
     prompts = json.load(f)
@@ -227,7 +208,7 @@ def main() -> None:
           "norm each step for its logs; TRL also computes token entropies in the loss pass.",
       ],
   }
-  write_json(a.out, result)
+  common.write_json(a.out, result)
   print(f"trl {trl.__version__} {setting.name}: startup {result['startup_s']:.2f}s, first step "
         f"{result['first_step_s']:.3f}s, median step {result['median_step_s']:.3f}s over "
         f"{len(step_s)} steps, completion length {result['completion_length_mean']:g} -> {a.out}")
