@@ -292,17 +292,15 @@ class KVCache(NamedTuple):
 CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
 
 
-def init_cache(cfg: ModelConfig, batch: int, slots: int, *, stacked: bool = True) -> KVCache:
-  """Zeros: stacked [layers, ...] arrays, or (``stacked=False``) a tuple of per-layer arrays
-  for :func:`unstack_layers` params."""
-  if not stacked:
-    shape = (batch, cfg.n_kv_heads, slots, cfg.head_dim)
-    make = lambda: tuple(constrain(jnp.zeros(shape, jnp.dtype(cfg.dtype)), CACHE_AXES[1:])
-                         for _ in range(cfg.n_layers))
-    return KVCache(make(), make())
+def init_cache(cfg: ModelConfig, batch: int, slots: int) -> KVCache:
   shape = (cfg.n_layers, batch, cfg.n_kv_heads, slots, cfg.head_dim)
   zeros = jnp.zeros(shape, jnp.dtype(cfg.dtype))
   return KVCache(constrain(zeros, CACHE_AXES), constrain(zeros, CACHE_AXES))
+
+
+def unstack_cache(cache: KVCache) -> KVCache:
+  """A stacked cache as tuples of per-layer arrays, for :func:`unstack_layers` params."""
+  return KVCache(tuple(cache.k), tuple(cache.v))
 
 
 def unstack_layers(params: Params, *, fuse: bool = True) -> Params:
@@ -408,7 +406,7 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_mask: j
       slot count. Causality is by slot order.
     cache: if given, this call's keys/values are written at ``cache_index`` and attention runs
       over every slot of the cache. Stacked params take a stacked cache; params from
-      :func:`unstack_layers` take per-layer cache arrays (``init_cache(..., stacked=False)``).
+      :func:`unstack_layers` take per-layer cache arrays (:func:`unstack_cache`).
 
   Returns:
     Final-normed hidden states [B, T, d] and the updated cache (None without one).
@@ -436,8 +434,8 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_mask: j
     p = jax.tree.map(lambda w: w.astype(dtype), p)
     h = norm(x, p["attn_norm"])
     if "qkv" in p:  # fused by unstack_layers: one [d, (H + 2K) hd] matmul
-      H = p["o"].shape[0]
-      q, k, v = jnp.split(_dense(h, p["qkv"]), [H, H + cfg.n_kv_heads], axis=2)
+      q, k, v = jnp.split(_dense(h, p["qkv"]), [cfg.n_heads, cfg.n_heads + cfg.n_kv_heads],
+                          axis=2)
     else:
       q, k, v = _dense(h, p["q"]), _dense(h, p["k"]), _dense(h, p["v"])
     if cfg.qkv_bias:

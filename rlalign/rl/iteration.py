@@ -69,11 +69,10 @@ class RLConfig:
       raise ValueError(f"{prefix}.minibatches ({self.minibatches}) must divide "
                        f"{prefix}.batch_size ({self.batch_size})")
     adv_lib.get(self.advantage)
-    if self.response_buckets and (any(b <= 0 for b in self.response_buckets)
-                                  or list(self.response_buckets)
-                                  != sorted(set(self.response_buckets))):
+    widths = self.response_buckets
+    if any(b <= 0 for b in widths) or list(widths) != sorted(set(widths)):
       raise ValueError(f"{prefix}.response_buckets must be strictly increasing positive "
-                       f"lengths, got {self.response_buckets}")
+                       f"lengths, got {widths}")
     if not self.rewards:
       raise ValueError(f"{prefix}.rewards must name at least one reward")
     for name, _ in self.rewards:
@@ -157,7 +156,7 @@ def learn(state: state_lib.TrainState, rollouts: Batch, scores: Mapping[str, jax
   """Advantages, reference log-probs and ``epochs x minibatches`` optimizer updates.
 
   With ``rl.response_buckets``, the completions are cut to the smallest bucket that holds the
-  longest one before anything is scored: every column cut is padding after every row's stop,
+  longest one before the reference and the policy score them: every column cut is padding after every row's stop,
   which causal attention never lets an earlier token see, so the update is the same at a
   fraction of the cost.
   """

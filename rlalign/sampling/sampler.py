@@ -84,7 +84,7 @@ def sample(params: tfm.Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
   # With left padding the last prompt slot is always a real token.
   logits = tfm.lm_logits(params, hidden[:, -1], model_cfg)
   params = tfm.unstack_layers(params)
-  cache = tfm.KVCache(tuple(cache.k), tuple(cache.v))
+  cache = tfm.unstack_cache(cache)
 
   class Carry(NamedTuple):
     t: jax.Array

@@ -164,6 +164,19 @@ def test_reference_is_sensitive_to_rotary_and_gqa_layout():
   assert np.max(np.abs(np_forward(swapped, tokens[1], mask[1], CFG) - ref)) > 1e-3
 
 
+def _prefill_then_decode(params, cache, tokens, positions, mask, cfg, P):
+  """Hidden states of a P-token prefill, then one decode call per remaining token."""
+  # The key mask covers every slot; causality by slot order hides the not-yet-written ones.
+  step_fn = jax.jit(lambda c, tok, pos, i: tfm.forward(params, tok, pos, mask, cfg, cache=c,
+                                                       cache_index=i))
+  h, cache = step_fn(cache, tokens[:, :P], positions[:, :P], 0)
+  out = [h]
+  for i in range(P, tokens.shape[1]):
+    h, cache = step_fn(cache, tokens[:, i:i + 1], positions[:, i:i + 1], jnp.int32(i))
+    out.append(h)
+  return jnp.concatenate(out, axis=1), cache
+
+
 def test_kv_cache_prefill_then_decode_matches_full_forward():
   params = _params(CFG, seed=1)
   tokens, mask = _padded_batch()
@@ -175,15 +188,7 @@ def test_kv_cache_prefill_then_decode_matches_full_forward():
 
   cache = tfm.init_cache(CFG, B, T)
   chex.assert_shape(cache.k, (CFG.n_layers, B, CFG.n_kv_heads, T, CFG.head_dim))
-  # The key mask covers every slot; causality by slot order hides the not-yet-written ones.
-  step_fn = jax.jit(lambda c, tok, pos, i: tfm.forward(params, tok, pos, mask, CFG, cache=c,
-                                                       cache_index=i))
-  prefill, cache = step_fn(cache, tokens[:, :P], positions[:, :P], 0)
-  steps = [prefill]
-  for i in range(P, T):
-    h, cache = step_fn(cache, tokens[:, i:i + 1], positions[:, i:i + 1], jnp.int32(i))
-    steps.append(h)
-  cached = jnp.concatenate(steps, axis=1)
+  cached, _ = _prefill_then_decode(params, cache, tokens, positions, mask, CFG, P)
   m = np.asarray(mask)
   np.testing.assert_allclose(np.asarray(cached)[m], np.asarray(full)[m], rtol=1e-5, atol=1e-5)
 
@@ -207,18 +212,9 @@ def test_unstacked_layers_decode_like_the_stacked_scan(fuse):
   assert isinstance(unstacked["layers"], tuple) and len(unstacked["layers"]) == cfg.n_layers
   assert ("qkv" in unstacked["layers"][0]) == fuse
 
-  def run(p, cache):
-    fn = jax.jit(lambda c, tok, pos, i: tfm.forward(p, tok, pos, mask, cfg, cache=c,
-                                                    cache_index=i))
-    h, cache = fn(cache, tokens[:, :P], positions[:, :P], 0)
-    out = [h]
-    for i in range(P, T):
-      h, cache = fn(cache, tokens[:, i:i + 1], positions[:, i:i + 1], jnp.int32(i))
-      out.append(h)
-    return jnp.concatenate(out, axis=1), cache
-
+  run = lambda p, cache: _prefill_then_decode(p, cache, tokens, positions, mask, cfg, P)
   stacked_h, stacked_cache = run(params, tfm.init_cache(cfg, B, T))
-  flat_h, flat_cache = run(unstacked, tfm.init_cache(cfg, B, T, stacked=False))
+  flat_h, flat_cache = run(unstacked, tfm.unstack_cache(tfm.init_cache(cfg, B, T)))
   m = np.asarray(mask)
   np.testing.assert_allclose(np.asarray(flat_h)[m], np.asarray(stacked_h)[m], rtol=1e-5,
                              atol=1e-5)

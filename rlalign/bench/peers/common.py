@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any, Tuple
+import statistics
+from typing import Any, Dict, Sequence, Tuple
 
 from rlalign.bench import settings as S
 
@@ -42,3 +43,25 @@ def write_json(path: str, data: Any) -> None:
   with open(tmp, "w") as f:
     json.dump(data, f, indent=2)
   os.replace(tmp, path)
+
+
+def timing_fields(setting: S.GRPOSetting, steps: int, start: float, first_end_wall: float,
+                  durations: Sequence[float], lengths: Sequence[float],
+                  length_range: Tuple[int, int], launched: bool) -> Dict[str, Any]:
+  """The fields every peer's result shares: the workload, start-up and step times."""
+  step_s = list(durations[1:])
+  return {
+      "setting": setting.name,
+      "model": setting.model,
+      "rollouts": setting.rollouts,
+      "new_tokens": setting.new_tokens,
+      "prompt_len": setting.prompt_len,
+      "steps": steps,
+      "startup_s": first_end_wall - start,
+      "startup_origin": "launch_time" if launched else "script_start",
+      "first_step_s": durations[0],
+      "step_s": step_s,
+      "median_step_s": statistics.median(step_s),
+      "completion_length_mean": statistics.fmean(lengths),
+      "completion_length_min_max": list(length_range),
+  }

@@ -19,7 +19,6 @@ _T0 = time.time()  # startup is measured from here, unless --launch_time is give
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
 
@@ -170,7 +169,6 @@ def main() -> None:
     if not all(v is not None and math.isfinite(v) for v in logged(key)):
       raise RuntimeError(f"non-finite {key} in the logs: {logged(key)}")
 
-  step_s = durations[1:]
   resolved = {k: getattr(config, k) for k in ("generation_batch_size", "steps_per_generation",
                                                "optim", "use_cpu")}
   result = {
@@ -181,19 +179,8 @@ def main() -> None:
       "device": str(trainer.accelerator.device),
       "torch_threads": torch.get_num_threads(),
       "cpu_count": os.cpu_count(),
-      "setting": setting.name,
-      "model": setting.model,
-      "rollouts": setting.rollouts,
-      "new_tokens": setting.new_tokens,
-      "prompt_len": setting.prompt_len,
-      "steps": steps,
-      "startup_s": timer.first_end_wall - start,
-      "startup_origin": "launch_time" if a.launch_time is not None else "script_start",
-      "first_step_s": durations[0],
-      "step_s": step_s,
-      "median_step_s": statistics.median(step_s),
-      "completion_length_mean": statistics.fmean(lengths),
-      "completion_length_min_max": list(length_range),
+      **common.timing_fields(setting, steps, start, timer.first_end_wall, durations, lengths, length_range,
+                             launched=a.launch_time is not None),
       "metrics": {k: logged(k) for k in ("loss", "kl", "reward", "entropy", "grad_norm")},
       "config": {**{k: v for k, v in kwargs.items() if k != "output_dir"}, **resolved},
       "notes": [
@@ -211,7 +198,7 @@ def main() -> None:
   common.write_json(a.out, result)
   print(f"trl {trl.__version__} {setting.name}: startup {result['startup_s']:.2f}s, first step "
         f"{result['first_step_s']:.3f}s, median step {result['median_step_s']:.3f}s over "
-        f"{len(step_s)} steps, completion length {result['completion_length_mean']:g} -> {a.out}")
+        f"{steps} steps, completion length {result['completion_length_mean']:g} -> {a.out}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import functools
 import importlib.metadata
 import json
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -304,7 +303,6 @@ def main() -> None:
                   "max_abs_diff": float(np.abs(got - ref).max()),
                   "max_abs_logit": float(np.abs(ref).max())}
 
-  step_s = durations[1:]
   versions = {k: importlib.metadata.version(k) for k in
               ("google-tunix", "jax", "jaxlib", "flax", "optax", "safetensors")}
   result = {
@@ -314,19 +312,8 @@ def main() -> None:
       "device": str(jax.devices()[0]),
       "cpu_count": os.cpu_count(),
       "xla_flags": os.environ.get("XLA_FLAGS"),
-      "setting": setting.name,
-      "model": setting.model,
-      "rollouts": setting.rollouts,
-      "new_tokens": n_new,
-      "prompt_len": setting.prompt_len,
-      "steps": steps,
-      "startup_s": first_end_wall[0] - start,
-      "startup_origin": "launch_time" if a.launch_time is not None else "script_start",
-      "first_step_s": durations[0],
-      "step_s": step_s,
-      "median_step_s": statistics.median(step_s),
-      "completion_length_mean": statistics.fmean(lengths),
-      "completion_length_min_max": list(length_range),
+      **common.timing_fields(setting, steps, start, first_end_wall[0], durations, lengths, length_range,
+                             launched=a.launch_time is not None),
       "metrics": metrics,
       "logits_check": logits_check,
       "settings": dataclasses.asdict(setting),
@@ -370,7 +357,7 @@ def main() -> None:
   common.write_json(a.out, result)
   print(f"tunix {versions['google-tunix']} {setting.name}: startup {result['startup_s']:.2f}s, "
         f"first step {result['first_step_s']:.3f}s, median step {result['median_step_s']:.3f}s "
-        f"over {len(step_s)} steps, completion length {result['completion_length_mean']:g}, "
+        f"over {steps} steps, completion length {result['completion_length_mean']:g}, "
         f"logits max abs diff {logits_check['max_abs_diff']:.1e} -> {a.out}")
 
 
