@@ -27,7 +27,7 @@ Expected: the dry run fits both targets; see the README for the figures.
 """
 import ml_collections
 
-from rlalign.parallel.mesh import DEFAULT_RULES
+from rlalign import presets
 
 TARGETS = {
     # name: (mesh ici over ("data", "fsdp", "tensor"), prompts per step); 8 samples each
@@ -54,16 +54,14 @@ def get_config(arg: str = ""):
   c.data = dict(task="jsonl", data_dir="", train_path=train_path,
                 test_path=test_path or train_path, max_prompt_len=512, max_answer_len=64)
   c.sampling = dict(max_new_tokens=512, temperature=1.0, top_k=0, top_p=1.0)
-  c.warm_start = dict(steps=0, batch_size=64, optimizer=dict(learning_rate=1e-5))
+  c.roles = presets.policy_and_reference(
+      optimizer=dict(learning_rate=1e-6, warmup_steps=10, max_grad_norm=1.0))
   # 64 rollouts per minibatch on both targets.
-  c.rl = dict(batch_size=prompts * 8, group_size=8, epochs=1, minibatches=prompts // 8,
-              advantage="group_norm", rewards={"exact_match": 1.0})
-  c.optimizer = dict(learning_rate=1e-6, warmup_steps=10, max_grad_norm=1.0)
-  c.objective = dict(name="grpo", clip_eps=0.2, kl_coef=1e-3, kl_estimator="k3",
-                     entropy_coef=0.0, aggregation="token")
-  c.mesh = dict(axes=("data", "fsdp", "tensor"), ici=ici, dcn=(1, 1, 1),
-                rules=dict(DEFAULT_RULES))
-  # roles.separate_sampler=True gives decoding a mesh of its own (see rlalign/config.py).
-  c.roles = dict(separate_sampler=False, sampler_mesh=dict(c.mesh))
-  c.train = dict(steps=200, log_every=1, eval_every=50, checkpoint_every=50, eval_batch_size=64)
+  c.phases = dict(rl=presets.grpo_phase(steps=200, batch_size=prompts * 8, group_size=8,
+                                        minibatches=prompts // 8))
+  c.recipe = dict(name="sequence", order=("rl",))
+  c.mesh = presets.mesh(ici=ici)
+  # sampler_layout.separate=True gives decoding a mesh of its own.
+  c.sampler_layout = presets.sampler_layout(c.mesh)
+  c.train = dict(log_every=1, eval_every=50, checkpoint_every=50, eval_batch_size=64)
   return ml_collections.ConfigDict(c.to_dict())

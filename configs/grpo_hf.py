@@ -19,8 +19,8 @@ import dataclasses
 
 import ml_collections
 
+from rlalign import presets
 from rlalign.models import hf
-from rlalign.parallel.mesh import DEFAULT_RULES
 
 
 def get_config(arg: str = ""):
@@ -37,25 +37,22 @@ def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = dataclasses.asdict(model)
-  c.init = dict(hf_checkpoint=ckpt, export_hf=True)
   c.data = dict(task="jsonl", data_dir="", train_path=train_path, test_path=test_path or train_path,
                 max_prompt_len=256, max_answer_len=256, tokenizer_dir=ckpt, prompt_format="chat",
                 system_prompt="")
   c.sampling = dict(max_new_tokens=256, temperature=1.0, top_k=0, top_p=1.0,
                     stop_tokens=tuple(eos))
-  c.warm_start = dict(steps=0, batch_size=16, optimizer=dict(learning_rate=1e-5, warmup_steps=10))
-  c.rl = dict(batch_size=64, group_size=8, epochs=1, minibatches=4, advantage="group_norm",
-              rewards={"exact_match": 1.0})
-  c.optimizer = dict(learning_rate=1e-6, warmup_steps=10, max_grad_norm=1.0)
-  c.objective = dict(name="grpo", clip_eps=0.2, kl_coef=1e-3, kl_estimator="k3",
-                     entropy_coef=0.0, aggregation="token")
-  c.mesh = dict(axes=("data", "fsdp", "tensor"), ici=(1, -1, 1), dcn=(1, 1, 1),
-                rules=dict(DEFAULT_RULES))
-  # Set separate_sampler to give sampling its own mesh shape and rules (weights are resharded
-  # into it every step); by default the sampler reads the learner's arrays.
-  c.roles = dict(separate_sampler=False, sampler_mesh=dict(c.mesh))
-  # lora_rank > 0 trains LoRA adapters on the (frozen) starting weights instead of all of them.
-  c.adapter = dict(lora_rank=0, lora_alpha=16.0, lora_targets=r"layers/(q|k|v|o|gate|up|down)")
-  c.train = dict(steps=200, log_every=10, eval_every=50, checkpoint_every=50,
-                 eval_batch_size=64)
+  # The policy starts from the checkpoint and is exported back to <workdir>/hf at the end.
+  c.roles = presets.policy_and_reference(
+      optimizer=dict(learning_rate=1e-6, warmup_steps=10, max_grad_norm=1.0),
+      weights=dict(source="hf", path=ckpt), export_hf=True)
+  c.phases = dict(
+      # adapter.lora_rank > 0 trains LoRA adapters on the (frozen) starting weights.
+      rl=dict(presets.grpo_phase(steps=200, batch_size=64, group_size=8, minibatches=4),
+              adapter=dict(lora_rank=0, lora_alpha=16.0,
+                           lora_targets=r"layers/(q|k|v|o|gate|up|down)")))
+  c.recipe = dict(name="sequence", order=("rl",))
+  c.mesh = presets.mesh(ici=(1, -1, 1))
+  c.sampler_layout = presets.sampler_layout(c.mesh)
+  c.train = dict(presets.LOOP, eval_batch_size=64)
   return ml_collections.ConfigDict(c.to_dict())

@@ -190,6 +190,46 @@ class Checkpointer:
     )
     return restored[STATE_ITEM], dict(restored[DATA_ITEM])
 
+  def restore_subtree(self, step: int, path: tuple[str, ...], abstract: Any) -> Any:
+    """Restores one subtree of checkpoint `step`'s state (say one role's params) into the
+    shardings of `abstract`; the rest of the state is read to host memory and dropped."""
+    where = f"checkpoint {self.step_dir(step)}"
+    tree = self._manager.item_metadata(step)[STATE_ITEM]
+    if tree is None:
+      raise ValueError(f"{where}: no readable metadata for item {STATE_ITEM!r}")
+    tree = getattr(tree, "tree", tree)
+    node = tree
+    for i, key in enumerate(path):
+      if not isinstance(node, Mapping) or key not in node:
+        have = sorted(node) if isinstance(node, Mapping) else []
+        raise ValueError(f"{where}: no {'/'.join(path[:i + 1])} in its state; "
+                         f"{'/'.join(path[:i]) or 'the state'} holds {have}")
+      node = node[key]
+    saved, expected = _flat_shapes(node), _flat_shapes(abstract)
+    if saved != expected:
+      diff = sorted(set(saved.items()) ^ set(expected.items()))
+      raise ValueError(f"{where}: {'/'.join(path)} differs from the expected tree: "
+                       f"{_listing({f'{k} {v}' for k, v in diff})}")
+    # The rest is read replicated over the same devices as the subtree (restoring it in the
+    # saved layout would fail on another topology), then dropped.
+    first = jax.tree.leaves(abstract)[0].sharding
+    rest = (jax.sharding.NamedSharding(first.mesh, jax.sharding.PartitionSpec())
+            if isinstance(first, jax.sharding.NamedSharding) else first)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rest), tree)
+    parent = target
+    for key in path[:-1]:
+      parent = parent[key]
+    parent[path[-1]] = abstract
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+            **{STATE_ITEM: ocp.args.StandardRestore(target), DATA_ITEM: ocp.args.JsonRestore()}
+        ),
+    )[STATE_ITEM]
+    for key in path:
+      restored = restored[key]
+    return restored
+
   def _check_compatible(self, step: int, abstract_state: Any) -> None:
     """Fails loudly if checkpoint `step` does not match `abstract_state`.
 

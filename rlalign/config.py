@@ -1,151 +1,31 @@
-"""Typed, frozen experiment configs, and their strict conversion from ConfigDicts.
+"""The strict conversion of ConfigDicts into typed, frozen experiment configs.
 
 Config files (``configs/*.py``) build ``ml_collections.ConfigDict`` objects; everything past
-:func:`from_config_dict` sees only the frozen dataclasses below. The conversion rejects unknown
-keys and wrong types with the dotted path of the key at fault, and ``validate`` checks values,
-all before anything is traced or compiled.
+:func:`from_config_dict` sees only frozen dataclasses (``rlalign/rl/experiment.py`` and the
+sections it holds). The conversion rejects unknown keys and wrong types with the dotted path of
+the key at fault, and ``validate`` checks values, all before anything is traced or compiled.
+
+Registered things pick their own typed settings by name: an objective's hparams
+(``objective.name``), a reward's settings (``rewards``), a recipe's (``recipe.name``).
 """
 from __future__ import annotations
 
 import dataclasses
-import os
+import sys
 import types
 import typing
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Tuple
 
-from rlalign import objectives
-from rlalign.data.pipeline import DataConfig
-from rlalign.models.transformer import ModelConfig
-from rlalign.parallel.mesh import MeshConfig
-from rlalign.rl.iteration import RLConfig
-from rlalign.rl.state import OptimizerConfig
-from rlalign.sampling.sampler import SamplingConfig
+from rlalign import objectives, recipes, rewards
+from rlalign.rewards.base import RewardTerm
+from rlalign.rl.experiment import (ExperimentConfig, LoopConfig, RecipeConfig,
+                                   SamplerLayoutConfig, to_dict)
+from rlalign.rl.phases import AdapterConfig, ObjectiveConfig, PhaseConfig
+from rlalign.rl.roles import RoleConfig, WeightsConfig
 
-
-@dataclasses.dataclass(frozen=True)
-class WarmStartConfig:
-  """Supervised fine-tuning on demonstrations before RL (0 steps skips it)."""
-  steps: int = 0
-  batch_size: int = 64
-  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3)
-
-  def validate(self, prefix: str = "warm_start") -> None:
-    if self.steps < 0:
-      raise ValueError(f"{prefix}.steps must be >= 0, got {self.steps}")
-    if self.batch_size <= 0:
-      raise ValueError(f"{prefix}.batch_size must be positive, got {self.batch_size}")
-    self.optimizer.validate(f"{prefix}.optimizer")
-
-
-@dataclasses.dataclass(frozen=True)
-class InitConfig:
-  """Where the policy's first weights come from: random (the default) or a HF checkpoint."""
-  hf_checkpoint: str = ""   # a local Hugging Face checkpoint directory
-  export_hf: bool = True    # with hf_checkpoint: write the trained policy to <workdir>/hf
-
-  def validate(self, prefix: str = "init") -> None:
-    if self.hf_checkpoint and not os.path.isdir(self.hf_checkpoint):
-      raise ValueError(f"{prefix}.hf_checkpoint: {self.hf_checkpoint!r} is not a directory")
-
-
-@dataclasses.dataclass(frozen=True)
-class AdapterConfig:
-  """Train LoRA adapters instead of every weight (``lora_rank`` 0: full fine-tuning).
-
-  The warm start, if any, still trains every weight; RL then trains adapters on top of its
-  result, which stays frozen and doubles as the reference, sharing the same arrays.
-  """
-  lora_rank: int = 0
-  lora_alpha: float = 16.0
-  lora_targets: str = r"layers/(q|k|v|o|gate|up|down)"
-
-  def validate(self, prefix: str = "adapter") -> None:
-    if self.lora_rank < 0:
-      raise ValueError(f"{prefix}.lora_rank must be >= 0, got {self.lora_rank}")
-    if self.lora_rank:
-      self.lora().validate(prefix)
-
-  def lora(self):
-    from rlalign.models.lora import LoRAConfig
-    return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha,
-                      target_regex=self.lora_targets)
-
-
-@dataclasses.dataclass(frozen=True)
-class RolesConfig:
-  """Where the roles live. By default every role shares the learner's mesh and the sampler
-  reads the policy's own arrays; ``separate_sampler`` gives sampling its own mesh shape and
-  rules over the same devices (say, tensor-parallel decoding beside FSDP learning), at the
-  cost of resharding the weights into it every step."""
-  separate_sampler: bool = False
-  sampler_mesh: MeshConfig = MeshConfig()
-
-  def validate(self, prefix: str = "roles") -> None:
-    if self.separate_sampler:
-      self.sampler_mesh.validate(f"{prefix}.sampler_mesh")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopConfig:
-  steps: int = 100            # RL iterations
-  log_every: int = 10
-  eval_every: int = 50        # 0: only before and after RL
-  checkpoint_every: int = 50
-  eval_batch_size: int = 256
-  max_checkpoints: int = 2
-
-  def validate(self, prefix: str = "train") -> None:
-    for name in ("steps", "log_every", "checkpoint_every", "eval_batch_size", "max_checkpoints"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"{prefix}.{name} must be positive, got {getattr(self, name)}")
-    if self.eval_every < 0:
-      raise ValueError(f"{prefix}.eval_every must be >= 0, got {self.eval_every}")
-
-
-@dataclasses.dataclass(frozen=True)
-class ObjectiveConfig:
-  name: str
-  hparams: Any  # the registered objective's own frozen dataclass
-
-  @property
-  def objective(self) -> objectives.Objective:
-    return objectives.get(self.name)
-
-
-@dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-  seed: int = 0
-  model: ModelConfig = ModelConfig()
-  data: DataConfig = DataConfig()
-  sampling: SamplingConfig = SamplingConfig()
-  warm_start: WarmStartConfig = WarmStartConfig()
-  rl: RLConfig = RLConfig()
-  optimizer: OptimizerConfig = OptimizerConfig()
-  objective: ObjectiveConfig = ObjectiveConfig("grpo", objectives.get("grpo").hparams())
-  train: LoopConfig = LoopConfig()
-  mesh: MeshConfig = MeshConfig()
-  init: InitConfig = InitConfig()
-  roles: RolesConfig = RolesConfig()
-  adapter: AdapterConfig = AdapterConfig()
-
-  def validate(self) -> "ExperimentConfig":
-    self.model.validate("model")
-    self.data.validate()
-    self.sampling.validate("sampling")
-    self.warm_start.validate("warm_start")
-    self.rl.validate("rl")
-    self.optimizer.validate("optimizer")
-    if hasattr(self.objective.hparams, "validate"):
-      self.objective.hparams.validate("objective")
-    self.train.validate("train")
-    self.mesh.validate("mesh")
-    self.init.validate("init")
-    self.roles.validate("roles")
-    self.adapter.validate("adapter")
-    if self.adapter.lora_rank and self.roles.separate_sampler:
-      raise ValueError("adapter.lora_rank > 0 with roles.separate_sampler is not supported: "
-                       "the sampler would need the base weights in its layout too")
-    return self
+__all__ = ["AdapterConfig", "ConfigError", "ExperimentConfig", "LoopConfig", "ObjectiveConfig",
+           "PhaseConfig", "RecipeConfig", "RoleConfig", "SamplerLayoutConfig", "WeightsConfig",
+           "from_config_dict", "to_dict"]
 
 
 class ConfigError(ValueError):
@@ -172,12 +52,24 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
       except ConfigError as e:
         errors.append(str(e))
     raise ConfigError(errors[0] if errors else f"{path}: unexpected None")
+  if tp is ObjectiveConfig:
+    return _objective_from(value, path)
+  if tp is RecipeConfig:
+    return _recipe_from(value, path)
+  if tp == Tuple[RewardTerm, ...]:
+    return _rewards_from(value, path)
+  if tp == Tuple[Tuple[str, RewardTerm], ...]:
+    return tuple((metric, _reward_from(metric_value, path, metric))
+                 for metric, metric_value in _as_dict(value, path).items())
   if dataclasses.is_dataclass(tp):
     return _dataclass_from(tp, value, path)
   if origin in (tuple, Tuple):
     args = typing.get_args(tp)
-    if isinstance(value, Mapping):  # {"name": weight} for Tuple[Tuple[str, float], ...]
-      value = list(value.items())
+    if isinstance(value, Mapping) and _is_named_tuple_of(args):
+      # {name: value} for Tuple[Tuple[str, X], ...]: roles, phases, mesh rules.
+      item = typing.get_args(args[0])[1]
+      return tuple((name, _convert(v, item, f"{path}.{name}"))
+                   for name, v in _as_dict(value, path).items())
     if not isinstance(value, (list, tuple)):
       raise ConfigError(f"{path}: expected a sequence, got {type(value).__name__} {value!r}")
     if len(args) == 2 and args[1] is Ellipsis:
@@ -196,6 +88,14 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
       raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
   raise ConfigError(f"{path}: unsupported config type {_type_name(tp)}")
+
+
+def _is_named_tuple_of(args) -> bool:
+  """Whether ``Tuple[args]`` is ``Tuple[Tuple[str, X], ...]``."""
+  if len(args) != 2 or args[1] is not Ellipsis:
+    return False
+  inner = typing.get_args(args[0])
+  return typing.get_origin(args[0]) in (tuple, Tuple) and len(inner) == 2 and inner[0] is str
 
 
 def _as_dict(value: Any, path: str) -> dict:
@@ -220,10 +120,7 @@ def _dataclass_from(cls, value: Any, path: str):
   kwargs = {}
   for name, v in given.items():
     key_path = f"{path}.{name}" if path else name
-    if cls is ExperimentConfig and name == "objective":
-      kwargs[name] = _objective_from(v, key_path)
-    else:
-      kwargs[name] = _convert(v, hints[name], key_path)
+    kwargs[name] = _convert(v, hints[name], key_path)
   missing = [n for n, f in fields.items() if n not in kwargs
              and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
   if missing:
@@ -241,20 +138,62 @@ def _objective_from(value: Any, path: str) -> ObjectiveConfig:
     objective = objectives.get(name)
   except KeyError as e:
     raise ConfigError(f"{path}.name: {e.args[0]}") from None
+  # A command-line switch of objective leaves the file's settings of the old one behind: keys
+  # another registered objective takes are dropped, with a note. A key no objective knows is
+  # still an error.
+  own = {f.name for f in dataclasses.fields(objective.hparams)}
+  others = {f.name for n in objectives.names() if n != name
+            for f in dataclasses.fields(objectives.get(n).hparams)}
+  dropped = sorted(k for k in given if k not in own and k in others)
+  if dropped:
+    print(f"config note: {path}.name={name!r} takes no {', '.join(dropped)}; ignored",
+          file=sys.stderr)
+  given = {k: v for k, v in given.items() if k not in dropped}
   return ObjectiveConfig(name, _dataclass_from(objective.hparams, given, path))
+
+
+def _recipe_from(value: Any, path: str) -> RecipeConfig:
+  given = _as_dict(value, path)
+  name = given.pop("name", "sequence")
+  try:
+    recipe = recipes.get(name)
+  except KeyError as e:
+    raise ConfigError(f"{path}.name: {e.args[0]}") from None
+  return RecipeConfig(name, _dataclass_from(recipe.settings, given, path))
+
+
+def _reward_from(value: Any, path: str, key: str, name: str = "") -> RewardTerm:
+  """A reward term from ``weight``, ``"name"`` or ``{"name"?, "weight"?, **settings}``."""
+  where = f"{path}.{key}"
+  weight = 1.0
+  if isinstance(value, str) and name:
+    raise ConfigError(f"{where}: expected a weight or a mapping of settings, got str {value!r}")
+  if isinstance(value, str):
+    name, given = value, {}
+  elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    weight, given = float(value), {}
+  else:
+    given = _as_dict(value, where)
+    name = given.pop("name", name)
+    weight = _convert(given.pop("weight", 1.0), float, f"{where}.weight")
+  if not name:
+    raise ConfigError(f"{where}: name the reward, e.g. {{'name': 'exact_match'}}")
+  try:
+    reward = rewards.get(name)
+  except KeyError as e:
+    raise ConfigError(f"{where}: {e.args[0]}") from None
+  return RewardTerm(name, weight, _dataclass_from(reward.settings, given, where))
+
+
+def _rewards_from(value: Any, path: str) -> Tuple[RewardTerm, ...]:
+  """``{"reward": weight}`` or ``{"reward": {"weight": w, **settings}}``, one entry a reward."""
+  if isinstance(value, (list, tuple)) and all(isinstance(v, RewardTerm) for v in value):
+    return tuple(value)
+  if isinstance(value, (list, tuple)):  # ((name, weight), ...)
+    value = dict(value)
+  return tuple(_reward_from(v, path, k, name=k) for k, v in _as_dict(value, path).items())
 
 
 def from_config_dict(config: Any) -> ExperimentConfig:
   """Converts a ConfigDict (or plain dict) into a validated :class:`ExperimentConfig`."""
   return _dataclass_from(ExperimentConfig, config, "").validate()
-
-
-def to_dict(cfg: Any) -> Any:
-  """A JSON-ready view of a typed config, for logging it beside the run."""
-  if isinstance(cfg, ObjectiveConfig):
-    return {"name": cfg.name, **to_dict(cfg.hparams)}
-  if dataclasses.is_dataclass(cfg):
-    return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-  if isinstance(cfg, tuple):
-    return [to_dict(v) for v in cfg]
-  return cfg

@@ -65,8 +65,8 @@ def main(argv) -> None:
     from rlalign.rl import dry_run
     sys.exit(dry_run.main(cfg, _WORKDIR.value, _DRY_RUN_REWARD_MODEL.value,
                           _DEVICE_MEMORY_GIB.value))
-  from rlalign.rl import train  # heavy imports only once the config is known good
-  summary = train.train(cfg, _WORKDIR.value)
+  from rlalign import recipes
+  summary = recipes.run(cfg, _WORKDIR.value)
   if summary:  # process 0 only
     print(json.dumps(summary, indent=2))
 

@@ -58,34 +58,27 @@ class Cli:
            *overrides]
     return self.run(cmd, self.env())
 
-  def final_params(self, workdir):
-    """The RL phase's last checkpointed (step, params), read back through orbax."""
+  def final_params(self, workdir, phase="rl", role="policy"):
+    """A phase's last checkpointed (step, params of ``role``), read back through orbax."""
     import jax
-    import numpy as np
     from rlalign import checkpoint as ckpt_lib
-    from rlalign import config as config_lib
     from rlalign.models import transformer as tfm
-    from rlalign.rl import state as state_lib
     path, _, arg = SMOKE.rpartition(":")
     spec = importlib.util.spec_from_file_location("smoke_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config(arg)
     config.data.data_dir = os.path.join(workdir, "tfds")
+    from rlalign import config as config_lib
     cfg = config_lib.from_config_dict(config)
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints", "rl"), save_every=1)
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints", phase), save_every=1)
     step = ckpt.latest_step()
-    params = tfm.abstract_params(cfg.model)
-    optimizer = state_lib.make_optimizer(cfg.optimizer)
-    target = {"step": jax.ShapeDtypeStruct((), np.int32), "params": params,
-              "opt_state": jax.eval_shape(optimizer.init, params),
-              "rng": jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))}
     # Restore onto this process's first device, whatever layout the run saved.
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          target)
-    state, _ = ckpt.restore(target, step)
-    return step, jax.device_get(state["params"])
+                          tfm.abstract_params(cfg.role_model(role)))
+    params = ckpt.restore_subtree(step, ("roles", role, "params"), target)
+    return step, jax.device_get(params)
 
 
 @pytest.fixture(scope="session")

@@ -45,17 +45,29 @@ def _assert_matches(cfg, d, path=""):
   """Every key of the config dict reached the typed config with its value."""
   for key, value in d.items():
     where = f"{path}{key}"
-    if key == "objective" and not path:
+    if key == "objective":
       assert cfg.objective.name == value["name"]
       for hp, v in value.items():
         if hp != "name":
-          assert getattr(cfg.objective.hparams, hp) == v, f"objective.{hp}"
+          assert getattr(cfg.objective.hparams, hp) == v, f"{where}.{hp}"
+    elif key == "recipe" and not path:
+      assert cfg.recipe.name == value["name"]
+      _assert_matches(cfg.recipe.settings, {k: v for k, v in value.items() if k != "name"},
+                      "recipe.")
     elif key == "rewards":
-      assert cfg.rewards == tuple((name, float(w)) for name, w in value.items()), where
+      assert tuple((t.name, t.weight) for t in cfg.rewards) == tuple(
+          (name, float(w)) for name, w in value.items()), where
     elif key == "rules":
       assert cfg.rules == tuple((name, tuple(axes)) for name, axes in value.items()), where
+    elif key in ("roles", "phases") and not path:
+      named = dict(getattr(cfg, key))
+      assert sorted(named) == sorted(value), where
+      for name, section in value.items():
+        _assert_matches(named[name], section, f"{where}.{name}.")
     elif isinstance(value, dict):
       _assert_matches(getattr(cfg, key), value, where + ".")
+    elif isinstance(value, (tuple, list)):
+      assert tuple(getattr(cfg, key)) == tuple(value), where
     else:
       got = getattr(cfg, key)
       assert got == value and type(got) is type(value), (where, got, value)
@@ -67,8 +79,10 @@ def test_shipped_config_converts(arg):
   c.data.data_dir = DATA_DIR
   cfg = config_lib.from_config_dict(c)  # the ConfigDict itself
   assert isinstance(cfg, config_lib.ExperimentConfig)
-  assert isinstance(cfg.objective.hparams, grpo.GRPOConfig)
-  assert isinstance(cfg.rl.rewards, tuple)
+  rl = cfg.phase_configs["rl"]
+  assert isinstance(rl.objective.hparams, grpo.GRPOConfig)
+  assert isinstance(rl.rewards, tuple)
+  assert cfg.recipe.settings.order == ("warm_start", "rl")
   _assert_matches(cfg, c.to_dict())
   # A plain dict converts the same way.
   assert config_lib.from_config_dict(_config_dict(arg)) == cfg
@@ -78,9 +92,9 @@ def test_smoke_config_overrides_apply():
   full = config_lib.from_config_dict(_config_dict(""))
   smoke = config_lib.from_config_dict(_config_dict("smoke"))
   assert smoke.model.d_model < full.model.d_model
-  assert smoke.rl.batch_size < full.rl.batch_size
-  assert smoke.train.steps < full.train.steps
-  assert smoke.objective == full.objective
+  assert smoke.phase_configs["rl"].batch_size < full.phase_configs["rl"].batch_size
+  assert smoke.phase_configs["rl"].steps < full.phase_configs["rl"].steps
+  assert smoke.phase_configs["rl"].objective == full.phase_configs["rl"].objective
 
 
 def test_get_config_rejects_unknown_argument():
@@ -93,135 +107,194 @@ def test_unknown_top_level_key_raises():
   d["foo"] = 1
   msg = _convert_error(d)
   assert "'foo'" in msg
-  assert "rl" in msg and "model" in msg  # lists what is accepted
+  assert "phases" in msg and "model" in msg  # lists what is accepted
 
 
 def test_unknown_nested_key_raises_naming_section_and_key():
   d = _smoke_dict()
-  d["rl"]["foo"] = 1
+  d["phases"]["rl"]["foo"] = 1
   msg = _convert_error(d)
-  assert "rl." in msg and "foo" in msg, msg
-  assert "group_size" in msg  # lists what rl accepts
+  assert "phases.rl.foo" in msg, msg
+  assert "group_size" in msg  # lists what a phase accepts
 
 
-def test_unknown_nested_key_message_has_plain_dotted_path():
+def test_unknown_role_key_names_the_role():
   d = _smoke_dict()
-  d["rl"]["foo"] = 1
-  assert "rl.foo" in _convert_error(d)
+  d["roles"]["reference"]["trainble"] = False
+  assert "roles.reference.trainble" in _convert_error(d)
 
 
-@pytest.mark.parametrize("section, key, value, expected", [
-    ("rl", "group_size", "8", "rl.group_size: expected int, got str '8'"),
-    ("model", "tie_embeddings", 1, "model.tie_embeddings: expected bool, got int 1"),
-    ("model", "d_model", 32.0, "model.d_model: expected int, got float 32.0"),
-    ("optimizer", "learning_rate", True, "optimizer.learning_rate: expected float, got bool"),
-    ("optimizer", "learning_rate", "1e-3", "optimizer.learning_rate: expected float, got str"),
-    ("sampling", "stop_tokens", 2, "sampling.stop_tokens: expected a sequence"),
-    ("sampling", "stop_tokens", [2, "x"], "sampling.stop_tokens[1]: expected int, got str"),
+@pytest.mark.parametrize("path, value, expected", [
+    ("phases.rl.group_size", "8", "phases.rl.group_size: expected int, got str '8'"),
+    ("model.tie_embeddings", 1, "model.tie_embeddings: expected bool, got int 1"),
+    ("model.d_model", 32.0, "model.d_model: expected int, got float 32.0"),
+    ("roles.policy.optimizer.learning_rate", True,
+     "roles.policy.optimizer.learning_rate: expected float, got bool"),
+    ("roles.policy.optimizer.learning_rate", "1e-3",
+     "roles.policy.optimizer.learning_rate: expected float, got str"),
+    ("sampling.stop_tokens", 2, "sampling.stop_tokens: expected a sequence"),
+    ("sampling.stop_tokens", [2, "x"], "sampling.stop_tokens[1]: expected int, got str"),
+    ("phases.warm_start.optimizer.warmup_steps", 1.5,
+     "phases.warm_start.optimizer.warmup_steps: expected int"),
+    ("roles.reference.weights.source", 3, "roles.reference.weights.source: expected str"),
 ])
-def test_wrong_type_raises_naming_key_and_expected_type(section, key, value, expected):
+def test_wrong_type_raises_naming_key_and_expected_type(path, value, expected):
   d = _smoke_dict()
-  d[section][key] = value
+  *parents, key = path.split(".")
+  node = d
+  for p in parents:
+    node = node[p]
+  node[key] = value
   assert expected in _convert_error(d)
-
-
-def test_nested_wrong_type_has_full_path():
-  d = _smoke_dict()
-  d["warm_start"]["optimizer"]["warmup_steps"] = 1.5
-  assert "warm_start.optimizer.warmup_steps: expected int" in _convert_error(d)
 
 
 def test_int_accepted_for_float_fields():
   d = _smoke_dict()
-  d["optimizer"]["learning_rate"] = 1
-  d["objective"]["clip_eps"] = 1
+  d["roles"]["policy"]["optimizer"]["learning_rate"] = 1
+  d["phases"]["rl"]["objective"]["clip_eps"] = 1
   d["sampling"]["temperature"] = 0
   cfg = config_lib.from_config_dict(d)
-  assert cfg.optimizer.learning_rate == 1.0 and type(cfg.optimizer.learning_rate) is float
-  assert type(cfg.objective.hparams.clip_eps) is float
+  lr = cfg.role_configs["policy"].optimizer.learning_rate
+  assert lr == 1.0 and type(lr) is float
+  assert type(cfg.phase_configs["rl"].objective.hparams.clip_eps) is float
   assert cfg.sampling.temperature == 0.0 and type(cfg.sampling.temperature) is float
 
 
 def test_optional_float_accepts_none_and_number():
   d = _smoke_dict()
-  d["objective"]["clip_eps_high"] = None
-  assert config_lib.from_config_dict(d).objective.hparams.clip_eps_high is None
-  d["objective"]["clip_eps_high"] = 0.28
-  assert config_lib.from_config_dict(d).objective.hparams.clip_eps_high == 0.28
-  d["objective"]["clip_eps_high"] = "high"
-  assert "objective.clip_eps_high: expected float" in _convert_error(d)
+  objective = d["phases"]["rl"]["objective"]
+  hparams = lambda: config_lib.from_config_dict(d).phase_configs["rl"].objective.hparams
+  objective["clip_eps_high"] = None
+  assert hparams().clip_eps_high is None
+  objective["clip_eps_high"] = 0.28
+  assert hparams().clip_eps_high == 0.28
+  objective["clip_eps_high"] = "high"
+  assert "phases.rl.objective.clip_eps_high: expected float" in _convert_error(d)
 
 
 def test_batch_size_not_multiple_of_group_size_raises_naming_both():
   d = _smoke_dict()
-  d["rl"].update(batch_size=18, group_size=4, minibatches=1)
+  d["phases"]["rl"].update(batch_size=18, group_size=4, minibatches=1)
   with pytest.raises(ValueError) as e:
     config_lib.from_config_dict(d)
   msg = str(e.value)
-  assert "rl.batch_size (18)" in msg and "rl.group_size (4)" in msg
+  assert "phases.rl.batch_size (18)" in msg and "phases.rl.group_size (4)" in msg
 
 
-def test_values_are_validated_after_conversion():
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d["model"].update(n_heads=4, n_kv_heads=3), r"model\.n_heads"),
+    (lambda d: d["phases"]["rl"]["objective"].update(clip_eps=-0.2),
+     r"phases\.rl\.objective\.clip_eps"),
+    (lambda d: d["roles"]["policy"]["optimizer"].update(learning_rate=float("nan")),
+     r"roles\.policy\.optimizer\.learning_rate"),
+    (lambda d: d["roles"]["reference"]["weights"].update(role="critic"),
+     r"roles\.reference\.weights\.role 'critic' is not a role"),
+    (lambda d: d["roles"]["policy"].update(trainable=False),
+     r"phases\.\w+: objective '\w+' trains role 'policy', but roles\.policy\.trainable"),
+    (lambda d: d["recipe"].update(order=("warm_start", "dpo")),
+     r"recipe\.order names \['dpo'\]"),
+    (lambda d: d["phases"]["rl"].update(slots={"critic": "policy"}),
+     r"phases\.rl\.slots names \['critic'\]"),
+])
+def test_values_are_validated_after_conversion(edit, match):
   d = _smoke_dict()
-  d["model"].update(n_heads=4, n_kv_heads=3)
-  with pytest.raises(ValueError, match=r"model\.n_heads"):
+  edit(d)
+  with pytest.raises(ValueError, match=match):
     config_lib.from_config_dict(d)
+
+
+def test_a_phase_training_an_undeclared_role_is_named():
   d = _smoke_dict()
-  d["objective"]["clip_eps"] = -0.2
-  with pytest.raises(ValueError, match=r"objective\.clip_eps"):
+  del d["roles"]["policy"]
+  d["roles"]["reference"]["weights"] = {"source": "random"}
+  with pytest.raises(ValueError, match=r"trains role 'policy', which is not declared"):
     config_lib.from_config_dict(d)
 
 
 def test_unknown_objective_name_lists_registered():
   d = _smoke_dict()
-  d["objective"]["name"] = "ppo_magic"
+  d["phases"]["rl"]["objective"]["name"] = "ppo_magic"
   msg = _convert_error(d)
-  assert "objective.name" in msg and "'ppo_magic'" in msg
+  assert "phases.rl.objective.name" in msg and "'ppo_magic'" in msg
   assert "'grpo'" in msg and "'sft'" in msg
-  d["objective"].pop("name")
+  d["phases"]["rl"]["objective"].pop("name")
   msg = _convert_error(d)
-  assert "objective.name" in msg and "'grpo'" in msg
+  assert "phases.rl.objective.name" in msg and "'grpo'" in msg
 
 
-def test_unknown_objective_hparam_raises():
+def test_unknown_objective_hparam_raises_and_lists_accepted():
   d = _smoke_dict()
-  d["objective"]["clip_epsilon"] = 0.1
+  d["phases"]["rl"]["objective"]["clip_epsilon"] = 0.1
   msg = _convert_error(d)
-  assert "objective." in msg and "clip_epsilon" in msg
+  assert "phases.rl.objective.clip_epsilon" in msg
   assert "clip_eps" in msg and "kl_coef" in msg  # lists the hparams GRPO accepts
 
 
-def test_unknown_objective_hparam_message_has_plain_dotted_path():
+def test_switching_objective_drops_the_old_objectives_keys_with_a_note(capsys):
+  """--config.phases.rl.objective.name=sft leaves grpo's keys behind: they are dropped with a
+  note, while a key no objective has is still an error."""
   d = _smoke_dict()
-  d["objective"]["clip_epsilon"] = 0.1
-  assert "objective.clip_epsilon" in _convert_error(d)
+  d["phases"]["rl"]["objective"]["name"] = "sft"
+  cfg_phase = lambda: config_lib.from_config_dict(d).phase_configs["rl"]
+  assert cfg_phase().objective.name == "sft"
+  assert "takes no aggregation, clip_eps" in capsys.readouterr().err
+  d["phases"]["rl"]["objective"]["clip_epsilon"] = 0.1
+  assert "clip_epsilon" in _convert_error(d)
 
 
-def test_sft_objective_rejects_grpo_hparams():
+def test_rewards_mapping_converts_to_weighted_terms():
   d = _smoke_dict()
-  d["objective"] = {"name": "sft"}
-  assert config_lib.from_config_dict(d).objective.name == "sft"
-  d["objective"] = {"name": "sft", "kl_coef": 0.1}
-  assert "kl_coef" in _convert_error(d)
+  rl = d["phases"]["rl"]
+  rl["rewards"] = {"exact_match": 1, "stopped": 0.5}
+  rewards = config_lib.from_config_dict(d).phase_configs["rl"].rewards
+  assert [(t.name, t.weight) for t in rewards] == [("exact_match", 1.0), ("stopped", 0.5)]
+  assert type(rewards[0].weight) is float
+  rl["rewards"] = [["exact_match", 2.0]]
+  rewards = config_lib.from_config_dict(d).phase_configs["rl"].rewards
+  assert [(t.name, t.weight) for t in rewards] == [("exact_match", 2.0)]
+  rl["rewards"] = {"exact_match": "1"}
+  assert "phases.rl.rewards.exact_match: expected a weight or a mapping" in _convert_error(d)
 
 
-def test_rewards_mapping_converts_to_tuple_of_pairs():
+def test_reward_settings_are_typed():
   d = _smoke_dict()
-  d["rl"]["rewards"] = {"exact_match": 1, "stopped": 0.5}
-  cfg = config_lib.from_config_dict(d)
-  assert cfg.rl.rewards == (("exact_match", 1.0), ("stopped", 0.5))
-  assert isinstance(cfg.rl.rewards, tuple) and type(cfg.rl.rewards[0][1]) is float
-  d["rl"]["rewards"] = [["exact_match", 2.0]]
-  assert config_lib.from_config_dict(d).rl.rewards == (("exact_match", 2.0),)
-  d["rl"]["rewards"] = {"exact_match": "1"}
-  assert "rl.rewards[0][1]: expected float" in _convert_error(d)
+  d["roles"]["reward_model"] = {"trainable": False, "heads": ["scalar"]}
+  d["phases"]["rl"]["rewards"] = {"reward_model": {"weight": 0.5, "role": "reward_model",
+                                                   "scale": 2}}
+  (term,) = config_lib.from_config_dict(d).phase_configs["rl"].rewards
+  assert (term.weight, term.settings.role, term.settings.scale) == (0.5, "reward_model", 2.0)
+  assert term.roles == ("reward_model",)
+  d["phases"]["rl"]["rewards"]["reward_model"]["scael"] = 1.0
+  assert "phases.rl.rewards.reward_model.scael" in _convert_error(d)
+  del d["phases"]["rl"]["rewards"]["reward_model"]["scael"]
+  d["phases"]["rl"]["rewards"]["reward_model"]["role"] = "judge"
+  with pytest.raises(ValueError, match=r"rewards\.reward_model reads role 'judge'"):
+    config_lib.from_config_dict(d)
 
 
 def test_unknown_reward_name_raises():
   d = _smoke_dict()
-  d["rl"]["rewards"] = {"exact_matcher": 1.0}
-  with pytest.raises(KeyError, match="'exact_matcher'"):
+  d["phases"]["rl"]["rewards"] = {"exact_matcher": 1.0}
+  msg = _convert_error(d)
+  assert "phases.rl.rewards.exact_matcher" in msg and "'exact_match'" in msg
+
+
+def test_eval_judges_name_any_in_graph_reward():
+  d = _smoke_dict()
+  d["train"]["eval_judges"] = {"pass@1": "exact_match", "format": "stopped"}
+  judges = config_lib.from_config_dict(d).train.eval_judges
+  assert [(m, t.name) for m, t in judges] == [("pass@1", "exact_match"), ("format", "stopped")]
+  d["train"]["eval_judges"] = {"pass@1": "exact_match_text"}
+  with pytest.raises(ValueError, match=r"train\.eval_judges\.pass@1: 'exact_match_text' is a "
+                                       r"host reward"):
     config_lib.from_config_dict(d)
+
+
+def test_unknown_recipe_lists_registered():
+  d = _smoke_dict()
+  d["recipe"] = {"name": "psro"}
+  msg = _convert_error(d)
+  assert "recipe.name" in msg and "'sequence'" in msg
 
 
 def test_to_dict_round_trips():

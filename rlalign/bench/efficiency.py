@@ -65,7 +65,8 @@ def update_mfu(root: str, model: str = "l4_d512", batch: int = 8, seq: int = 512
   model_cfg, params = hf.load_hf_checkpoint(fixtures.write_model(root, model))
   setting = S.GRPOSetting("mfu", model, prompts_per_step=batch // 2, group_size=2,
                           new_tokens=seq // 2, prompt_len=seq // 2, kl_coef=0.0)
-  spec = bench_grpo.iteration_spec(setting, model_cfg, remat=remat, dtype=dtype)
+  spec = bench_grpo.iteration_spec(setting, model_cfg, remat=remat, dtype=dtype,
+                                   reference=False)
   rng = np.random.default_rng(0)
   P = N = seq // 2
   ids = lambda n: jnp.asarray(rng.integers(S.FIRST_WORD_ID, model_cfg.vocab_size, (batch, n)),
@@ -78,7 +79,7 @@ def update_mfu(root: str, model: str = "l4_d512", batch: int = 8, seq: int = 512
   }
   scores = {bench_grpo.REWARD: jnp.asarray(rng.random(batch), jnp.float32)}
   learn = jax.jit(functools.partial(iteration.learn, spec=spec), donate_argnums=(0,))
-  holder = [state_lib.init_state(params, spec.optimizer)]
+  holder = [state_lib.init_state({"policy": params}, spec.optimizers)]
 
   def one():
     holder[0], metrics = learn(holder[0], rollouts, scores, jax.random.key(0), {})
@@ -114,7 +115,7 @@ def compile_count(root: str, steps: int = 100, buckets: Tuple[int, ...] = (8, 16
   model_cfg, params = hf.load_hf_checkpoint(fixtures.write_model(root, setting.model))
   spec = bench_grpo.iteration_spec(setting, model_cfg)
   frozen = {"reference": jax.tree.map(lambda x: x.copy(), params)}
-  state = state_lib.init_state(params, spec.optimizer)
+  state = state_lib.init_state({"policy": params}, spec.optimizers)
   step = iteration.make_rl_step(spec)
   rng = np.random.default_rng(seed)
   width = buckets[-1]
@@ -165,7 +166,7 @@ def memory(root: str, setting_name: str, remat: bool = False) -> Dict[str, Any]:
   model_cfg = hf.model_config_from_dir(fixtures.write_model(root, setting.model))
   spec = bench_grpo.iteration_spec(setting, model_cfg, remat=remat)
   abstract = tfm.abstract_params(model_cfg)
-  state = jax.eval_shape(lambda p: state_lib.init_state(p, spec.optimizer), abstract)
+  state = jax.eval_shape(lambda p: state_lib.init_state({"policy": p}, spec.optimizers), abstract)
   batch = {"prompt_tokens": jax.ShapeDtypeStruct((setting.prompts_per_step, setting.prompt_len),
                                                  jnp.int32),
            "prompt_mask": jax.ShapeDtypeStruct((setting.prompts_per_step, setting.prompt_len),
@@ -181,7 +182,8 @@ def memory(root: str, setting_name: str, remat: bool = False) -> Dict[str, Any]:
   kv = (2 * model_cfg.n_layers * setting.rollouts * model_cfg.n_kv_heads
         * (setting.prompt_len + setting.new_tokens) * model_cfg.head_dim
         * jnp.dtype(model_cfg.dtype).itemsize)
-  minimum = {"params": params, "grads": params, "optimizer": nbytes(state["opt_state"]),
+  minimum = {"params": params, "grads": params,
+             "optimizer": nbytes(state["roles"]["policy"]["opt_state"]),
              "reference": params, "kv_cache": kv}
   minimum["total"] = sum(minimum.values())
   peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes

@@ -34,7 +34,7 @@ def _register_reward() -> None:
     return
 
   @reward_base.in_graph(REWARD)
-  def even_token_fraction(rollouts):
+  def even_token_fraction(rollouts, roles=None, settings=None):
     """settings.even_token_fraction, in jnp on token ids."""
     mask = rollouts["completion_mask"].astype(jnp.float32)
     even = (rollouts["completion_tokens"] % 2 == 0).astype(jnp.float32)
@@ -42,7 +42,7 @@ def _register_reward() -> None:
 
 
 def iteration_spec(setting: S.GRPOSetting, model_cfg, *, remat: bool = False,
-                   dtype: Optional[str] = None):
+                   dtype: Optional[str] = None, reference: bool = True):
   """The :class:`IterationSpec` of ``setting`` on a loaded model config."""
   import dataclasses
   import optax
@@ -52,18 +52,19 @@ def iteration_spec(setting: S.GRPOSetting, model_cfg, *, remat: bool = False,
   from rlalign.sampling import sampler
   _register_reward()
   model_cfg = dataclasses.replace(model_cfg, remat=remat, dtype=dtype or model_cfg.dtype)
-  return iteration.IterationSpec(
-      model=model_cfg,
-      sampling=sampler.SamplingConfig(max_new_tokens=setting.new_tokens,
-                                      temperature=setting.temperature, stop_tokens=()),
-      rl=iteration.RLConfig(batch_size=setting.rollouts, group_size=setting.group_size,
-                            epochs=1, minibatches=1, rewards=((REWARD, 1.0),)),
-      objective=obj_base.get("grpo"),
-      hparams=grpo.GRPOConfig(clip_eps=setting.clip_eps, kl_coef=setting.kl_coef,
-                              aggregation=setting.aggregation),
+  from rlalign.rewards.base import RewardTerm
+  return iteration.single_policy_spec(
+      model_cfg,
+      sampler.SamplingConfig(max_new_tokens=setting.new_tokens,
+                             temperature=setting.temperature, stop_tokens=()),
+      iteration.RLConfig(batch_size=setting.rollouts, group_size=setting.group_size,
+                         epochs=1, minibatches=1, rewards=(RewardTerm(REWARD),)),
+      obj_base.get("grpo"),
+      grpo.GRPOConfig(clip_eps=setting.clip_eps, kl_coef=setting.kl_coef,
+                      aggregation=setting.aggregation),
       # Adam without clipping or weight decay: what the peers are configured to run.
-      optimizer=optax.adam(setting.learning_rate),
-      pad_id=S.PAD_ID)
+      optax.adam(setting.learning_rate),
+      pad_id=S.PAD_ID, reference=reference)
 
 
 def prompt_batches(root: str, setting: S.GRPOSetting):
@@ -93,7 +94,7 @@ def run(root: str, setting: S.GRPOSetting, steps: int, start: float, *, remat: b
   spec = iteration_spec(setting, model_cfg, remat=remat, dtype=dtype)
   # The reference holds its own arrays: the policy's are donated to every step.
   frozen = {"reference": jax.tree.map(lambda x: x.copy(), params)}
-  state = state_lib.init_state(params, spec.optimizer)
+  state = state_lib.init_state({"policy": params}, spec.optimizers)
   step = iteration.make_rl_step(spec)
   rng = jax.random.key(0)
   batches = list(prompt_batches(root, setting))

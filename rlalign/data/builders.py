@@ -1,10 +1,12 @@
 """TFDS builders for the prompt datasets (array_record; no TensorFlow needed).
 
-Both builders emit the same three text features, so everything downstream
+Both builders emit the same text features, so everything downstream
 is task-agnostic:
   prompt:        what the policy is asked (non-empty).
   answer:        the reference answer used by rewards ("" if none).
   demonstration: a teacher completion for imitation ("" if none).
+  chosen, rejected: a preference pair of completions ("" if none; both or
+                 neither).
 
 Config names encode everything that determines the data (generator settings,
 or a hash of the JSONL contents), so a changed setting or an edited file gets
@@ -24,7 +26,7 @@ import tensorflow_datasets as tfds
 
 from rlalign.data import addition
 
-_TEXT_KEYS = ("prompt", "answer", "demonstration")
+_TEXT_KEYS = ("prompt", "answer", "demonstration", "chosen", "rejected")
 
 
 def _features() -> tfds.features.FeaturesDict:
@@ -96,11 +98,12 @@ class AdditionPrompts(_LocalBuilder):
   """
 
   name = "rlalign_addition"
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release.",
       "1.1.0": "Operands uniform over values, not digit counts.",
       "1.2.0": "Operands zero-padded to max_digits.",
+      "1.3.0": "Empty chosen/rejected features.",
   }
 
   def _split_generators(self, dl_manager):
@@ -117,7 +120,7 @@ class AdditionPrompts(_LocalBuilder):
         split, num, c.max_digits, c.carry_drop, c.seed
     )
     for index, problem in enumerate(problems):
-      yield index, problem
+      yield index, {**dict.fromkeys(_TEXT_KEYS, ""), **problem}
 
 
 def _parse_jsonl_line(path: str, lineno: int, line: str) -> dict[str, str]:
@@ -145,6 +148,10 @@ def _parse_jsonl_line(path: str, lineno: int, line: str) -> dict[str, str]:
     example[key] = value
   if not example["prompt"]:
     raise ValueError(f"{where}: \"prompt\" must be a non-empty string")
+  if bool(example["chosen"]) != bool(example["rejected"]):
+    raise ValueError(
+        f"{where}: a preference pair needs both \"chosen\" and \"rejected\""
+    )
   return example
 
 
@@ -156,7 +163,7 @@ def read_jsonl(path: str, data: bytes | None = None) -> list[dict[str, str]]:
     data: the file's bytes if already read (avoids reading it twice).
 
   Returns:
-    One {"prompt", "answer", "demonstration"} dict per non-blank line.
+    One dict of every text key per non-blank line.
   """
   if data is None:
     data = _read_bytes(path)
@@ -227,14 +234,18 @@ class JsonlPrompts(_LocalBuilder):
   """User prompts from JSONL files.
 
   Each non-blank line is a JSON object with a required non-empty string
-  "prompt" and optional string "answer" and "demonstration" (default "").
+  "prompt" and optional strings "answer", "demonstration", and the preference
+  pair "chosen" / "rejected" (default "", and both or neither).
   Other keys are ignored. The test split exists only if `test_path` is set.
   Needs `config=JsonlConfig.create(train_path, test_path)`.
   """
 
   name = "rlalign_jsonl_prompts"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "Preference pairs: chosen and rejected.",
+  }
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.

@@ -10,7 +10,8 @@
 
 Every batch field has a static shape, so jitted steps never recompile:
 prompts are LEFT-padded `[PAD.., BOS, p1..pn]` (generation continues from the
-last column), answers and demonstrations RIGHT-padded `[a1..am, EOS, PAD..]`.
+last column); answers, demonstrations and the chosen/rejected completions of a
+preference pair RIGHT-padded `[a1..am, EOS, PAD..]` to `max_answer_len`.
 """
 
 from __future__ import annotations
@@ -208,19 +209,19 @@ def encode_example(
   answer_tokens, answer_mask = _right_padded(
       _text(example, "answer"), "answer", tokenizer, cfg.max_answer_len
   )
-  demo_tokens, demo_mask = _right_padded(
-      _text(example, "demonstration"),
-      "demonstration",
-      tokenizer,
-      cfg.max_answer_len,
-  )
+  completions = {}
+  for key, field in (("demo", "demonstration"), ("chosen", "chosen"),
+                     ("rejected", "rejected")):
+    tokens, mask = _right_padded(
+        _text(example, field), field, tokenizer, cfg.max_answer_len
+    )
+    completions[f"{key}_tokens"], completions[f"{key}_mask"] = tokens, mask
   return {
       "prompt_tokens": prompt_tokens,
       "prompt_mask": np.arange(length) >= length - len(ids),
       "answer_tokens": answer_tokens,
       "answer_mask": answer_mask,
-      "demo_tokens": demo_tokens,
-      "demo_mask": demo_mask,
+      **completions,
   }
 
 

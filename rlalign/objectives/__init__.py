@@ -7,10 +7,10 @@ import importlib
 import pkgutil
 
 from rlalign.objectives import advantages, base, kl
-from rlalign.objectives.base import Objective, PolicyOutputs, aggregate, get, names, register
+from rlalign.objectives.base import ModelOutputs, Objective, aggregate, get, names, register
 
 for _module in pkgutil.iter_modules(__path__):
   importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Objective", "PolicyOutputs", "advantages", "aggregate", "base", "get", "kl", "names",
+__all__ = ["ModelOutputs", "Objective", "advantages", "aggregate", "base", "get", "kl", "names",
            "register"]

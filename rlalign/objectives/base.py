@@ -1,37 +1,81 @@
 """The objective interface and its registry.
 
-An objective is a small pure loss over one minibatch of rollouts::
+An objective is a small pure loss over one minibatch::
 
-  loss_fn(hparams, policy: PolicyOutputs, batch: Mapping[str, jax.Array]) -> (loss, metrics)
+  loss_fn(hparams, outputs: Mapping[slot, ModelOutputs], batch) -> (loss, metrics)
 
-``policy`` holds what the current params say about the batch (per-token log-probs and
-entropies); ``batch`` holds what was fixed when the rollouts were made: ``mask`` [B, T] over
-completion tokens, ``old_logprobs`` and ``ref_logprobs`` [B, T], ``advantages`` [B]. A new
-objective is one file in this package that calls :func:`register`; the trainer looks it up by
-the name in ``config.objective.name`` and builds its typed hparams from the other keys.
+``outputs`` holds what the *current* params of each trained slot say about the batch's
+sequences (``outputs["policy"].logprobs``, ``outputs["critic"].values``...), computed for the
+fields the objective declares in ``trains``. ``batch`` holds what was fixed before the update:
+``mask`` [B, T] over completion tokens, plus whatever the batch kind and ``prepare`` add.
+
+Batch kinds, and what ``batch`` holds for each:
+
+  rollouts        online samples: ``old_logprobs`` [B, T], ``ref_logprobs`` [B, T] (when the
+                  run has a reference), ``rewards`` [B], ``advantages`` [B] or [B, T]
+  demonstrations  prompt -> demonstration pairs: only ``mask``
+  pairs           preference pairs stacked as 2B rows, chosen first (see :func:`split_pairs`);
+                  ``ref_logprobs`` [2B, T] when the objective needs a reference
+  scored          prompt + completion with a label or score per row: ``labels`` [B]
+
+``prepare(hparams, batch, score) -> batch`` runs once per iteration between the rollout and the
+updates (GAE from a critic's values, say). ``score(slot, fields)`` evaluates that slot's role on
+the batch's sequences under ``stop_gradient``, with its params as they were before the update.
+
+A slot is the objective's name for a model ("policy", "critic"); a phase binds slots to the
+run's roles, by default to the role of the same name. A new objective is one file in this
+package that calls :func:`register`; a config names it in ``objective.name`` and its other keys
+are type-checked against ``hparams``.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Tuple, Type
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple, Type
 
 import jax
 import jax.numpy as jnp
 
 Metrics = Dict[str, jax.Array]
 
+# What a loss (or ``prepare``) may ask a model for.
+FIELDS = ("logprobs", "entropy", "values", "scores", "hidden")
+BATCH_KINDS = ("rollouts", "demonstrations", "pairs", "scored")
 
-class PolicyOutputs(NamedTuple):
-  logprobs: jax.Array  # [B, T] log pi_theta(token)
-  entropy: jax.Array   # [B, T]
+
+class ModelOutputs(NamedTuple):
+  """One model's view of a batch of prompt + completion sequences; unrequested fields are None."""
+  logprobs: Optional[jax.Array] = None  # [B, T] log pi(completion token | prefix)
+  entropy: Optional[jax.Array] = None   # [B, T] entropy of each predictive distribution
+  values: Optional[jax.Array] = None    # [B, T] scalar head at the state before each token
+  scores: Optional[jax.Array] = None    # [B] scalar head at the row's last real token
+  hidden: Optional[jax.Array] = None    # [B, T, d] final hidden states before each token
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
   name: str
   hparams: Type[Any]  # a frozen dataclass of the objective's settings
-  loss_fn: Callable[[Any, PolicyOutputs, Mapping[str, jax.Array]], Tuple[jax.Array, Metrics]]
+  loss_fn: Callable[[Any, Mapping[str, ModelOutputs], Mapping[str, jax.Array]],
+                    Tuple[jax.Array, Metrics]]
+  batch: str = "rollouts"
+  # Slots updated by the gradient, and the fields the loss reads from each.
+  trains: Mapping[str, Tuple[str, ...]] = dataclasses.field(
+      default_factory=lambda: {"policy": ("logprobs", "entropy")})
   needs_reference: Callable[[Any], bool] = lambda hparams: False
+  prepare: Optional[Callable[..., Mapping[str, jax.Array]]] = None
+
+  def __post_init__(self):
+    if self.batch not in BATCH_KINDS:
+      raise ValueError(f"objective {self.name!r}: batch kind {self.batch!r} is not one of "
+                       f"{BATCH_KINDS}")
+    for slot, fields in self.trains.items():
+      unknown = set(fields) - set(FIELDS)
+      if unknown:
+        raise ValueError(f"objective {self.name!r}: slot {slot!r} asks for unknown outputs "
+                         f"{sorted(unknown)}; known: {FIELDS}")
+    if self.batch == "rollouts" and "policy" not in self.trains:
+      raise ValueError(f"objective {self.name!r}: rollout objectives train the 'policy' slot, "
+                       "which samples")
 
 
 _REGISTRY: Dict[str, Objective] = {}
@@ -70,3 +114,19 @@ def aggregate(per_token: jax.Array, mask: jax.Array, mode: str) -> jax.Array:
 
 
 AGGREGATIONS = ("token", "sequence")
+
+
+def per_token(advantages: jax.Array) -> jax.Array:
+  """[B] sequence advantages broadcast over tokens; [B, T] per-token ones pass through."""
+  return advantages[:, None] if advantages.ndim == 1 else advantages
+
+
+def split_pairs(x: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """The chosen and rejected halves of a pairs batch's 2B rows."""
+  half = x.shape[0] // 2
+  return x[:half], x[half:]
+
+
+def sequence_sum(per_token_values: jax.Array, mask: jax.Array) -> jax.Array:
+  """Sum over each row's masked tokens, [B]: a sequence's log-probability from token ones."""
+  return jnp.sum(per_token_values * mask.astype(per_token_values.dtype), axis=-1)

@@ -1,7 +1,8 @@
 """GRPO: group-relative policy optimisation (Shao et al. 2024, DeepSeekMath).
 
 Per token: -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A) + beta KL - c_ent H, where rho is
-the importance ratio pi_theta/pi_old and A the sequence's advantage. Setting clip_eps_high
+the importance ratio pi_theta/pi_old and A the sequence's advantage (or the token's, for
+[B, T] advantages). Setting clip_eps_high
 above clip_eps gives DAPO's clip-higher; kl_coef=0 drops the reference model entirely.
 """
 from __future__ import annotations
@@ -51,9 +52,11 @@ def clipped_surrogate(log_ratio: jax.Array, advantages: jax.Array, eps_low: floa
   return loss, was_clipped
 
 
-def grpo_loss(hp: GRPOConfig, policy: base.PolicyOutputs, batch: Mapping[str, jax.Array]):
+def grpo_loss(hp: GRPOConfig, outputs: Mapping[str, base.ModelOutputs],
+              batch: Mapping[str, jax.Array]):
+  policy = outputs["policy"]
   mask = batch["mask"]
-  advantages = batch["advantages"][:, None]
+  advantages = base.per_token(batch["advantages"])
   eps_high = hp.clip_eps if hp.clip_eps_high is None else hp.clip_eps_high
   pg, was_clipped = clipped_surrogate(policy.logprobs - batch["old_logprobs"], advantages,
                                       hp.clip_eps, eps_high)

@@ -19,11 +19,14 @@ class SFTConfig:
     del prefix
 
 
-def sft_loss(hp: SFTConfig, policy: base.PolicyOutputs, batch: Mapping[str, jax.Array]):
+def sft_loss(hp: SFTConfig, outputs: Mapping[str, base.ModelOutputs],
+             batch: Mapping[str, jax.Array]):
   del hp
+  policy = outputs["policy"]
   mask = batch["mask"]
   nll = base.aggregate(-policy.logprobs, mask, "token")
   return nll, {"nll": nll, "entropy": base.aggregate(policy.entropy, mask, "token")}
 
 
-OBJECTIVE = base.register(base.Objective(name="sft", hparams=SFTConfig, loss_fn=sft_loss))
+OBJECTIVE = base.register(base.Objective(name="sft", hparams=SFTConfig, loss_fn=sft_loss,
+                                          batch="demonstrations"))

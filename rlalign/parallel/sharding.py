@@ -44,14 +44,23 @@ class ShardingPlan:
   def params(self, axes_tree, abstract_params) -> Any:
     return mesh_lib.tree_shardings(self.mesh, axes_tree, abstract_params, self.rules, "param")
 
-  def train_state(self, param_shardings, abstract_params,
-                  optimizer: optax.GradientTransformation) -> Mapping[str, Any]:
-    """Shardings of ``{"step", "params", "opt_state"}``: optimizer moments follow their params."""
+  def optimizer_state(self, param_shardings, abstract_params,
+                      optimizer: optax.GradientTransformation) -> Any:
+    """Shardings of ``optimizer.init(params)``: moments follow their params."""
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
-    opt = optax.tree_utils.tree_map_params(
+    return optax.tree_utils.tree_map_params(
         optimizer, lambda _, sharding: sharding, abstract_opt, param_shardings,
         transform_non_params=lambda _: self.replicated)
-    return {"step": self.replicated, "params": param_shardings, "opt_state": opt}
+
+  def train_state(self, param_shardings: Mapping[str, Any], abstract_params: Mapping[str, Any],
+                  optimizers: Mapping[str, optax.GradientTransformation]) -> Mapping[str, Any]:
+    """Shardings of ``{"step", "roles": {role: {"params", "opt_state"}}}`` (rl/state.py),
+    given each trained role's param shardings, abstract params and optimizer."""
+    return {"step": self.replicated,
+            "roles": {name: {"params": sh,
+                             "opt_state": self.optimizer_state(sh, abstract_params[name],
+                                                               optimizers[name])}
+                      for name, sh in param_shardings.items()}}
 
   def batch(self, tree) -> Any:
     """Every array split along its leading (batch) dimension."""

@@ -11,12 +11,13 @@ from rlalign.rewards import base
 
 
 @base.in_graph("exact_match")
-def exact_match(rollouts: Mapping[str, jax.Array]) -> jax.Array:
+def exact_match(rollouts: Mapping[str, jax.Array], roles=None, settings=None) -> jax.Array:
   """1 if the completion, up to and including its stop token, equals the reference answer.
 
   ``answer_tokens`` ends with the stop token, so matching every answer position also checks
   that the completion stops exactly there.
   """
+  del roles, settings
   answer, answer_mask = rollouts["answer_tokens"], rollouts["answer_mask"]
   completion = rollouts["completion_tokens"]
   width = answer.shape[1]
@@ -28,8 +29,9 @@ def exact_match(rollouts: Mapping[str, jax.Array]) -> jax.Array:
 
 
 @base.in_graph("stopped")
-def stopped(rollouts: Mapping[str, jax.Array]) -> jax.Array:
+def stopped(rollouts: Mapping[str, jax.Array], roles=None, settings=None) -> jax.Array:
   """1 if the completion ended with a stop token within the budget (a format reward)."""
+  del roles, settings
   return rollouts["completion_stopped"].astype(jnp.float32)
 
 

@@ -7,11 +7,11 @@ Every input is a ``jax.ShapeDtypeStruct`` carrying the sharding the trainer woul
 no param is allocated (a 7B model fits in the dry run of a laptop) and no data is prepared.
 What it compiles, for the config's mesh on the devices present:
 
-  rl_step   the fused RL iteration (sample, score, learn), as ``make_rl_step`` jits it; when
-            the iteration splits (a host reward, or ``roles.separate_sampler``), its ``learn``
-            program instead
-  sampler   ``sampler.sample`` on ``rl.batch_size`` prompts, on ``roles.sampler_mesh`` when
-            the sampler has a mesh of its own
+  rl_step   the first RL phase's fused iteration (sample, score, learn), as ``make_rl_step``
+            jits it; when the iteration splits (a host reward, or
+            ``sampler_layout.separate``), its ``learn`` program instead
+  sampler   ``sampler.sample`` on the phase's ``batch_size`` prompts, on
+            ``sampler_layout.mesh`` when the sampler has a mesh of its own
 
 A layout that does not divide, a missing rule or a partitioner error surfaces here, before a
 pod is paid for. Per device it reports the bytes of the params, their gradients, the optimizer
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlalign.config import ExperimentConfig
+from rlalign.rl.experiment import ExperimentConfig
 from rlalign.models import transformer as tfm
 from rlalign.parallel import mesh as mesh_lib
 from rlalign.parallel.logical import axis_rules
@@ -106,7 +106,20 @@ def batch_shapes(cfg: ExperimentConfig, rows: int) -> Dict[str, jax.ShapeDtypeSt
   mask = lambda n: jax.ShapeDtypeStruct((rows, n), np.bool_)
   return {"prompt_tokens": ids(P), "prompt_mask": mask(P),
           "answer_tokens": ids(A), "answer_mask": mask(A),
-          "demo_tokens": ids(A), "demo_mask": mask(A)}
+          **{f"{k}_{f}": (ids if f == "tokens" else mask)(A)
+             for k in ("demo", "chosen", "rejected") for f in ("tokens", "mask")}}
+
+
+def rl_phase(cfg: ExperimentConfig):
+  """The run's first RL phase, as ``(name, PhaseConfig)``; the dry run compiles its step."""
+  for name, phase in cfg.phases:
+    if phase.kind == "rl":
+      return name, phase
+  raise DryRunError("the config has no RL phase (an objective on rollouts) to dry-run")
+
+
+def _optimizer(cfg: ExperimentConfig, phase):
+  return state_lib.make_optimizer(phase.optimizer or cfg.role_configs["policy"].optimizer)
 
 
 def per_device_bytes(abstract_tree, shardings) -> int:
@@ -132,10 +145,12 @@ def state_bytes(cfg: ExperimentConfig, plan: ShardingPlan, reward_model: bool = 
   With a ``sampler_plan`` the KV cache follows the sampler's mesh and rules, and the
   sampler's copy of the params is counted too.
   """
+  _, phase = rl_phase(cfg)
+  rl = phase.rl()
   abstract = tfm.abstract_params(cfg.model)
   param_sh = plan.params(tfm.logical_axes(cfg.model), abstract)
-  optimizer = state_lib.make_optimizer(cfg.optimizer)
-  opt_sh = plan.train_state(param_sh, abstract, optimizer)["opt_state"]
+  optimizer = _optimizer(cfg, phase)
+  opt_sh = plan.optimizer_state(param_sh, abstract, optimizer)
   params = per_device_bytes(abstract, param_sh)
   rm = 0  # the dry run's reward model is counted, not compiled: no program of ours reads one
   if reward_model:
@@ -144,7 +159,7 @@ def state_bytes(cfg: ExperimentConfig, plan: ShardingPlan, reward_model: bool = 
     rm_abstract = tfm.abstract_params(rm_cfg)
     rm = per_device_bytes(rm_abstract, plan.params(tfm.logical_axes(rm_cfg), rm_abstract))
   m = cfg.model
-  kv_shape = (m.n_layers, cfg.rl.batch_size, m.n_kv_heads,
+  kv_shape = (m.n_layers, rl.batch_size, m.n_kv_heads,
               cfg.data.max_prompt_len + cfg.sampling.max_new_tokens, m.head_dim)
   sp = sampler_plan or plan
   kv_sh = mesh_lib.sharding_for(sp.mesh, tfm.CACHE_AXES, sp.rules)
@@ -173,13 +188,16 @@ def _compile(name: str, jitted, args: Sequence[Any], outside_what: str = "", out
 
 
 def _check_batches(cfg: ExperimentConfig, plan: ShardingPlan) -> None:
-  plan.check_batch(cfg.rl.prompts_per_step, "rl.batch_size / rl.group_size (prompts per step)")
-  plan.check_batch(cfg.rl.batch_size, "rl.batch_size (rollouts per step)")
-  plan.check_batch(cfg.rl.batch_size // cfg.rl.minibatches,
-                   "rl.batch_size / rl.minibatches (rollouts per minibatch)")
-  if cfg.rl.prompts_per_step % jax.process_count():
-    raise ValueError(f"rl.batch_size / rl.group_size ({cfg.rl.prompts_per_step}) must divide "
-                     f"over the {jax.process_count()} processes")
+  name, phase = rl_phase(cfg)
+  rl, key = phase.rl(), f"phases.{name}"
+  plan.check_batch(rl.prompts_per_step,
+                   f"{key}.batch_size / {key}.group_size (prompts per step)")
+  plan.check_batch(rl.batch_size, f"{key}.batch_size (rollouts per step)")
+  plan.check_batch(rl.batch_size // rl.minibatches,
+                   f"{key}.batch_size / {key}.minibatches (rollouts per minibatch)")
+  if rl.prompts_per_step % jax.process_count():
+    raise ValueError(f"{key}.batch_size / {key}.group_size ({rl.prompts_per_step}) must "
+                     f"divide over the {jax.process_count()} processes")
 
 
 def _checked(make: Callable[[], Any]) -> Any:
@@ -209,15 +227,17 @@ def make_plan(cfg: ExperimentConfig, devices: Optional[Sequence[jax.Device]] = N
 
 def make_sampler_plan(cfg: ExperimentConfig, devices: Optional[Sequence[jax.Device]] = None
                       ) -> Optional[ShardingPlan]:
-  """The sampler's own mesh with ``roles.separate_sampler`` (checked), else None."""
-  if not cfg.roles.separate_sampler:
+  """The sampler's own mesh with ``sampler_layout.separate`` (checked), else None."""
+  if not cfg.sampler_layout.separate:
     return None
   def make():
-    mesh_cfg = cfg.roles.sampler_mesh
+    mesh_cfg = cfg.sampler_layout.mesh
     plan = ShardingPlan(mesh_lib.make_mesh(mesh_cfg, devices), mesh_cfg.rules)
-    for rows, what in ((cfg.rl.prompts_per_step, "rl.batch_size / rl.group_size (prompts per "
-                        "step)"), (cfg.rl.batch_size, "rl.batch_size (rollouts per step)")):
-      plan.check_batch(rows, f"{what} on roles.sampler_mesh")
+    name, phase = rl_phase(cfg)
+    rl, key = phase.rl(), f"phases.{name}"
+    for rows, what in ((rl.prompts_per_step, f"{key}.batch_size / {key}.group_size (prompts "
+                        "per step)"), (rl.batch_size, f"{key}.batch_size (rollouts per step)")):
+      plan.check_batch(rows, f"{what} on sampler_layout.mesh")
     _check_params(cfg, plan)
     return plan
   return _checked(make)
@@ -234,20 +254,24 @@ def dry_run(cfg: ExperimentConfig, reward_model: bool = False,
   """Lowers and compiles the RL step and the sampler for the config's meshes; runs nothing."""
   plan = make_plan(cfg, devices)
   sampler_plan = make_sampler_plan(cfg, devices)
-  optimizer = state_lib.make_optimizer(cfg.optimizer)
+  _, phase = rl_phase(cfg)
+  rl = phase.rl()
+  optimizer = _optimizer(cfg, phase)
   abstract = tfm.abstract_params(cfg.model)
   param_sh = plan.params(tfm.logical_axes(cfg.model), abstract)
-  state_sh = plan.train_state(param_sh, abstract, optimizer)
-  state = _with_shardings({"step": jax.ShapeDtypeStruct((), np.int32), "params": abstract,
-                           "opt_state": jax.eval_shape(optimizer.init, abstract)}, state_sh)
+  state_sh = plan.train_state({"policy": param_sh}, {"policy": abstract},
+                              {"policy": optimizer})
+  state = _with_shardings(
+      {"step": jax.ShapeDtypeStruct((), np.int32),
+       "roles": {"policy": {"params": abstract,
+                            "opt_state": jax.eval_shape(optimizer.init, abstract)}}}, state_sh)
   frozen = {"reference": _with_shardings(abstract, param_sh)}
-  batch = batch_shapes(cfg, cfg.rl.prompts_per_step)
+  batch = batch_shapes(cfg, rl.prompts_per_step)
   batch = _with_shardings(batch, plan.batch(batch))
   rng = _abstract_key(plan)
   held = state_bytes(cfg, plan, reward_model, sampler_plan)
-  spec = iteration.IterationSpec(model=cfg.model, sampling=cfg.sampling, rl=cfg.rl,
-                                 objective=cfg.objective.objective, hparams=cfg.objective.hparams,
-                                 optimizer=optimizer, pad_id=PAD_ID)
+  spec = iteration.single_policy_spec(cfg.model, cfg.sampling, rl, phase.objective.objective,
+                                      phase.objective.hparams, optimizer, pad_id=PAD_ID)
   rm = ("reward model", held.reward_model) if reward_model else ("", 0)
 
   if spec.fused and sampler_plan is None:  # exactly the program make_rl_step jits
@@ -259,7 +283,7 @@ def dry_run(cfg: ExperimentConfig, reward_model: bool = False,
 
   sp = sampler_plan or plan
   params = _with_shardings(abstract, sp.params(tfm.logical_axes(cfg.model), abstract))
-  prompts = jax.ShapeDtypeStruct((cfg.rl.batch_size, cfg.data.max_prompt_len), np.int32)
+  prompts = jax.ShapeDtypeStruct((rl.batch_size, cfg.data.max_prompt_len), np.int32)
   prompts = _with_shardings(prompts, sp.batch(prompts))
   mask = jax.ShapeDtypeStruct(prompts.shape, np.bool_, sharding=prompts.sharding)
   sample = iteration.jit_with_rules(
@@ -284,7 +308,7 @@ def _compile_learn(spec, plan, state_sh, state, batch, rng, frozen, rm) -> Progr
   def rollout(params, batch, rng):
     with axis_rules(plan.mesh, plan.rules):
       return iteration.rollout(params, batch, rng, spec)
-  rollouts = jax.eval_shape(rollout, state["params"], batch, rng)
+  rollouts = jax.eval_shape(rollout, state["roles"]["policy"]["params"], batch, rng)
   score = jax.ShapeDtypeStruct((spec.rl.batch_size,), np.float32)
   scores = {r.name: score for r in spec.rewards}
   # Rollouts and scores reach ``learn`` in the learner's batch layout.
@@ -320,7 +344,7 @@ def to_markdown(report: DryRunReport, budget_bytes: Optional[int] = None) -> str
            + ("policy's backbone with a scalar head |" if s.reward_model
               else "not counted (--dry_run_reward_model) |"),
            *([f"| sampler's copy of the params | {_size(s.sampler_params)} | "
-              f"roles.separate_sampler: resharded into the sampler's layout every step |"]
+              f"sampler_layout.separate: resharded into the sampler's layout every step |"]
              if s.sampler_params else []),
            f"| KV cache, one sampling call | {_size(s.kv_cache)} | k+v {list(s.kv_shape)} "
            f"split {s.kv_spec}; inside the sampler's temp |"]

@@ -1,9 +1,15 @@
-"""Held-out evaluation: pass@1 of greedy and sampled decoding under the run's verifier."""
+"""Held-out evaluation: the mean score of greedy and sampled completions under the run's judges.
+
+A judge is any in-graph reward (``rewards/``), named in ``train.eval_judges`` as
+``{metric: reward}``; the default ``{"pass@1": "exact_match"}`` logs ``eval/pass@1_greedy`` and
+``eval/pass@1_sampled``. A judge that reads a role (a learned or gold judge model) gets that
+role's params as an argument, like a learned reward.
+"""
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -12,51 +18,78 @@ import numpy as np
 from rlalign.models import transformer as tfm
 from rlalign.parallel.sharding import ShardingPlan
 from rlalign.rewards import base as reward_base
-from rlalign.rl.iteration import jit_with_rules
+from rlalign.rl.layout import jit_with_rules
 from rlalign.sampling import sampler
 
+Judges = Tuple[Tuple[str, reward_base.RewardTerm], ...]
+DEFAULT_JUDGES: Judges = (("pass@1", reward_base.RewardTerm("exact_match")),)
 
-def _score_batch(params, batch, rng, *, model: tfm.ModelConfig,
-                 sampling: sampler.SamplingConfig, reward_name: str, pad_id: int):
+
+def _score_batch(params, batch, rng, judge_params, *, model: tfm.ModelConfig,
+                 sampling: sampler.SamplingConfig, judges: Judges,
+                 judge_models: Mapping[str, tfm.ModelConfig], pad_id: int):
   out = sampler.sample(params, batch["prompt_tokens"], batch["prompt_mask"], rng, model, sampling,
                        pad_id)
   stop = jnp.asarray(sampling.stop_tokens or (-1,), jnp.int32)
   rollouts = {**batch, "completion_tokens": out.tokens, "completion_mask": out.mask,
               "completion_stopped": jnp.any(jnp.isin(out.tokens, stop) & out.mask, axis=1)}
-  return reward_base.get(reward_name).fn(rollouts)
+  views = {name: reward_base.RoleModel(judge_models[name], p) for name, p in judge_params.items()}
+  return {metric: reward_base.score_in_graph((term,), rollouts, views)[term.name]
+          for metric, term in judges}
+
+
+def judge_roles(judges: Judges) -> Tuple[str, ...]:
+  return tuple(dict.fromkeys(r for _, term in judges for r in term.roles))
 
 
 def make_evaluator(model: tfm.ModelConfig, sampling: sampler.SamplingConfig,
-                   reward_name: str = "exact_match", pad_id: int = 0,
-                   plan: Optional[ShardingPlan] = None) -> Callable:
-  """Returns ``evaluate(params, batches, rng) -> {"eval/pass@1_greedy", "eval/pass@1_sampled"}``.
+                   judges: Judges = DEFAULT_JUDGES, pad_id: int = 0,
+                   plan: Optional[ShardingPlan] = None,
+                   judge_models: Optional[Mapping[str, tfm.ModelConfig]] = None) -> Callable:
+  """Returns ``evaluate(params, batches, rng, judge_params={}) -> {"eval/<metric>_greedy",
+  "eval/<metric>_sampled"}``.
 
   ``batches`` are numpy dicts with a ``valid`` row mask (see data.pipeline.eval_batches),
   held in full by every process; with a plan they are split over the mesh's batch axes.
+  ``judge_params`` maps each role a judge reads to its params; ``judge_models`` to its model.
   """
+  for _, term in judges:
+    if not term.reward.in_graph:
+      raise ValueError(f"eval judge {term.name!r} is a host reward; judges run in-graph")
+  judge_models = dict(judge_models or {})
+  missing = set(judge_roles(judges)) - set(judge_models)
+  if missing:
+    raise ValueError(f"eval judges read roles {sorted(missing)}, which this run does not have")
+
   def scorer(settings):
-    fn = functools.partial(_score_batch, model=model, sampling=settings,
-                           reward_name=reward_name, pad_id=pad_id)
+    fn = functools.partial(_score_batch, model=model, sampling=settings, judges=judges,
+                           judge_models=judge_models, pad_id=pad_id)
     kw = dict(out_shardings=plan.replicated) if plan is not None else {}
     return jit_with_rules(fn, plan, **kw)
 
   greedy = scorer(dataclasses.replace(sampling, temperature=0.0))
   sampled = scorer(sampling)
 
-  def pass_at_1(score, params, batches, rng) -> float:
-    total, count = 0.0, 0
+  def means(score, params, batches, rng, judge_params) -> Dict[str, float]:
+    totals, count = {metric: 0.0 for metric, _ in judges}, 0
     for i, batch in enumerate(batches):
       arrays = {k: v for k, v in batch.items() if k != "valid"}
       if plan is not None:
         arrays = plan.put_global_batch(arrays)
-      scores = np.asarray(jax.device_get(score(params, arrays, jax.random.fold_in(rng, i))))
+      scores = jax.device_get(score(params, arrays, jax.random.fold_in(rng, i), judge_params))
       valid = np.asarray(batch["valid"])
-      total += float(np.sum(scores[valid]))
+      for metric in totals:
+        totals[metric] += float(np.sum(np.asarray(scores[metric])[valid]))
       count += int(valid.sum())
-    return total / max(count, 1)
+    return {metric: total / max(count, 1) for metric, total in totals.items()}
 
-  def evaluate(params, batches: Sequence[Mapping[str, np.ndarray]], rng) -> Dict[str, float]:
-    return {"eval/pass@1_greedy": pass_at_1(greedy, params, batches, rng),
-            "eval/pass@1_sampled": pass_at_1(sampled, params, batches, rng)}
+  def evaluate(params, batches: Sequence[Mapping[str, np.ndarray]], rng,
+               judge_params: Optional[Mapping[str, Any]] = None) -> Dict[str, float]:
+    judge_params = dict(judge_params or {})
+    out = {}
+    for mode, score in (("greedy", greedy), ("sampled", sampled)):
+      for metric, value in means(score, params, batches, rng, judge_params).items():
+        out[f"eval/{metric}_{mode}"] = value
+    return out
 
   return evaluate

@@ -1,14 +1,17 @@
 """One RL iteration, built from small pure parts.
 
   rollout(params, batch, rng)            sample G completions per prompt, in-graph
-  score(rollouts)                        every in-graph reward, per source
-  learn(state, rollouts, scores, rng)    advantages, reference log-probs, then epochs x
-                                         minibatches of objective gradients
+  score(rollouts, trained, frozen)       every in-graph reward, per source (learned rewards
+                                         read their roles' params)
+  learn(state, rollouts, scores, rng)    advantages, reference log-probs, the objective's
+                                         prepare, then epochs x minibatches of gradients
 
 :func:`make_rl_step` composes them into ``step(state, batch, rng) -> (state, metrics)``. When
 every reward is in-graph the composition is one jitted program with the state donated; with a
 host reward the step splits into jitted ``rollout`` and ``learn`` around the Python call.
 Algorithms differ in the objective, the advantage estimator and the rewards, never here.
+The state holds every role the objective trains (a policy, and a critic for PPO), so one
+iteration can update several models.
 """
 from __future__ import annotations
 
@@ -27,10 +30,12 @@ from rlalign.models import lora as lora_lib
 from rlalign.models import transformer as tfm
 from rlalign.objectives import advantages as adv_lib
 from rlalign.objectives import base as obj_base
-from rlalign.parallel.logical import axis_rules
 from rlalign.parallel.sharding import ShardingPlan
 from rlalign.rewards import base as reward_base
+from rlalign.rl import roles as roles_lib
 from rlalign.rl import state as state_lib
+from rlalign.rl import update
+from rlalign.rl.layout import SamplerLayout, StepLayout, jit_with_rules
 from rlalign.sampling import sampler
 
 Batch = Mapping[str, jax.Array]
@@ -44,15 +49,22 @@ class RLConfig:
   epochs: int = 1
   minibatches: int = 1
   advantage: str = "group_norm"
-  rewards: Tuple[Tuple[str, float], ...] = (("exact_match", 1.0),)
+  rewards: Tuple[reward_base.RewardTerm, ...] = (reward_base.RewardTerm("exact_match"),)
   # Completion widths the update may run at: it runs at the smallest that holds the batch's
   # longest completion, chosen in-graph (lax.switch), so short rollouts train on short
   # arrays in the same single program. () always trains at sampling.max_new_tokens.
   response_buckets: Tuple[int, ...] = ()
+  # Recompute pi_old with the learner's params before the update, instead of trusting the
+  # sampler's log-probs (which differ in bfloat16). Costs one forward pass per iteration.
+  rescore_old_logprobs: bool = False
 
   @property
   def prompts_per_step(self) -> int:
     return self.batch_size // self.group_size
+
+  @property
+  def reward_roles(self) -> Tuple[str, ...]:
+    return tuple(dict.fromkeys(r for term in self.rewards for r in term.roles))
 
   def validate(self, prefix: str = "rl") -> None:
     for name in ("batch_size", "group_size", "epochs", "minibatches"):
@@ -75,36 +87,86 @@ class RLConfig:
                        f"lengths, got {widths}")
     if not self.rewards:
       raise ValueError(f"{prefix}.rewards must name at least one reward")
-    for name, _ in self.rewards:
-      reward_base.get(name)
+    for term in self.rewards:
+      term.reward  # raises for an unknown name
+      if hasattr(term.settings, "validate"):
+        term.settings.validate(f"{prefix}.rewards.{term.name}")
 
 
 @dataclasses.dataclass(frozen=True)
 class IterationSpec:
-  """Everything static about the iteration, bound once with functools.partial."""
-  model: tfm.ModelConfig
+  """Everything static about the iteration, bound once with functools.partial.
+
+  ``binding`` holds the objective and every role the step sees; the sampling role is the one
+  bound to the objective's ``policy`` slot, and a role bound to ``reference`` (when the run has
+  one) gives ``ref_logprobs``.
+  """
   sampling: sampler.SamplingConfig
   rl: RLConfig
-  objective: obj_base.Objective
-  hparams: Any
-  optimizer: optax.GradientTransformation
+  binding: update.Binding
   pad_id: int = 0
-  adapter: Optional[lora_lib.LoRAConfig] = None  # train LoRA adapters on frozen["base"]
 
   @property
-  def rewards(self) -> Tuple[reward_base.Reward, ...]:
-    return tuple(reward_base.get(name) for name, _ in self.rl.rewards)
+  def policy(self) -> str:
+    return self.binding.role("policy")
+
+  @property
+  def reference(self) -> Optional[str]:
+    name = self.binding.role("reference")
+    return name if name in self.binding.roles else None
+
+  @property
+  def model(self) -> tfm.ModelConfig:
+    return self.binding.roles[self.policy].model
+
+  @property
+  def rewards(self) -> Tuple[reward_base.RewardTerm, ...]:
+    return self.rl.rewards
+
+  @property
+  def optimizers(self) -> Dict[str, optax.GradientTransformation]:
+    return roles_lib.optimizers(self.binding.roles)
 
   @property
   def fused(self) -> bool:
-    return all(r.in_graph for r in self.rewards)
+    return all(t.reward.in_graph for t in self.rewards)
+
+  def check(self) -> None:
+    """Roles the objective and the rewards need exist, before anything is traced."""
+    self.binding.check()
+    objective = self.binding.objective
+    if objective.batch != "rollouts":
+      raise ValueError(f"objective {objective.name!r} trains on {objective.batch}, not on "
+                       "rollouts: use it in a phase of that kind")
+    if objective.needs_reference(self.binding.hparams) and self.reference is None:
+      raise ValueError(f"objective {objective.name!r} with these settings needs a reference "
+                       f"role; roles: {sorted(self.binding.roles)}")
+    for term in self.rewards:
+      for role in term.roles:
+        if role not in self.binding.roles:
+          raise ValueError(f"reward {term.name!r} reads role {role!r}, which this run does not "
+                           f"have; roles: {sorted(self.binding.roles)}")
+        update.check_heads(role, self.binding.roles[role].model, ("scores",),
+                           f"reward {term.name!r}")
 
 
-def policy_params(trainable, frozen: Mapping[str, Any], spec: IterationSpec):
-  """The policy's weights: the trained params, or the frozen base with adapters merged in."""
-  if spec.adapter is None:
-    return trainable
-  return lora_lib.merge(frozen["base"], trainable, spec.adapter)
+def single_policy_spec(model: tfm.ModelConfig, sampling: sampler.SamplingConfig, rl: RLConfig,
+                       objective: obj_base.Objective, hparams: Any,
+                       optimizer: optax.GradientTransformation, *, pad_id: int = 0,
+                       adapter: Optional[lora_lib.LoRAConfig] = None,
+                       reference: bool = True) -> IterationSpec:
+  """The spec of today's common run: one trained policy and, optionally, a frozen reference
+  of the same shape (given to the step as ``frozen["reference"]``)."""
+  specs = {"policy": roles_lib.RoleSpec(model, optimizer, adapter)}
+  if reference:
+    specs["reference"] = roles_lib.RoleSpec(model)
+  binding = update.Binding(objective, hparams, specs, {}, rl.epochs, rl.minibatches)
+  return IterationSpec(sampling, rl, binding, pad_id)
+
+
+def policy_params(trained: Mapping[str, Any], frozen: Mapping[str, Any], spec: IterationSpec):
+  """The sampling policy's weights: its trained params, or base + merged adapters."""
+  return roles_lib.effective_params(spec.policy, trained, frozen, spec.binding.roles)
 
 
 def rollout(params, batch: Batch, rng: jax.Array, spec: IterationSpec) -> Dict[str, jax.Array]:
@@ -127,18 +189,18 @@ def rollout(params, batch: Batch, rng: jax.Array, spec: IterationSpec) -> Dict[s
   }
 
 
-def completion_outputs(params, prompt_tokens, prompt_mask, completion_tokens, completion_mask,
-                       model_cfg: tfm.ModelConfig) -> obj_base.PolicyOutputs:
-  """Per-token log-probs and entropies of the completion under ``params``, [B, N]."""
-  P = prompt_tokens.shape[1]
-  tokens = jnp.concatenate([prompt_tokens, completion_tokens], axis=1)
-  mask = jnp.concatenate([prompt_mask, completion_mask], axis=1)
-  logprobs, entropy = tfm.token_logprobs(params, tokens, mask, model_cfg, with_entropy=True)
-  return obj_base.PolicyOutputs(logprobs[:, P - 1:], entropy[:, P - 1:])
+def role_views(names: Sequence[str], trained: Mapping[str, Any], frozen: Mapping[str, Any],
+               roles: roles_lib.RoleSpecs) -> Dict[str, reward_base.RoleModel]:
+  return {name: reward_base.RoleModel(roles[name].model,
+                                      roles_lib.effective_params(name, trained, frozen, roles))
+          for name in names}
 
 
-def score(rollouts: Batch, spec: IterationSpec) -> Dict[str, jax.Array]:
-  return reward_base.score_in_graph(spec.rewards, rollouts)
+def score(rollouts: Batch, trained: Mapping[str, Any], frozen: Mapping[str, Any],
+          spec: IterationSpec) -> Dict[str, jax.Array]:
+  """Every in-graph reward, per source; learned ones read their roles' params."""
+  views = role_views(spec.rl.reward_roles, trained, frozen, spec.binding.roles)
+  return reward_base.score_in_graph(spec.rewards, rollouts, views)
 
 
 COMPLETION_KEYS = ("completion_tokens", "completion_mask", "logprobs")
@@ -153,12 +215,12 @@ def response_widths(spec: IterationSpec) -> Tuple[int, ...]:
 def learn(state: state_lib.TrainState, rollouts: Batch, scores: Mapping[str, jax.Array],
           rng: jax.Array, frozen: Mapping[str, Any], spec: IterationSpec
           ) -> Tuple[state_lib.TrainState, Metrics]:
-  """Advantages, reference log-probs and ``epochs x minibatches`` optimizer updates.
+  """Advantages, reference log-probs, ``prepare`` and ``epochs x minibatches`` updates.
 
   With ``rl.response_buckets``, the completions are cut to the smallest bucket that holds the
-  longest one before the reference and the policy score them: every column cut is padding after every row's stop,
-  which causal attention never lets an earlier token see, so the update is the same at a
-  fraction of the cost.
+  longest one before the reference and the policy score them: every column cut is padding
+  after every row's stop, which causal attention never lets an earlier token see, so the
+  update is the same at a fraction of the cost.
   """
   widths = response_widths(spec)
   if len(widths) == 1:
@@ -180,52 +242,34 @@ def learn(state: state_lib.TrainState, rollouts: Batch, scores: Mapping[str, jax
 def _learn(state, rollouts, scores, rng, frozen, spec: IterationSpec):
   rl = spec.rl
   total = reward_base.combine(rl.rewards, scores)
-  advantages = adv_lib.get(rl.advantage)(total, rl.group_size)
   mask = rollouts["completion_mask"]
   data = {
       "prompt_tokens": rollouts["prompt_tokens"],
       "prompt_mask": rollouts["prompt_mask"],
       "completion_tokens": rollouts["completion_tokens"],
       "mask": mask,
+      "sampler_logprobs": rollouts["logprobs"],
       "old_logprobs": rollouts["logprobs"],
-      "advantages": advantages,
+      "rewards": total,
+      "advantages": adv_lib.get(rl.advantage)(total, rl.group_size),
   }
-  # The reference is scored whenever one is given, so KL is logged even when the
+  score_role = update.scorer(state_lib.params_of(state), frozen, spec.binding, data)
+  if rl.rescore_old_logprobs:
+    data["old_logprobs"] = score_role("policy", ("logprobs",)).logprobs
+  # The reference is scored whenever the run has one, so KL is logged even when the
   # objective does not penalise it.
-  if "reference" in frozen:
-    ref = completion_outputs(frozen["reference"], rollouts["prompt_tokens"],
-                             rollouts["prompt_mask"], rollouts["completion_tokens"], mask,
-                             spec.model)
-    data["ref_logprobs"] = jax.lax.stop_gradient(ref.logprobs)
-  elif spec.objective.needs_reference(spec.hparams):
-    raise ValueError(f"objective {spec.objective.name!r} with these settings needs "
-                     "frozen['reference'] params")
+  if spec.reference is not None:
+    data["ref_logprobs"] = score_role("reference", ("logprobs",)).logprobs
   else:
     data["ref_logprobs"] = data["old_logprobs"]
+  objective = spec.binding.objective
+  if objective.prepare is not None:
+    data = dict(objective.prepare(spec.binding.hparams, data, score_role))
 
-  def loss_fn(params, mb):
-    policy = completion_outputs(policy_params(params, frozen, spec), mb["prompt_tokens"],
-                                mb["prompt_mask"],
-                                mb["completion_tokens"], mb["mask"], spec.model)
-    return spec.objective.loss_fn(spec.hparams, policy, mb)
-
-  B = rl.batch_size
-  mb_size = B // rl.minibatches
-  orders = jnp.stack([jax.random.permutation(jax.random.fold_in(rng, e), B)
-                      for e in range(rl.epochs)])
-  orders = orders.reshape(rl.epochs * rl.minibatches, mb_size)
-
-  def update(st, idx):
-    mb = jax.tree.map(lambda x: x[idx], data)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(st["params"], mb)
-    st = state_lib.apply_gradients(st, grads, spec.optimizer)
-    return st, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-
-  state, update_metrics = jax.lax.scan(update, state, orders)
+  state, metrics = update.updates(state, data, rng, frozen, spec.binding)
   state = {**state, "step": state["step"] + 1}
 
   lengths = mask.sum(axis=1).astype(jnp.float32)
-  metrics = {k: v.mean() for k, v in update_metrics.items()}
   metrics.update({
       "reward": total.mean(),
       "response_length": lengths.mean(),
@@ -244,8 +288,9 @@ def rl_step(state, batch, rng, frozen, spec: IterationSpec):
   """The fused iteration: sample, score, advantages and updates in one program."""
   rng = jax.random.fold_in(rng, state["step"])
   sample_rng, learn_rng = jax.random.split(rng)
-  rollouts = rollout(policy_params(state["params"], frozen, spec), batch, sample_rng, spec)
-  return learn(state, rollouts, score(rollouts, spec), learn_rng, frozen, spec)
+  trained = state_lib.params_of(state)
+  rollouts = rollout(policy_params(trained, frozen, spec), batch, sample_rng, spec)
+  return learn(state, rollouts, score(rollouts, trained, frozen, spec), learn_rng, frozen, spec)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -253,39 +298,6 @@ def _to_host(x: jax.Array) -> np.ndarray:
   if x.is_fully_addressable:
     return np.asarray(jax.device_get(x))
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerLayout:
-  """A sampler on its own mesh and layout: the policy's weights are copied into it each step."""
-  plan: ShardingPlan
-  params: Any  # param shardings in the sampler's layout
-  batch: Any   # prompt-batch shardings on the sampler's mesh
-
-
-@dataclasses.dataclass(frozen=True)
-class StepLayout:
-  """Explicit shardings of a step's inputs: the train state, one batch and the frozen roles.
-
-  Without ``sampler``, sampling reads the policy's own arrays inside the one fused program.
-  """
-  plan: ShardingPlan
-  state: Any
-  batch: Any
-  frozen: Any
-  sampler: Optional[SamplerLayout] = None
-
-
-def jit_with_rules(fn: Callable, plan: Optional[ShardingPlan], **jit_kwargs) -> Callable:
-  """``jax.jit`` that traces ``fn`` with the plan's logical-axis rules active."""
-  if plan is None:
-    return jax.jit(fn, **jit_kwargs)
-
-  @functools.wraps(fn)
-  def traced(*args):
-    with axis_rules(plan.mesh, plan.rules):
-      return fn(*args)
-  return jax.jit(traced, **jit_kwargs)
 
 
 def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], str]] = None,
@@ -298,6 +310,7 @@ def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], st
   its own; then sampling and learning are two programs, and the policy's weights are
   resharded into the sampler's layout before each rollout (timed as ``reshard_s``).
   """
+  spec.check()
   plan = layout.plan if layout else None
   separate = layout is not None and layout.sampler is not None
   if spec.fused and not separate:
@@ -312,40 +325,45 @@ def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], st
   sampler_plan = layout.sampler.plan if separate else plan
   sample_kw = {}
   if separate:
-    sample_kw = dict(in_shardings=(layout.sampler.params, layout.sampler.batch,
+    if spec.binding.roles[spec.policy].adapter is not None:
+      raise ValueError("LoRA adapters with a separate sampler layout are not supported: the "
+                       "sampler would need the base weights in its layout too")
+    sample_kw = dict(in_shardings=({spec.policy: layout.sampler.params}, layout.sampler.batch,
                                    sampler_plan.replicated, {}))
   sample_jit = jit_with_rules(
-      lambda params, batch, rng, frozen: rollout(policy_params(params, frozen, spec), batch,
-                                                 rng, spec),
+      lambda trained, batch, rng, frozen: rollout(policy_params(trained, frozen, spec), batch,
+                                                  rng, spec),
       sampler_plan, **sample_kw)
-  score_jit = jit_with_rules(functools.partial(score, spec=spec), sampler_plan)
+  score_jit = jit_with_rules(functools.partial(score, spec=spec), plan)
   learn_kw = dict(out_shardings=(layout.state, plan.replicated)) if layout else {}
   learn_jit = jit_with_rules(functools.partial(learn, spec=spec), plan, donate_argnums=(0,),
                              **learn_kw)
 
   def step(state, batch, rng, frozen):
     sample_rng, learn_rng = jax.random.split(jax.random.fold_in(rng, state["step"]))
-    params, extra = state["params"], {}
+    trained, extra = state_lib.params_of(state), {}
+    sampled = trained
     if separate:
       start = time.perf_counter()
-      params = jax.block_until_ready(jax.device_put(params, layout.sampler.params))
+      sampled = {spec.policy: jax.block_until_ready(
+          jax.device_put(trained[spec.policy], layout.sampler.params))}
       extra["reshard_s"] = time.perf_counter() - start
       batch = jax.device_put(batch, layout.sampler.batch)
       sample_rng = jax.device_put(sample_rng, sampler_plan.replicated)
-    rollouts = sample_jit(params, batch, sample_rng, {} if separate else frozen)
-    scores = dict(score_jit(rollouts))
+    rollouts = sample_jit(sampled, batch, sample_rng, {} if separate else frozen)
+    if separate:  # rollouts move to the learner's layout
+      rollouts = jax.device_put(rollouts, plan.batch(rollouts))
+    scores = dict(score_jit(rollouts, trained, frozen))
     if not spec.fused:
       host = {k: _to_host(rollouts[k])
               for k in ("prompt_tokens", "completion_tokens", "answer_tokens")}
       texts = {k: [decode(row) for row in v] for k, v in host.items()}
       host_scores = reward_base.score_host(spec.rewards, texts["prompt_tokens"],
                                            texts["completion_tokens"], texts["answer_tokens"])
-      if sampler_plan is not None:
-        scores.update(sampler_plan.put_global_batch(host_scores))
+      if plan is not None:
+        scores.update(plan.put_global_batch(host_scores))
       else:
         scores.update({k: jnp.asarray(v) for k, v in host_scores.items()})
-    if separate:  # rollouts move to the learner's layout
-      rollouts, scores = jax.device_put((rollouts, scores), plan.batch((rollouts, scores)))
     state, metrics = learn_jit(state, rollouts, scores, learn_rng, frozen)
     return state, {**metrics, **extra}
 

@@ -1,12 +1,17 @@
-"""The train state and the optimizer that updates it.
+"""The train state of every trained role, and the optimizers that update it.
 
-The state is a plain dict pytree, ``{"step", "params", "opt_state"}``, so orbax, sharding
-helpers and ``jax.tree`` treat it without registration. It is donated to every step.
+The state is a plain dict pytree, so orbax, sharding helpers and ``jax.tree`` treat it without
+registration::
+
+  {"step": int32[], "roles": {role: {"params": ..., "opt_state": ...}}}
+
+It holds the roles a phase trains; frozen roles (a reference, a reward model) are separate,
+non-donated arguments. The state is donated to every step.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict
+from typing import Any, Dict, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +30,7 @@ class OptimizerConfig:
   max_grad_norm: float = 1.0  # 0 disables clipping
 
   def validate(self, prefix: str = "optimizer") -> None:
-    if self.learning_rate <= 0:
+    if not self.learning_rate > 0:  # also rejects nan
       raise ValueError(f"{prefix}.learning_rate must be positive, got {self.learning_rate}")
     if self.warmup_steps < 0:
       raise ValueError(f"{prefix}.warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -45,12 +50,25 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
-def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
-  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+def init_state(params: Mapping[str, Any],
+               optimizers: Mapping[str, optax.GradientTransformation]) -> TrainState:
+  """Step 0 with fresh optimizer state for each trained role's params."""
+  return {"step": jnp.zeros((), jnp.int32),
+          "roles": {name: {"params": p, "opt_state": optimizers[name].init(p)}
+                    for name, p in params.items()}}
 
 
-def apply_gradients(state: TrainState, grads, optimizer: optax.GradientTransformation
-                    ) -> TrainState:
-  updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-  return {**state, "params": optax.apply_updates(state["params"], updates),
-          "opt_state": opt_state}
+def params_of(state: TrainState) -> Dict[str, Any]:
+  return {name: role["params"] for name, role in state["roles"].items()}
+
+
+def apply_gradients(state: TrainState, grads: Mapping[str, Any],
+                    optimizers: Mapping[str, optax.GradientTransformation]) -> TrainState:
+  """One optimizer update of every role in ``grads``, each with its own optimizer."""
+  roles = dict(state["roles"])
+  for name, g in grads.items():
+    role = roles[name]
+    updates, opt_state = optimizers[name].update(g, role["opt_state"], role["params"])
+    roles[name] = {"params": optax.apply_updates(role["params"], updates),
+                   "opt_state": opt_state}
+  return {**state, "roles": roles}

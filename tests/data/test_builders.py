@@ -57,7 +57,8 @@ def test_addition_prompts_end_to_end(tmp_path):
   }
   for split, num in (("train", 30), ("test", 8)):
     # Records are stored in generation order.
-    expected = list(addition.generate_problems(split, num, 2, 0.5, 1))
+    expected = [{**p, "chosen": "", "rejected": ""}
+                for p in addition.generate_problems(split, num, 2, 0.5, 1)]
     assert _records(builder, split) == expected
 
 
@@ -70,18 +71,22 @@ def test_jsonl_prompts_end_to_end(tmp_path):
           json.dumps({"prompt": "Count: 1 2", "answer": "3", "id": 7}),
           "   ",
           json.dumps({"prompt": "Free form"}),
+          json.dumps({"prompt": "2+2=", "chosen": "4", "rejected": "5"}),
       ],
   )
   test = _write(tmp_path / "test.jsonl", [json.dumps({"prompt": "Q", "answer": "A"})])
   config = builders.JsonlConfig.create(train, test)
   builder = _build(builders.JsonlPrompts, config, tmp_path / "data")
   assert builder.name == "rlalign_jsonl_prompts"
+  no_pair = {"chosen": "", "rejected": ""}
   assert _records(builder, "train") == [
-      {"prompt": "Say hi", "answer": "hi", "demonstration": "hi!"},
-      {"prompt": "Count: 1 2", "answer": "3", "demonstration": ""},
-      {"prompt": "Free form", "answer": "", "demonstration": ""},
+      {"prompt": "Say hi", "answer": "hi", "demonstration": "hi!", **no_pair},
+      {"prompt": "Count: 1 2", "answer": "3", "demonstration": "", **no_pair},
+      {"prompt": "Free form", "answer": "", "demonstration": "", **no_pair},
+      {"prompt": "2+2=", "answer": "", "demonstration": "", "chosen": "4", "rejected": "5"},
   ]
-  assert _records(builder, "test") == [{"prompt": "Q", "answer": "A", "demonstration": ""}]
+  assert _records(builder, "test") == [{"prompt": "Q", "answer": "A", "demonstration": "",
+                                        **no_pair}]
 
 
 def test_jsonl_without_test_path_has_only_train(tmp_path):
@@ -136,6 +141,8 @@ def test_edited_jsonl_file_is_rebuilt(tmp_path):
         (['{"prompt": "a", "answer": 1}'], 1, '"answer" must be a string'),
         (['{"prompt": "a", "demonstration": ["x"]}'], 1, '"demonstration" must be a string'),
         (["", "", '{"prompt": 1}'], 3, '"prompt" must be a string'),  # Counts blanks.
+        (['{"prompt": "a", "chosen": "x"}'], 1, 'needs both "chosen" and "rejected"'),
+        (['{"prompt": "a", "rejected": 2}'], 1, '"rejected" must be a string'),
     ],
 )
 def test_bad_jsonl_lines_name_file_and_line(tmp_path, lines, bad_line, expected):

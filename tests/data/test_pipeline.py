@@ -18,6 +18,10 @@ _FIELDS = {
     "answer_mask": (np.bool_, 6),
     "demo_tokens": (np.int32, 6),
     "demo_mask": (np.bool_, 6),
+    "chosen_tokens": (np.int32, 6),
+    "chosen_mask": (np.bool_, 6),
+    "rejected_tokens": (np.int32, 6),
+    "rejected_mask": (np.bool_, 6),
 }
 
 

@@ -96,7 +96,7 @@ def _batch():
       "ref_logprobs": logp + jnp.log(jnp.asarray(REF_OVER_PI, jnp.float32)),
       "advantages": jnp.asarray(ADVS, jnp.float32),
   }
-  return base.PolicyOutputs(logp, jnp.asarray(ENTROPY, jnp.float32)), batch
+  return {"policy": base.ModelOutputs(logp, jnp.asarray(ENTROPY, jnp.float32))}, batch
 
 
 def test_grpo_loss_token_aggregation_and_metrics():
@@ -150,9 +150,10 @@ def test_grpo_gradient_is_zero_on_masked_and_clipped_tokens():
   policy, batch = _batch()
 
   def loss_of(logp):
-    return grpo.grpo_loss(grpo.GRPOConfig(), policy._replace(logprobs=logp), batch)[0]
+    outputs = {"policy": policy["policy"]._replace(logprobs=logp)}
+    return grpo.grpo_loss(grpo.GRPOConfig(), outputs, batch)[0]
 
-  grad = jax.grad(loss_of)(policy.logprobs)
+  grad = jax.grad(loss_of)(policy["policy"].logprobs)
   # d/dlogp of -r A / 5 is -r A / 5 on unclipped, unmasked tokens; clipped and masked get 0.
   expected = np.array([[-1.1 * 1.0 / 5, 0.0, 0.0],
                        [-0.9 * -2.0 / 5, 0.0, -1.3 * -2.0 / 5]])
@@ -227,7 +228,8 @@ def test_sft_loss_is_mean_nll_over_masked_tokens():
   entropy = jnp.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]])
   mask = jnp.array([[True, True, False], [True, False, False]])
   batch = {"mask": mask, "advantages": jnp.array([100.0, -100.0])}
-  loss, metrics = sft.sft_loss(sft.SFTConfig(), base.PolicyOutputs(logp, entropy), batch)
+  loss, metrics = sft.sft_loss(sft.SFTConfig(), {"policy": base.ModelOutputs(logp, entropy)},
+                                 batch)
   _close(loss, (1.0 + 2.0 + 0.5) / 3)
   _close(metrics["nll"], (1.0 + 2.0 + 0.5) / 3)
   _close(metrics["entropy"], (0.1 + 0.2 + 0.4) / 3)

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from rlalign.config import ExperimentConfig, RolesConfig
+from rlalign.config import ExperimentConfig, PhaseConfig, RoleConfig, SamplerLayoutConfig
+from rlalign.rewards.base import RewardTerm
 from rlalign.data import pipeline, tokenizer as tok_lib
 from rlalign.models import transformer as tfm
 from rlalign.parallel.mesh import MeshConfig
@@ -23,7 +24,7 @@ P, A, N = 8, 4, 4            # prompt, answer and new tokens
 ROLLOUTS, GROUP = 16, 2
 
 
-def make_cfg(**rl) -> ExperimentConfig:
+def make_cfg(**phase) -> ExperimentConfig:
   model = tfm.ModelConfig(vocab_size=V, d_model=D, n_layers=L, n_heads=H, n_kv_heads=K,
                           head_dim=HD, d_ff=F, tie_embeddings=False, param_dtype="bfloat16",
                           dtype="float32")
@@ -32,9 +33,10 @@ def make_cfg(**rl) -> ExperimentConfig:
       data=pipeline.DataConfig(data_dir="unused", max_prompt_len=P, max_answer_len=A,
                                max_digits=1),
       sampling=SamplingConfig(max_new_tokens=N, stop_tokens=(2,)),
-      rl=iteration.RLConfig(**{**dict(batch_size=ROLLOUTS, group_size=GROUP, minibatches=2),
-                               **rl}),
-      optimizer=OptimizerConfig(warmup_steps=0),
+      roles=(("policy", RoleConfig(optimizer=OptimizerConfig(warmup_steps=0))),
+             ("reference", RoleConfig(trainable=False))),
+      phases=(("rl", PhaseConfig(**{**dict(batch_size=ROLLOUTS, group_size=GROUP,
+                                           minibatches=2), **phase})),),
       mesh=MeshConfig(ici=(2, 2, 2))).validate()
 
 
@@ -149,20 +151,22 @@ def test_cli_dispatches_the_dry_run(tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   cmd = [sys.executable, "-m", "rlalign.main",
          f"--config={os.path.join(repo, 'configs', 'grpo_addition.py')}:smoke",
-         f"--workdir={tmp_path}", "--config.mesh.ici=(2,2,2)", "--config.rl.batch_size=24",
+         f"--workdir={tmp_path}", "--config.mesh.ici=(2,2,2)",
+         "--config.phases.rl.batch_size=24",
          "--dry_run"]
   proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2, proc.stderr[-3000:]
-  assert "dry run: layout error: rl.batch_size / rl.group_size (prompts per step) (6)" \
-      in proc.stderr
+  assert ("dry run: layout error: phases.rl.batch_size / phases.rl.group_size (prompts per "
+          "step) (6)") in proc.stderr
   assert not os.listdir(tmp_path)  # no data prepared, nothing written
 
 
 
 def test_split_iteration_compiles_the_update_and_samples_on_its_own_mesh():
   """A host reward and a separate sampler each split the step; one compile covers both."""
-  cfg = dataclasses.replace(make_cfg(rewards=(("exact_match_text", 1.0),)), roles=RolesConfig(
-      separate_sampler=True, sampler_mesh=MeshConfig(ici=(4, 1, 2))))
+  cfg = dataclasses.replace(make_cfg(rewards=(RewardTerm("exact_match_text"),)),
+                            sampler_layout=SamplerLayoutConfig(
+                                separate=True, mesh=MeshConfig(ici=(4, 1, 2))))
   report = dry_run.dry_run(cfg)
   assert report.sampler_mesh == {"data": 4, "fsdp": 1, "tensor": 2}
   assert [p.name for p in report.programs] == ["learn", "sampler"]

@@ -35,11 +35,11 @@ def test_two_processes_train_like_one(tmp_path, cli, single_process):
 def test_checkpoints_move_between_process_counts(tmp_path, cli, single_process):
   """RL steps 1-2 on two processes, 3 on one, 4 on two again: the same params as one run."""
   workdir = str(tmp_path / "run")
-  cli.run_multiprocess(2, workdir, "--config.train.steps=2")
+  cli.run_multiprocess(2, workdir, "--config.phases.rl.steps=2")
   assert cli.final_params(workdir)[0] == 2
-  cli.run_main(workdir, "--config.train.steps=3", devices=2)  # saved by 2, restored on 1
+  cli.run_main(workdir, "--config.phases.rl.steps=3", devices=2)  # saved by 2, restored on 1
   assert cli.final_params(workdir)[0] == 3
-  cli.run_multiprocess(2, workdir, "--config.train.steps=4")  # saved by 1, restored on 2
+  cli.run_multiprocess(2, workdir, "--config.phases.rl.steps=4")  # saved by 1, restored on 2
   step, params = cli.final_params(workdir)
   assert step == 4
   assert_same_params(params, single_process[1])

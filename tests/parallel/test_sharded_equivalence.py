@@ -29,19 +29,27 @@ def make_batch():
 
 def make_spec():
   objective = objectives.get("grpo")
-  return iteration.IterationSpec(
-      model=MODEL, sampling=SamplingConfig(max_new_tokens=4, stop_tokens=(TOKENIZER.eos_id,)),
-      rl=iteration.RLConfig(batch_size=16, group_size=2, minibatches=2, epochs=2),
-      objective=objective, hparams=objective.hparams(kl_coef=0.05),
+  return iteration.single_policy_spec(
+      MODEL, SamplingConfig(max_new_tokens=4, stop_tokens=(TOKENIZER.eos_id,)),
+      iteration.RLConfig(batch_size=16, group_size=2, minibatches=2, epochs=2),
+      objective, objective.hparams(kl_coef=0.05),
       # Plain SGD: Adam's per-element normalisation would amplify float-rounding differences
       # in near-zero gradients and blur what this test checks, the sharded program itself.
-      optimizer=optax.sgd(0.5))
+      optax.sgd(0.5))
+
+
+def policy_of(state):
+  return state["roles"]["policy"]["params"]
+
+
+def state_layout(plan, param_sh, abstract, spec):
+  return plan.train_state({"policy": param_sh}, {"policy": abstract}, spec.optimizers)
 
 
 def run_single_device(spec, batch, rng):
   params = tfm.init(MODEL, jax.random.key(0))
   reference = tfm.init(MODEL, jax.random.key(1))
-  state = state_lib.init_state(params, spec.optimizer)
+  state = state_lib.init_state({"policy": params}, spec.optimizers)
   rollouts = jax.jit(lambda p, b, r: iteration.rollout(p, b, r, spec))(params, batch, rng)
   state, metrics = iteration.make_rl_step(spec)(state, batch, rng, {"reference": reference})
   return jax.device_get((rollouts["completion_tokens"], state, metrics))
@@ -60,19 +68,19 @@ def test_sharded_iteration_matches_single_device(single_device, ici):
   plan = ShardingPlan(mesh_lib.make_mesh(mesh_lib.MeshConfig(ici=ici)), mesh_lib.DEFAULT_RULES)
   abstract = tfm.abstract_params(MODEL)
   param_sh = plan.params(tfm.logical_axes(MODEL), abstract)
-  state_sh = plan.train_state(param_sh, abstract, spec.optimizer)
+  state_sh = state_layout(plan, param_sh, abstract, spec)
   params = jax.jit(lambda r: tfm.init(MODEL, r), out_shardings=param_sh)(jax.random.key(0))
   reference = jax.jit(lambda r: tfm.init(MODEL, r), out_shardings=param_sh)(jax.random.key(1))
-  state = jax.jit(lambda p: state_lib.init_state(p, spec.optimizer),
+  state = jax.jit(lambda p: state_lib.init_state({"policy": p}, spec.optimizers),
                   out_shardings=state_sh)(params)
   # The layout is really split: q is cut over fsdp x tensor where those axes exist.
-  q_shards = state["params"]["layers"]["q"].sharding.shard_shape((2, 32, 4, 8))
+  q_shards = policy_of(state)["layers"]["q"].sharding.shard_shape((2, 32, 4, 8))
   assert q_shards == (2, 32 // ici[1], 4 // ici[2], 8)
 
   sharded_batch = plan.put_process_batch(batch)
   layout = iteration.StepLayout(plan, state_sh, plan.batch(batch), {"reference": param_sh})
   sample = iteration.jit_with_rules(lambda p, b, r: iteration.rollout(p, b, r, spec), plan)
-  sharded_tokens = sample(state["params"], sharded_batch, rng)["completion_tokens"]
+  sharded_tokens = sample(policy_of(state), sharded_batch, rng)["completion_tokens"]
   np.testing.assert_array_equal(jax.device_get(sharded_tokens), tokens)
 
   step = iteration.make_rl_step(spec, layout=layout)
@@ -81,9 +89,9 @@ def test_sharded_iteration_matches_single_device(single_device, ici):
     np.testing.assert_allclose(metrics[key], expected_metrics[key], rtol=1e-5, atol=1e-6,
                                err_msg=key)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               jax.device_get(state["params"]), expected_state["params"])
+               jax.device_get(policy_of(state)), policy_of(expected_state))
   # Outputs keep the layout they were given: nothing was silently gathered.
-  assert state["params"]["layers"]["q"].sharding == param_sh["layers"]["q"]
+  assert policy_of(state)["layers"]["q"].sharding == param_sh["layers"]["q"]
 
 
 def test_mesh_errors_name_the_numbers():
@@ -118,10 +126,10 @@ def test_sampler_on_its_own_mesh_matches_single_device(single_device):
   abstract = tfm.abstract_params(MODEL)
   param_sh = learner.params(tfm.logical_axes(MODEL), abstract)
   sampler_sh = sampler_plan.params(tfm.logical_axes(MODEL), abstract)
-  state_sh = learner.train_state(param_sh, abstract, spec.optimizer)
+  state_sh = state_layout(learner, param_sh, abstract, spec)
   init = lambda seed: jax.jit(lambda r: tfm.init(MODEL, r), out_shardings=param_sh)(
       jax.random.key(seed))
-  state = jax.jit(lambda p: state_lib.init_state(p, spec.optimizer),
+  state = jax.jit(lambda p: state_lib.init_state({"policy": p}, spec.optimizers),
                   out_shardings=state_sh)(init(0))
   layout = iteration.StepLayout(
       learner, state_sh, learner.batch(batch), {"reference": param_sh},
@@ -133,7 +141,7 @@ def test_sampler_on_its_own_mesh_matches_single_device(single_device):
     np.testing.assert_allclose(metrics[key], expected_metrics[key], rtol=1e-5, atol=1e-6,
                                err_msg=key)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               jax.device_get(state["params"]), expected_state["params"])
+               jax.device_get(policy_of(state)), policy_of(expected_state))
   # The learner keeps its FSDP layout; the sampler's copy was tensor-parallel.
-  assert state["params"]["layers"]["q"].sharding == param_sh["layers"]["q"]
+  assert policy_of(state)["layers"]["q"].sharding == param_sh["layers"]["q"]
   assert sampler_sh["layers"]["q"].shard_shape((2, 32, 4, 8)) == (2, 32, 2, 8)

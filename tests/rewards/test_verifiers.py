@@ -99,18 +99,19 @@ def test_registry_kinds():
 
 def test_score_in_graph_only_runs_in_graph_rewards():
   scores = base.score_in_graph(
-      [base.get("stopped"), base.get("exact_match_text")],
-      {"completion_stopped": jnp.array([True, False])})
+      [base.RewardTerm("stopped"), base.RewardTerm("exact_match_text")],
+      {"completion_stopped": jnp.array([True, False])}, {})
   assert set(scores) == {"stopped"}
   np.testing.assert_array_equal(np.asarray(scores["stopped"]), [1.0, 0.0])
 
 
 def test_score_host_checks_shape_and_skips_in_graph():
-  bad = base.Reward("bad_shape", lambda p, c, a: np.zeros((len(p), 2)), in_graph=False)
+  if "bad_shape" not in base.names():
+    base.host("bad_shape")(lambda p, c, a: np.zeros((len(p), 2)))
   with pytest.raises(ValueError) as e:
-    base.score_host([bad], ["a", "b"], ["x", "y"], ["x", "z"])
+    base.score_host([base.RewardTerm("bad_shape")], ["a", "b"], ["x", "y"], ["x", "z"])
   assert "'bad_shape'" in str(e.value) and "(2, 2)" in str(e.value) and "(2,)" in str(e.value)
-  scores = base.score_host([base.get("exact_match"), base.get("exact_match_text")],
+  scores = base.score_host([base.RewardTerm("exact_match"), base.RewardTerm("exact_match_text")],
                            ["a", "b"], ["x", "y"], ["x", "z"])
   assert set(scores) == {"exact_match_text"}
   assert scores["exact_match_text"].dtype == np.float32
@@ -119,7 +120,7 @@ def test_score_host_checks_shape_and_skips_in_graph():
 
 def test_combine_weights():
   scores = {"a": jnp.array([1.0, 0.0, 1.0]), "b": np.array([1, 1, 0]), "c": jnp.array([9.0] * 3)}
-  out = base.combine([("a", 0.5), ("b", 2.0)], scores)
+  out = base.combine([base.RewardTerm("a", 0.5), base.RewardTerm("b", 2.0)], scores)
   chex.assert_trees_all_close(out, np.array([0.5 + 2.0, 2.0, 0.5], np.float32))
-  out = base.combine([("a", 1.0)], scores)
+  out = base.combine([base.RewardTerm("a", 1.0)], scores)
   chex.assert_trees_all_close(out, np.array([1.0, 0.0, 1.0], np.float32))

@@ -9,7 +9,7 @@ import pytest
 
 from rlalign import config as config_lib
 from rlalign.profiling import count_compilations
-from rlalign.rl import train
+from rlalign import recipes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,8 +29,9 @@ def smoke(tmp_path):
 
 def test_unknown_key_names_its_path(tmp_path):
   config = smoke(tmp_path).to_dict()
-  config["rl"]["group_sise"] = 4
-  with pytest.raises(config_lib.ConfigError, match=r"unknown config key 'rl\.group_sise'"):
+  config["phases"]["rl"]["group_sise"] = 4
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"unknown config key 'phases\.rl\.group_sise'"):
     config_lib.from_config_dict(config)
 
 
@@ -43,8 +44,9 @@ def test_wrong_type_names_key_and_expected_type(tmp_path):
 
 def test_batch_not_a_multiple_of_group_size(tmp_path):
   config = smoke(tmp_path)
-  config.rl.batch_size = 18
-  with pytest.raises(ValueError, match=r"rl\.batch_size \(18\).*rl\.group_size \(4\)"):
+  config.phases.rl.batch_size = 18
+  with pytest.raises(ValueError,
+                     match=r"phases\.rl\.batch_size \(18\).*phases\.rl\.group_size \(4\)"):
     config_lib.from_config_dict(config)
 
 
@@ -52,11 +54,11 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "rlalign.main",
        f"--config={os.path.join(REPO, 'configs', 'grpo_addition.py')}:smoke",
-       f"--workdir={tmp_path / 'run'}", "--config.rl.batch_size=18"],
+       f"--workdir={tmp_path / 'run'}", "--config.phases.rl.batch_size=18"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
   assert proc.returncode == 2
-  assert "config error: rl.batch_size (18)" in proc.stderr
+  assert "config error: phases.rl.batch_size (18)" in proc.stderr
   assert "Traceback" not in proc.stderr
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
@@ -85,6 +87,6 @@ def test_bad_prompt_files_fail_before_compiling(tmp_path, lines, error, message)
   cfg, _ = jsonl_config(tmp_path, lines)
   with count_compilations() as compiles:
     with pytest.raises(error, match=message):
-      train.train(cfg, str(tmp_path / "run"))
+      recipes.run(cfg, str(tmp_path / "run"))
   assert compiles.count == 0
   assert not os.path.exists(tmp_path / "run" / "checkpoints" / "rl" / "0")

@@ -19,7 +19,7 @@ tokenizers = pytest.importorskip("tokenizers")
 from rlalign import config as config_lib  # noqa: E402
 from rlalign.data.hf_tokenizer import HFTokenizer  # noqa: E402
 from rlalign.models import hf  # noqa: E402
-from rlalign.rl import train  # noqa: E402
+from rlalign import recipes  # noqa: E402
 from rlalign.sampling import sampler  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -87,15 +87,15 @@ def test_grpo_from_hf_checkpoint_exports_a_model_transformers_reloads(tmp_path):
   config.sampling.max_new_tokens = 4
   # A random model almost never answers right; "stopped" (emitting <|im_end|>) varies
   # within groups, so the GRPO steps really move the weights.
-  config.rl.update(batch_size=32, group_size=4, minibatches=1, rewards={"stopped": 1.0})
-  config.optimizer.learning_rate = 1e-2
-  config.train.update(steps=3, log_every=1, eval_every=0, checkpoint_every=3,
-                      eval_batch_size=8)
+  config.phases.rl.update(steps=3, batch_size=32, group_size=4, minibatches=1,
+                          rewards={"stopped": 1.0})
+  config.roles.policy.optimizer.learning_rate = 1e-2
+  config.train.update(log_every=1, eval_every=0, checkpoint_every=3, eval_batch_size=8)
   config.mesh.ici = (-1, 1, 1)  # the 8 fake devices of tests/conftest.py, data-parallel
   config.data.data_dir = str(tmp_path / "tfds")
   cfg = config_lib.from_config_dict(config)
   workdir = str(tmp_path / "run")
-  train.train(cfg, workdir)
+  recipes.run(cfg, workdir)
 
   export = os.path.join(workdir, "hf")
   assert os.path.exists(os.path.join(export, "tokenizer.json"))

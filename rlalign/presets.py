@@ -1,0 +1,63 @@
+"""Building blocks that config files share (big_vision's ``configs/common.py``, as a module any
+config file can import wherever it is run from).
+
+Each returns plain dicts for a ConfigDict; nothing here is typed or validated: that happens in
+``rlalign/config.py`` like for any other config value.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from rlalign.parallel.mesh import DEFAULT_RULES
+
+
+def mesh(ici=(-1, 1, 1), dcn=(1, 1, 1)) -> Dict[str, Any]:
+  """data x fsdp x tensor; -1 takes the devices left. Rules map logical axes to mesh axes."""
+  return dict(axes=("data", "fsdp", "tensor"), ici=ici, dcn=dcn, rules=dict(DEFAULT_RULES))
+
+
+def sampler_layout(mesh_dict: Dict[str, Any]) -> Dict[str, Any]:
+  """Set ``separate=True`` to give sampling its own mesh shape and rules (the policy is
+  resharded into it every step); by default the sampler reads the learner's arrays."""
+  return dict(separate=False, mesh=dict(mesh_dict))
+
+
+def policy_and_reference(optimizer: Dict[str, Any], **policy: Any) -> Dict[str, Any]:
+  """A trained policy and a frozen reference: a copy of the policy taken when the first phase
+  that reads it (RL) starts, so after any warm start."""
+  return dict(policy=dict(optimizer=optimizer, **policy),
+              reference=dict(weights=dict(source="role", role="policy"), trainable=False))
+
+
+def sft_phase(steps: int, batch_size: int, optimizer: Dict[str, Any]) -> Dict[str, Any]:
+  """Supervised fine-tuning on the dataset's demonstrations."""
+  return dict(steps=steps, batch_size=batch_size, objective=dict(name="sft"),
+              optimizer=optimizer)
+
+
+def grpo_phase(steps: int, batch_size: int, group_size: int, *, minibatches: int = 1,
+               kl_coef: float = 1e-3, rewards: Optional[Dict[str, Any]] = None,
+               **objective: Any) -> Dict[str, Any]:
+  return dict(steps=steps, batch_size=batch_size, group_size=group_size, epochs=1,
+              minibatches=minibatches, advantage="group_norm",
+              rewards=rewards or {"exact_match": 1.0},
+              objective=dict(name="grpo", clip_eps=0.2, kl_coef=kl_coef, kl_estimator="k3",
+                             entropy_coef=0.0, aggregation="token", **objective))
+
+
+# The default task: reversed-digit addition after a warm start on a sloppy teacher.
+ADDITION_MODEL = dict(vocab_size=16, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                      head_dim=16, d_ff=256, tie_embeddings=True)
+ADDITION_DATA = dict(task="addition", data_dir="", max_prompt_len=10, max_answer_len=5,
+                     max_digits=3, carry_drop=0.7, num_train=50_000, num_test=512)
+ADDITION_SAMPLING = dict(max_new_tokens=5, temperature=1.0, top_k=0, top_p=1.0)
+ADDITION_WARM_START = dict(steps=1000, batch_size=64,
+                           optimizer=dict(learning_rate=3e-3, warmup_steps=100))
+LOOP = dict(log_every=10, eval_every=50, checkpoint_every=50, eval_batch_size=256)
+
+
+def shrink_for_smoke(c) -> None:
+  """``:smoke``: the same run in seconds, for tests (a ConfigDict built from these blocks)."""
+  c.model.update(d_model=32, n_heads=2, n_kv_heads=2, head_dim=16, d_ff=64)
+  c.data.update(num_train=512, num_test=64)
+  c.train.update(log_every=2, eval_every=2, checkpoint_every=2, eval_batch_size=32)

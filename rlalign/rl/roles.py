@@ -1,0 +1,104 @@
+"""Roles: the named models of a run (policy, reference, critic, reward_model, verifier, ...).
+
+A role is declared in config (:class:`RoleConfig`): its model, where its weights come from,
+whether it trains, its optimizer. Inside a compiled step a role is a :class:`RoleSpec`, the
+static part (model config, optimizer, LoRA), plus params passed as arguments: trained roles in
+the donated train state, frozen ones beside it. No weight is ever closed over as a constant.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import optax
+
+from rlalign.models import lora as lora_lib
+from rlalign.models import transformer as tfm
+from rlalign.rl.state import OptimizerConfig
+
+WEIGHT_SOURCES = ("random", "hf", "role", "checkpoint")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsConfig:
+  """Where a role's first weights come from.
+
+  random      fresh init from the run's seed
+  hf          a local Hugging Face checkpoint directory (``path``), including an earlier
+              run's ``<workdir>/hf`` export
+  role        a copy of another role (``role``), taken when the first phase that uses this
+              role starts: a reference copied from the policy after its warm start
+  checkpoint  a role saved in an earlier run's phase checkpoints (``path`` is that phase's
+              checkpoint directory, ``<workdir>/checkpoints/<phase>``; ``role`` the role's
+              name there, default this role's)
+  """
+  source: str = "random"
+  path: str = ""
+  role: str = ""
+
+  def validate(self, prefix: str) -> None:
+    if self.source not in WEIGHT_SOURCES:
+      raise ValueError(f"{prefix}.source must be one of {WEIGHT_SOURCES}, got {self.source!r}")
+    if self.source in ("hf", "checkpoint") and not self.path:
+      raise ValueError(f"{prefix}.path is required with source={self.source!r}")
+    if self.source == "role" and not self.role:
+      raise ValueError(f"{prefix}.role must name the role to copy (source='role')")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleConfig:
+  """One named model of a run."""
+  # None: the run's top-level ``model``. ``heads`` picks the LM head, the scalar head or both.
+  model: Optional[tfm.ModelConfig] = None
+  heads: Tuple[str, ...] = ()  # () keeps the model's heads
+  weights: WeightsConfig = WeightsConfig()
+  trainable: bool = True
+  optimizer: OptimizerConfig = OptimizerConfig()
+  export_hf: bool = False  # write the role to <workdir>/hf/<role> at the end (HF sources)
+
+  def validate(self, prefix: str, names: Tuple[str, ...] = ()) -> None:
+    if self.model is not None:
+      self.model.validate(f"{prefix}.model")
+    self.weights.validate(f"{prefix}.weights")
+    if self.weights.source == "role" and names and self.weights.role not in names:
+      raise ValueError(f"{prefix}.weights.role {self.weights.role!r} is not a role of this "
+                       f"run; roles: {list(names)}")
+    self.optimizer.validate(f"{prefix}.optimizer")
+
+  def model_config(self, default: tfm.ModelConfig) -> tfm.ModelConfig:
+    model = self.model or default
+    return dataclasses.replace(model, heads=self.heads) if self.heads else model
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleSpec:
+  """What a compiled step knows of a role: everything but its params."""
+  model: tfm.ModelConfig
+  optimizer: Optional[optax.GradientTransformation] = None  # None: frozen in this step
+  # Train LoRA adapters: the trained params are adapters over frozen[role], the base weights.
+  adapter: Optional[lora_lib.LoRAConfig] = None
+
+  @property
+  def trained(self) -> bool:
+    return self.optimizer is not None
+
+
+RoleSpecs = Mapping[str, RoleSpec]
+
+
+def effective_params(name: str, trained: Mapping[str, Any], frozen: Mapping[str, Any],
+                     roles: RoleSpecs) -> Any:
+  """A role's weights inside a step: trained params, frozen ones, or base + merged adapters."""
+  spec = roles[name]
+  if name in trained:
+    if spec.adapter is not None:
+      return lora_lib.merge(frozen[name], trained[name], spec.adapter)
+    return trained[name]
+  if name not in frozen:
+    raise KeyError(f"role {name!r} is neither trained nor given to this step; given: "
+                   f"{sorted(set(trained) | set(frozen))}")
+  return frozen[name]
+
+
+def optimizers(roles: RoleSpecs) -> Dict[str, optax.GradientTransformation]:
+  return {name: spec.optimizer for name, spec in roles.items() if spec.trained}

@@ -1,0 +1,551 @@
+"""The public builders every recipe composes: mesh, data, writer, checkpointers, role states,
+phases and the summary.
+
+  runtime = Runtime(cfg, workdir, schedule=[("warm_start", 1000), ("rl", 300)])
+  runtime.run_phase("warm_start")   # or: phase = runtime.build_phase(...), then run it
+  runtime.run_phase("rl")
+  runtime.finish()
+
+The runtime holds the current weights of every role (``runtime.weights(name)``), created the
+first time a phase needs them: random, from a Hugging Face directory, from an earlier run's
+checkpoint, or as a copy of another role as it is when the first phase using the copy starts.
+Each phase checkpoints the roles it trains (params and optimizer state), its data iterator
+and its RNG under ``<workdir>/checkpoints/<phase>``, and resumes from there. Frozen roles are
+not saved: their source rebuilds them exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from rlalign import checkpoint as ckpt_lib
+from rlalign import metrics as metrics_lib
+from rlalign.data import buckets, pipeline, tokenizer as tok_lib
+from rlalign.models import lora as lora_lib
+from rlalign.models import transformer as tfm
+from rlalign.parallel import mesh as mesh_lib
+from rlalign.parallel.sharding import ShardingPlan
+from rlalign.rl import evaluation, iteration, offline, phases as phases_lib
+from rlalign.rl import roles as roles_lib
+from rlalign.rl import state as state_lib
+from rlalign.rl import update
+from rlalign.rl import experiment
+from rlalign.rl.experiment import ExperimentConfig
+from rlalign.rl.layout import SamplerLayout, StepLayout, jit_with_rules
+
+
+def log(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def replicated_keys(seed: int, num: int, plan: ShardingPlan) -> List[jax.Array]:
+  """``num`` keys split from the run's root key, as arrays every process holds in full."""
+  data = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(seed), num)))
+  return [jax.random.wrap_key_data(jax.make_array_from_callback(
+      d.shape, plan.replicated, lambda index, d=d: d[index])) for d in data]
+
+
+def _with_stop_token(cfg: ExperimentConfig, eos_id: int) -> ExperimentConfig:
+  stops = cfg.sampling.stop_tokens
+  if eos_id in stops:
+    return cfg
+  return dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling,
+                                                               stop_tokens=stops + (eos_id,)))
+
+
+@dataclasses.dataclass
+class BuiltPhase:
+  """A phase ready to run: its loop, its state (resumed), frozen roles, data, RNG, checkpoints."""
+  name: str
+  config: phases_lib.PhaseConfig
+  phase: phases_lib.Phase
+  state: Any
+  frozen: Dict[str, Any]
+  data: Any
+  rng: jax.Array
+  checkpointer: ckpt_lib.Checkpointer
+  roles: roles_lib.RoleSpecs
+
+
+class Runtime:
+  """Everything a run needs outside the compiled steps. See the module docstring."""
+
+  def __init__(self, cfg: ExperimentConfig, workdir: str,
+               schedule: Sequence[Tuple[str, int]]):
+    """``schedule`` lists the phase runs in order as ``(checkpoint name, steps)``; it fixes
+    the shared metrics axis and where a resumed run picks up."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if not cfg.data.data_dir:
+      cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+          cfg.data, data_dir=os.path.join(workdir, "tfds")))
+    cfg.validate()
+    self.workdir = workdir
+    self.tokenizer = tok_lib.tokenizer_for(cfg.data)
+    cfg = _with_stop_token(cfg, self.tokenizer.eos_id)
+    self.cfg = cfg
+    self.schedule = list(schedule)
+    self._check_fits()
+
+    # The mesh and every layout are checked before anything compiles.
+    self.plan = ShardingPlan(mesh_lib.make_mesh(cfg.mesh), cfg.mesh.rules)
+    self._check_batches()
+    log(f"mesh {dict(self.plan.mesh.shape)} over {jax.device_count()} devices in "
+        f"{jax.process_count()} process(es)")
+    for name in sorted(self.cfg.role_configs):
+      model = cfg.role_model(name)
+      abstract = tfm.abstract_params(model)
+      log(mesh_lib.sharding_report(abstract, self.param_shardings(name), f"{name} params"))
+
+    # Everything about the data is checked before anything compiles.
+    # One host builds the dataset; the others wait, then reuse it.
+    if jax.process_index() == 0:
+      pipeline.prepare(cfg.data)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("rlalign: data prepared")
+      pipeline.prepare(cfg.data)
+    for split in ("train", "test"):
+      pipeline.validate_split(pipeline.load_split(cfg.data, split), self.tokenizer, cfg.data,
+                              split)
+    self.eval_data = pipeline.eval_batches(cfg.data, self.tokenizer, "test",
+                                           cfg.train.eval_batch_size)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(experiment.to_dict(cfg), f, indent=2)
+
+    role_names = sorted(cfg.role_configs)
+    keys = replicated_keys(cfg.seed, 1 + len(self.schedule) + len(role_names), self.plan)
+    self.eval_rng = keys[0]
+    self._phase_rngs = dict(zip((name for name, _ in self.schedule), keys[1:]))
+    self._init_rngs = dict(zip(role_names, keys[1 + len(self.schedule):]))
+    self.offsets = {}
+    offset = 0
+    for name, steps in self.schedule:
+      self.offsets[name] = offset
+      offset += steps
+    self.writer = metrics_lib.MetricsWriter(workdir, resume_step=self._resume_step(),
+                                            enabled=jax.process_index() == 0)
+    self._weights: Dict[str, Any] = {}
+    self._evaluator = None
+
+  # ---- checks -------------------------------------------------------------------------------
+
+  def _check_fits(self) -> None:
+    cfg, tokenizer = self.cfg, self.tokenizer
+    for name in cfg.role_configs:
+      model = cfg.role_model(name)
+      if model.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"roles.{name}: model.vocab_size ({model.vocab_size}) is smaller than "
+                         f"the tokenizer's vocabulary ({tokenizer.vocab_size}) for data.task="
+                         f"{cfg.data.task!r}")
+    if cfg.sampling.max_new_tokens < cfg.data.max_answer_len:
+      raise ValueError(f"sampling.max_new_tokens ({cfg.sampling.max_new_tokens}) must be >= "
+                       f"data.max_answer_len ({cfg.data.max_answer_len}) or no answer can match")
+
+  def _check_batches(self) -> None:
+    plan, cfg = self.plan, self.cfg
+    plan.check_batch(cfg.train.eval_batch_size, "train.eval_batch_size")
+    for name, phase in cfg.phases:
+      if phase.kind == "rl":
+        rows = f"phases.{name}.batch_size / phases.{name}.group_size (prompts per step)"
+        plan.check_batch(phase.rows_per_step, rows)
+      else:
+        rows = f"phases.{name}.batch_size"
+        plan.check_batch(phase.batch_size, rows)
+      plan.check_batch(phase.batch_size // phase.minibatches,
+                       f"phases.{name}.batch_size / phases.{name}.minibatches (rows per "
+                       "minibatch)")
+      if phase.rows_per_step % jax.process_count():
+        raise ValueError(f"{rows} ({phase.rows_per_step}) must divide over the "
+                         f"{jax.process_count()} processes")
+
+  def _resume_step(self) -> int:
+    """The global metrics step of the newest checkpoint, or -1 if nothing was saved."""
+    latest = -1
+    for name, _ in self.schedule:
+      step = self.checkpointer(name).latest_step()
+      if step is not None:
+        latest = self.offsets[name] + step
+    return latest
+
+  # ---- roles --------------------------------------------------------------------------------
+
+  def model(self, name: str) -> tfm.ModelConfig:
+    return self.cfg.role_model(name)
+
+  def param_shardings(self, name: str):
+    model = self.model(name)
+    return self.plan.params(tfm.logical_axes(model), tfm.abstract_params(model))
+
+  def weights(self, name: str):
+    """The role's current weights, created from its source on first use."""
+    if name not in self._weights:
+      self._weights[name] = self._initial_weights(name)
+    return self._weights[name]
+
+  def set_weights(self, name: str, params) -> None:
+    self._weights[name] = params
+
+  def _initial_weights(self, name: str):
+    role = self.cfg.role_configs[name]
+    model, shardings = self.model(name), self.param_shardings(name)
+    source = role.weights
+    if source.source == "random":
+      return jax.jit(functools.partial(tfm.init, model),
+                     out_shardings=shardings)(self._init_rngs[name])
+    if source.source == "hf":
+      return self._hf_weights(name, source.path)
+    if source.source == "role":
+      return self._copied_weights(name, source.role)
+    return self._checkpoint_weights(name, source.path, source.role or name)
+
+  def _hf_weights(self, name: str, path: str):
+    from rlalign.models import hf  # safetensors and the family tables only when needed
+    model = self.model(name)
+    loaded_cfg, params = hf.load_hf_checkpoint(path, dtype=model.param_dtype,
+                                               shardings=self.param_shardings(name),
+                                               heads=model.heads)
+    # The checkpoint fixes the architecture; only numerics (dtypes, remat) may differ.
+    numerics = ("dtype", "param_dtype", "remat")
+    theirs = {k: v for k, v in dataclasses.asdict(loaded_cfg).items() if k not in numerics}
+    ours = {k: v for k, v in dataclasses.asdict(model).items() if k not in numerics}
+    diff = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
+    if diff:
+      raise ValueError(f"roles.{name}: model config differs from {path}/config.json: "
+                       + ", ".join(f"model.{k}={a!r} vs {b!r}" for k, (a, b) in diff.items()))
+    return params
+
+  def _copied_weights(self, name: str, source: str):
+    """Another role's weights; heads the source lacks start fresh (a scalar head at zero)."""
+    src = self.weights(source)
+    model = self.model(name)
+    if self.model(source) == model:
+      return src  # the same arrays: frozen copies are never donated
+    fresh = jax.jit(functools.partial(tfm.init, model),
+                    out_shardings=self.param_shardings(name))(self._init_rngs[name])
+    shared = set(fresh) & set(src)
+    for key in shared:
+      if jax.tree.map(lambda x: x.shape, fresh[key]) != jax.tree.map(lambda x: x.shape, src[key]):
+        raise ValueError(f"roles.{name}.weights: role {source!r} has {key} of another shape; "
+                         "a copied role may differ from its source only in its heads")
+    out = {key: (src[key] if key in shared else fresh[key]) for key in fresh}
+    if "scalar_head" in out and "scalar_head" not in src:
+      out["scalar_head"] = jax.tree.map(lambda x: x * 0, out["scalar_head"])
+    return out
+
+  def _checkpoint_weights(self, name: str, directory: str, saved_as: str):
+    ckpt = ckpt_lib.Checkpointer(directory, save_every=1)
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"roles.{name}.weights.path: no checkpoint in {directory}")
+    return ckpt.restore_subtree(step, ("roles", saved_as, "params"), self._abstract_params(name))
+
+  def _abstract_params(self, name: str):
+    model = self.model(name)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tfm.abstract_params(model), self.param_shardings(name))
+
+  # ---- phases -------------------------------------------------------------------------------
+
+  def checkpointer(self, name: str) -> ckpt_lib.Checkpointer:
+    return ckpt_lib.Checkpointer(os.path.join(self.workdir, "checkpoints", name),
+                                 save_every=self.cfg.train.checkpoint_every,
+                                 max_to_keep=self.cfg.train.max_checkpoints)
+
+  def role_specs(self, phase: phases_lib.PhaseConfig, extra: Sequence[str] = ()
+                 ) -> Dict[str, roles_lib.RoleSpec]:
+    """The roles a phase's step sees: the ones it trains (with their optimizers), the policy
+    and reference, the roles its rewards read, and ``extra``."""
+    roles = self.cfg.role_configs
+    specs = {}
+    wanted = list(phase.trained_roles) + [phase.role("policy"), phase.role("reference")]
+    if phase.kind == "rl":
+      wanted += [r for term in phase.rewards for r in term.roles]
+    for name in list(dict.fromkeys(wanted)) + list(extra):
+      if name not in roles:
+        continue
+      optimizer = adapter = None
+      if name in phase.trained_roles:
+        optimizer = state_lib.make_optimizer(phase.optimizer or roles[name].optimizer)
+        if phase.adapter.lora_rank and name == phase.role("policy"):
+          adapter = phase.adapter.lora()
+      specs[name] = roles_lib.RoleSpec(self.model(name), optimizer, adapter)
+    return specs
+
+  def binding(self, phase: phases_lib.PhaseConfig, roles: roles_lib.RoleSpecs) -> update.Binding:
+    return update.Binding(phase.objective.objective, phase.objective.hparams, roles,
+                          phase.slot_map, phase.epochs, phase.minibatches)
+
+  def initial_state(self, roles: roles_lib.RoleSpecs):
+    """Fresh train state of the trained roles (adapters for LoRA ones), in their layouts."""
+    params, shardings, abstract = {}, {}, {}
+    for name, spec in roles.items():
+      if not spec.trained:
+        continue
+      model_axes = tfm.logical_axes(spec.model)
+      if spec.adapter is None:
+        params[name] = self.weights(name)
+        shardings[name] = self.param_shardings(name)
+        abstract[name] = tfm.abstract_params(spec.model)
+        continue
+      make = lambda p, r, a=spec.adapter, axes=model_axes: lora_lib.init_lora(p, a, r, axes)
+      abstract[name] = jax.eval_shape(make, tfm.abstract_params(spec.model), self._init_rngs[name])
+      shardings[name] = self.plan.params(lora_lib.lora_logical_axes(model_axes, spec.adapter),
+                                         abstract[name])
+      params[name] = jax.jit(make, out_shardings=shardings[name])(self.weights(name),
+                                                                  self._init_rngs[name])
+      log(f"{name}: training LoRA adapters, {tfm.count_params(params[name]):,} of "
+          f"{tfm.count_params(self.weights(name)):,} params")
+    optimizers = roles_lib.optimizers(roles)
+    state_shardings = self.plan.train_state(shardings, abstract, optimizers)
+    # jit gives the state fresh buffers: it is donated every step, the frozen roles are not.
+    state = jax.jit(lambda p: state_lib.init_state(p, optimizers),
+                    out_shardings=state_shardings)(params)
+    return state, state_shardings
+
+  def frozen(self, roles: roles_lib.RoleSpecs) -> Dict[str, Any]:
+    """Params of the roles a step reads but does not train, and the bases under adapters."""
+    return {name: self.weights(name) for name, spec in roles.items()
+            if not spec.trained or spec.adapter is not None}
+
+  def frozen_shardings(self, frozen: Mapping[str, Any]) -> Dict[str, Any]:
+    return {name: self.param_shardings(name) for name in frozen}
+
+  def example_batch(self) -> Dict[str, np.ndarray]:
+    """A batch-shaped example (one row) for deriving batch layouts."""
+    record = {"prompt": b"0"}
+    return {k: v[None] for k, v in
+            pipeline.encode_example(record, self.tokenizer, self.cfg.data).items()}
+
+  def train_iterator(self, rows: int, seed_offset: int):
+    return pipeline.train_iterator(self.cfg.data, self.tokenizer, rows,
+                                   seed=self.cfg.seed + seed_offset,
+                                   shard_index=jax.process_index(),
+                                   shard_count=jax.process_count())
+
+  def put_batch(self, batch, prompt_buckets: Sequence[int] = ()):
+    """This process's rows into the global batch layout, prompts cut to their bucket."""
+    if prompt_buckets:
+      longest = buckets.longest_prompt(batch)
+      if jax.process_count() > 1:
+        longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
+      batch = buckets.trim_prompts(batch, prompt_buckets, longest)
+    return self.plan.put_process_batch(batch)
+
+  def evaluator(self) -> Callable:
+    """``evaluate(policy_params) -> {eval/...}`` on the held-out split, under the judges."""
+    if self._evaluator is None:
+      judges = self.cfg.train.eval_judges
+      names = evaluation.judge_roles(judges)
+      fn = evaluation.make_evaluator(
+          self.model("policy") if "policy" in self.cfg.role_configs else self.cfg.model,
+          self.cfg.sampling, judges, pad_id=self.tokenizer.pad_id, plan=self.plan,
+          judge_models={n: self.model(n) for n in names})
+      self._evaluator = lambda params: (fn(params, self.eval_data, self.eval_rng,
+                                           {n: self.weights(n) for n in names})
+                                        if judges else {})
+    return self._evaluator
+
+  def offline_evaluator(self, spec: offline.OfflineSpec) -> Callable:
+    """The objective's own metrics on the held-out split (no update): preference accuracy
+    of a DPO policy, say. Means over the real rows' batches, weighted by row count."""
+    kind = spec.binding.objective.batch
+
+    def metrics_fn(trained, frozen, batch):
+      data = offline.to_sequences(batch, kind)
+      score = update.scorer(trained, frozen, spec.binding, data)
+      if spec.reference is not None and spec.binding.objective.needs_reference(
+          spec.binding.hparams):
+        data["ref_logprobs"] = score(spec.reference, ("logprobs",)).logprobs
+      if spec.binding.objective.prepare is not None:
+        data = dict(spec.binding.objective.prepare(spec.binding.hparams, data, score))
+      value, (metrics, _) = update.loss(trained, frozen, data, spec.binding)
+      return {**metrics, "loss": value}
+
+    fn = jit_with_rules(metrics_fn, self.plan, out_shardings=self.plan.replicated)
+
+    def evaluate(state, frozen) -> Dict[str, float]:
+      totals, count = {}, 0
+      for batch in self.eval_data:
+        arrays = self.plan.put_global_batch({k: v for k, v in batch.items() if k != "valid"})
+        values = jax.device_get(fn(state_lib.params_of(state), frozen, arrays))
+        n = int(np.sum(batch["valid"]))
+        for k, v in values.items():
+          totals[k] = totals.get(k, 0.0) + float(v) * n
+        count += n
+      return {f"eval/{k}": v / max(count, 1) for k, v in totals.items()}
+
+    return evaluate
+
+  def _sampler_layout(self, name: str, phase: phases_lib.PhaseConfig):
+    layout_cfg = self.cfg.sampler_layout
+    if not layout_cfg.separate:
+      return None
+    plan = ShardingPlan(mesh_lib.make_mesh(layout_cfg.mesh), layout_cfg.mesh.rules)
+    plan.check_batch(phase.rows_per_step, f"phases.{name}.batch_size / phases.{name}.group_size "
+                     "(prompts per step) on sampler_layout.mesh")
+    model = self.model(phase.role("policy"))
+    abstract = tfm.abstract_params(model)
+    params = plan.params(tfm.logical_axes(model), abstract)
+    log(f"sampler mesh {dict(plan.mesh.shape)}; the policy is resharded into it every step")
+    log(mesh_lib.sharding_report(abstract, params, "sampler params"))
+    return SamplerLayout(plan, params, plan.batch(self.example_batch()))
+
+  def build_phase(self, name: str, phase_cfg: Optional[phases_lib.PhaseConfig] = None, *,
+                  step_fn: Optional[Callable] = None, roles: Optional[roles_lib.RoleSpecs] = None,
+                  extra_state: Optional[Callable[[Any], Any]] = None,
+                  evaluate: Optional[Callable[[Any], Dict[str, float]]] = None) -> BuiltPhase:
+    """A phase of the schedule, resumed from its checkpoint if it has one.
+
+    By default the phase runs ``cfg.phases[name]`` with the step its objective's batch kind
+    calls for. A recipe may give its own ``step_fn(state, batch, rng, frozen)`` over ``roles``
+    (every role it trains or reads), and ``extra_state(state)`` to add its own arrays (say
+    ``{"recipe": ...}``) to the checkpointed state.
+    """
+    cfg = self.cfg
+    phase_cfg = phase_cfg or cfg.phase_configs[name]
+    index = [n for n, _ in self.schedule].index(name)
+    num_steps = dict(self.schedule)[name]
+    roles = dict(roles or self.role_specs(phase_cfg))
+    binding = self.binding(phase_cfg, roles)
+    state, state_shardings = self.initial_state(roles)
+    if extra_state is not None:
+      state = {**state, **extra_state(state)}
+      state_shardings = {**state_shardings,
+                         **jax.tree.map(lambda _: self.plan.replicated, extra_state(state))}
+    frozen = self.frozen(roles)
+    layout = StepLayout(self.plan, state_shardings, self.plan.batch(self.example_batch()),
+                        self.frozen_shardings(frozen),
+                        sampler=self._sampler_layout(name, phase_cfg)
+                        if phase_cfg.kind == "rl" and step_fn is None else None)
+    reference = phase_cfg.role("reference")
+    reference = reference if reference in roles else None
+    buckets_ = ()
+    if step_fn is None and phase_cfg.kind == "rl":
+      spec = iteration.IterationSpec(cfg.sampling, phase_cfg.rl(), binding,
+                                     self.tokenizer.pad_id)
+      step_fn = iteration.make_rl_step(
+          spec, decode=lambda ids: self.tokenizer.decode(ids, strict=False), layout=layout)
+      buckets_ = cfg.data.prompt_buckets
+    elif step_fn is None:
+      spec = offline.OfflineSpec(binding, reference)
+      step_fn = offline.make_offline_step(spec, layout=layout)
+      if evaluate is None and phase_cfg.objective.objective.batch == "pairs":
+        held_out = self.offline_evaluator(spec)
+        evaluate = lambda st: {**self._policy_eval(st, roles, frozen), **held_out(st, frozen)}
+    if evaluate is None:
+      evaluate = lambda st: self._policy_eval(st, roles, frozen)
+    data = self.train_iterator(phase_cfg.rows_per_step, index)
+    checkpointer = self.checkpointer(name)
+    rng = self._phase_rngs[name]
+    state, rng = phases_lib.resume(checkpointer, state, data, rng)
+    # RL metrics keep plain names (reward, kl, ...); offline ones are prefixed by the phase.
+    phase = phases_lib.Phase(
+        name.replace("_", " "), step_fn, num_steps=num_steps,
+        step_offset=self.offsets[name], log_every=cfg.train.log_every,
+        eval_every=cfg.train.eval_every, evaluate=evaluate,
+        metric_prefix="" if phase_cfg.kind == "rl" else f"{name}/",
+        put_batch=lambda batch: self.put_batch(batch, buckets_))
+    return BuiltPhase(name, phase_cfg, phase, state, frozen, data, rng, checkpointer, roles)
+
+  def policy_weights(self, state, roles: roles_lib.RoleSpecs, frozen: Mapping[str, Any],
+                     role: str = "policy"):
+    """A role's weights as a state has them: trained params, or base + merged adapters."""
+    trained = state_lib.params_of(state)
+    if role not in roles:
+      return self.weights(role)
+    if roles[role].adapter is None:
+      return roles_lib.effective_params(role, trained, frozen, roles)
+    merge = jax.jit(functools.partial(roles_lib.effective_params, role, roles=roles))
+    return merge(trained, frozen)
+
+  def _policy_eval(self, state, roles, frozen) -> Dict[str, float]:
+    if "policy" not in self.cfg.role_configs:
+      return {}
+    return self.evaluator()(self.policy_weights(state, roles, frozen))
+
+  def run(self, built: BuiltPhase):
+    """Runs a built phase to its end; the roles it trained take their new weights."""
+    state = phases_lib.run_phase(built.phase, built.state, built.data, built.rng, built.frozen,
+                                 built.checkpointer, self.writer)
+    for name, spec in built.roles.items():
+      if spec.trained:
+        self.set_weights(name, self.policy_weights(state, built.roles, built.frozen, name))
+    return state
+
+  def run_phase(self, name: str):
+    return self.run(self.build_phase(name))
+
+  def evaluate_initial(self) -> None:
+    """Logs the policy's held-out evaluation at step 0 (when no phase has run yet)."""
+    if self._resume_step() < 0 and "policy" in self.cfg.role_configs:
+      self.writer.write(0, self.evaluator()(self.weights("policy")))
+
+  # ---- the end ------------------------------------------------------------------------------
+
+  def finish(self, title: str = "") -> Dict[str, Any]:
+    """Closes the writer, exports HF roles, writes summary.json and curves.png."""
+    self.writer.close()
+    for name, role in self.cfg.roles:
+      if role.export_hf and role.weights.source == "hf":
+        self._export_hf(name, role.weights.path)
+    if jax.process_index():
+      return {}
+    return self._write_summary(title)
+
+  def _export_hf(self, name: str, template: str) -> None:
+    from rlalign.models import hf
+    export_dir = os.path.join(self.workdir, "hf" if name == "policy" else f"hf_{name}")
+    params = self.weights(name)
+    if jax.process_count() > 1:
+      params = multihost_utils.process_allgather(params, tiled=True)
+    if jax.process_index() == 0:
+      hf.save_hf_checkpoint(jax.device_get(params), self.model(name), export_dir,
+                            hf_config_template=template,
+                            tokenizer_dir=self.cfg.data.tokenizer_dir or template,
+                            overwrite=True)
+      log(f"exported role {name!r} in Hugging Face format to {export_dir}")
+
+  def _write_summary(self, title: str) -> Dict[str, Any]:
+    """summary.json (each phase's last evaluation, and held-out figures before and after RL)
+    and curves.png of every logged metric."""
+    path = os.path.join(self.workdir, "metrics.jsonl")
+    records = metrics_lib.read_jsonl(path)
+    evals = [r for r in records if any(k.startswith("eval/") for k in r)]
+    pick = lambda record: {k: v for k, v in record.items() if k.startswith("eval/")}
+    summary: Dict[str, Any] = {"phases": {}}
+    for name, steps in self.schedule:
+      start, end = self.offsets[name], self.offsets[name] + steps
+      mine = [r for r in evals if start < r["step"] <= end]
+      summary["phases"][name] = {"steps": steps, "eval": pick(mine[-1]) if mine else {}}
+    rl = [name for name, _ in self.schedule
+          if name in self.cfg.phase_configs and self.cfg.phase_configs[name].kind == "rl"]
+    if rl and evals:
+      start = self.offsets[rl[0]]
+      before = [r for r in evals if r["step"] <= start] or evals[:1]
+      summary["before_rl"] = pick(before[-1])
+      summary["after_rl"] = pick(evals[-1])
+    summary["params"] = {name: tfm.count_params(self.weights(name))
+                         for name in sorted(self.cfg.role_configs)}
+    with open(os.path.join(self.workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    if records:
+      metrics_lib.plot_curves(path, os.path.join(self.workdir, "curves.png"),
+                              keys=plot_keys(records), title=title)
+    return summary
+
+
+def plot_keys(records: Sequence[Mapping[str, Any]]) -> List[str]:
+  """Every metric the run logged, evaluations first, timings last."""
+  seen = list(dict.fromkeys(k for r in records for k in r if k != "step"))
+  timing = lambda k: k.endswith(("step_time_s", "tokens_per_s", "reshard_s"))
+  return ([k for k in seen if k.startswith("eval/")]
+          + [k for k in seen if not k.startswith("eval/") and not timing(k)]
+          + [k for k in seen if timing(k)])
