@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "grpo_addition.py") + ":smoke"
+COTRAIN_SMOKE = os.path.join(REPO, "configs", "cotrain_addition.py") + ":smoke"
 
 
 class Cli:
@@ -38,8 +39,8 @@ class Cli:
       env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return env
 
-  def main_cmd(self, workdir, *overrides):
-    return [sys.executable, "-m", "rlalign.main", f"--config={SMOKE}", f"--workdir={workdir}",
+  def main_cmd(self, workdir, *overrides, config=SMOKE):
+    return [sys.executable, "-m", "rlalign.main", f"--config={config}", f"--workdir={workdir}",
             *overrides]
 
   def run(self, cmd, env, check=True):
@@ -48,9 +49,9 @@ class Cli:
       raise AssertionError(f"{cmd[:4]} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
 
-  def run_main(self, workdir, *overrides, devices=None, check=True):
+  def run_main(self, workdir, *overrides, devices=None, check=True, config=SMOKE):
     """One process; ``devices`` fake CPU devices (default: one)."""
-    return self.run(self.main_cmd(workdir, *overrides), self.env(devices), check)
+    return self.run(self.main_cmd(workdir, *overrides, config=config), self.env(devices), check)
 
   def run_multiprocess(self, num, workdir, *overrides):
     """``num`` processes with one CPU device each, through launch/local_multiprocess.sh."""
@@ -58,12 +59,12 @@ class Cli:
            *overrides]
     return self.run(cmd, self.env())
 
-  def final_params(self, workdir, phase="rl", role="policy"):
+  def final_params(self, workdir, phase="rl", role="policy", config=SMOKE):
     """A phase's last checkpointed (step, params of ``role``), read back through orbax."""
     import jax
     from rlalign import checkpoint as ckpt_lib
     from rlalign.models import transformer as tfm
-    path, _, arg = SMOKE.rpartition(":")
+    path, _, arg = config.rpartition(":")
     spec = importlib.util.spec_from_file_location("smoke_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

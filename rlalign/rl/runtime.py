@@ -133,7 +133,7 @@ class Runtime:
     self.writer = metrics_lib.MetricsWriter(workdir, resume_step=self._resume_step(),
                                             enabled=jax.process_index() == 0)
     self._weights: Dict[str, Any] = {}
-    self._evaluator = None
+    self._evaluators: Dict[str, Callable] = {}
 
   # ---- checks -------------------------------------------------------------------------------
 
@@ -339,19 +339,19 @@ class Runtime:
       batch = buckets.trim_prompts(batch, prompt_buckets, longest)
     return self.plan.put_process_batch(batch)
 
-  def evaluator(self) -> Callable:
-    """``evaluate(policy_params) -> {eval/...}`` on the held-out split, under the judges."""
-    if self._evaluator is None:
+  def evaluator(self, policy: str = "policy") -> Callable:
+    """``evaluate(params) -> {eval/...}``: the role's samples on the held-out split, scored by
+    the judges of ``train.eval_judges``."""
+    if policy not in self._evaluators:
       judges = self.cfg.train.eval_judges
       names = evaluation.judge_roles(judges)
       fn = evaluation.make_evaluator(
-          self.model("policy") if "policy" in self.cfg.role_configs else self.cfg.model,
-          self.cfg.sampling, judges, pad_id=self.tokenizer.pad_id, plan=self.plan,
-          judge_models={n: self.model(n) for n in names})
-      self._evaluator = lambda params: (fn(params, self.eval_data, self.eval_rng,
-                                           {n: self.weights(n) for n in names})
-                                        if judges else {})
-    return self._evaluator
+          self.model(policy), self.cfg.sampling, judges, pad_id=self.tokenizer.pad_id,
+          plan=self.plan, judge_models={n: self.model(n) for n in names})
+      self._evaluators[policy] = lambda params: (
+          fn(params, self.eval_data, self.eval_rng, {n: self.weights(n) for n in names})
+          if judges else {})
+    return self._evaluators[policy]
 
   def offline_evaluator(self, spec: offline.OfflineSpec) -> Callable:
     """The objective's own metrics on the held-out split (no update): preference accuracy
@@ -399,53 +399,62 @@ class Runtime:
     return SamplerLayout(plan, params, plan.batch(self.example_batch()))
 
   def build_phase(self, name: str, phase_cfg: Optional[phases_lib.PhaseConfig] = None, *,
-                  step_fn: Optional[Callable] = None, roles: Optional[roles_lib.RoleSpecs] = None,
-                  extra_state: Optional[Callable[[Any], Any]] = None,
+                  make_step: Optional[Callable[[StepLayout], Callable]] = None,
+                  roles: Optional[roles_lib.RoleSpecs] = None,
+                  extra_state: Optional[Callable[[], Any]] = None,
                   evaluate: Optional[Callable[[Any], Dict[str, float]]] = None) -> BuiltPhase:
     """A phase of the schedule, resumed from its checkpoint if it has one.
 
     By default the phase runs ``cfg.phases[name]`` with the step its objective's batch kind
-    calls for. A recipe may give its own ``step_fn(state, batch, rng, frozen)`` over ``roles``
-    (every role it trains or reads), and ``extra_state(state)`` to add its own arrays (say
-    ``{"recipe": ...}``) to the checkpointed state.
+    calls for. A recipe may instead give ``make_step(layout) -> step(state, batch, rng,
+    frozen)`` over ``roles`` (every role it trains or reads), ``extra_state()`` for arrays of
+    its own checkpointed beside the roles (``{"recipe": ...}``), and its own ``evaluate``.
     """
     cfg = self.cfg
     phase_cfg = phase_cfg or cfg.phase_configs[name]
     index = [n for n, _ in self.schedule].index(name)
     num_steps = dict(self.schedule)[name]
     roles = dict(roles or self.role_specs(phase_cfg))
-    binding = self.binding(phase_cfg, roles)
     state, state_shardings = self.initial_state(roles)
     if extra_state is not None:
-      state = {**state, **extra_state(state)}
+      extra = extra_state()
+      state = {**state, **jax.device_put(extra, self.plan.replicated)}
       state_shardings = {**state_shardings,
-                         **jax.tree.map(lambda _: self.plan.replicated, extra_state(state))}
+                         **jax.tree.map(lambda _: self.plan.replicated, extra)}
     frozen = self.frozen(roles)
+    own_sampler = make_step is None and phase_cfg.kind == "rl"
     layout = StepLayout(self.plan, state_shardings, self.plan.batch(self.example_batch()),
                         self.frozen_shardings(frozen),
-                        sampler=self._sampler_layout(name, phase_cfg)
-                        if phase_cfg.kind == "rl" and step_fn is None else None)
+                        sampler=self._sampler_layout(name, phase_cfg) if own_sampler else None)
     reference = phase_cfg.role("reference")
     reference = reference if reference in roles else None
-    buckets_ = ()
-    if step_fn is None and phase_cfg.kind == "rl":
+    binding = self.binding(phase_cfg, roles)
+    policy = phase_cfg.role("policy")
+    policy_eval = lambda st: self._policy_eval(st, roles, frozen, policy)
+    evaluate_at_start = False
+    if make_step is not None:
+      step_fn = make_step(layout)
+    elif phase_cfg.kind == "rl":
       spec = iteration.IterationSpec(cfg.sampling, phase_cfg.rl(), binding,
                                      self.tokenizer.pad_id)
       step_fn = iteration.make_rl_step(
           spec, decode=lambda ids: self.tokenizer.decode(ids, strict=False), layout=layout)
-      buckets_ = cfg.data.prompt_buckets
-    elif step_fn is None:
+    else:
       spec = offline.OfflineSpec(binding, reference)
       step_fn = offline.make_offline_step(spec, layout=layout)
       if evaluate is None and phase_cfg.objective.objective.batch == "pairs":
         held_out = self.offline_evaluator(spec)
-        evaluate = lambda st: {**self._policy_eval(st, roles, frozen), **held_out(st, frozen)}
-    if evaluate is None:
-      evaluate = lambda st: self._policy_eval(st, roles, frozen)
+        evaluate = lambda st: {**policy_eval(st), **held_out(st, frozen)}
+        evaluate_at_start = True  # the held-out pair metrics before any update
+    evaluate = evaluate or policy_eval
     data = self.train_iterator(phase_cfg.rows_per_step, index)
     checkpointer = self.checkpointer(name)
     rng = self._phase_rngs[name]
+    fresh = checkpointer.latest_step() is None
     state, rng = phases_lib.resume(checkpointer, state, data, rng)
+    if fresh and evaluate_at_start:
+      self.writer.write(self.offsets[name], evaluate(state))
+    buckets_ = cfg.data.prompt_buckets if phase_cfg.kind == "rl" else ()
     # RL metrics keep plain names (reward, kl, ...); offline ones are prefixed by the phase.
     phase = phases_lib.Phase(
         name.replace("_", " "), step_fn, num_steps=num_steps,
@@ -466,10 +475,10 @@ class Runtime:
     merge = jax.jit(functools.partial(roles_lib.effective_params, role, roles=roles))
     return merge(trained, frozen)
 
-  def _policy_eval(self, state, roles, frozen) -> Dict[str, float]:
-    if "policy" not in self.cfg.role_configs:
+  def _policy_eval(self, state, roles, frozen, policy: str = "policy") -> Dict[str, float]:
+    if policy not in self.cfg.role_configs or "lm" not in self.model(policy).heads:
       return {}
-    return self.evaluator()(self.policy_weights(state, roles, frozen))
+    return self.evaluator(policy)(self.policy_weights(state, roles, frozen, policy))
 
   def run(self, built: BuiltPhase):
     """Runs a built phase to its end; the roles it trained take their new weights."""
@@ -483,10 +492,12 @@ class Runtime:
   def run_phase(self, name: str):
     return self.run(self.build_phase(name))
 
-  def evaluate_initial(self) -> None:
-    """Logs the policy's held-out evaluation at step 0 (when no phase has run yet)."""
-    if self._resume_step() < 0 and "policy" in self.cfg.role_configs:
-      self.writer.write(0, self.evaluator()(self.weights("policy")))
+  def evaluate_initial(self, policy: str = "policy") -> None:
+    """Logs the role's held-out evaluation at step 0 (when no phase has run yet)."""
+    if self._resume_step() < 0 and policy in self.cfg.role_configs:
+      record = self.evaluator(policy)(self.weights(policy))
+      if record:
+        self.writer.write(0, record)
 
   # ---- the end ------------------------------------------------------------------------------
 

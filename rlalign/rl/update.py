@@ -150,19 +150,26 @@ def updates(state: state_lib.TrainState, data: Batch, rng: jax.Array,
     else:
       metrics.update({f"{name}/grad_norm": optax.tree.norm(g) for name, g in grads.items()})
     policy = outputs.get("policy")
-    if "sampler_logprobs" in mb and policy is not None and policy.logprobs is not None:
-      metrics.update(sampler_gap(policy.logprobs, mb["sampler_logprobs"], mb["mask"]))
+    if policy is not None and policy.logprobs is not None:
+      for key, name in (("sampler_logprobs", "sampler_gap"), ("old_logprobs", "old_gap")):
+        if key in mb:
+          metrics.update(logprob_gap(policy.logprobs, mb[key], mb["mask"], name))
     return st, metrics
 
   state, metrics = jax.lax.scan(one, state, orders)
-  # The gap is the sampler's against the learner's params as they sampled: the first update's.
+  # Gaps compare with the learner's params as they sampled: the first update's.
   return state, {k: v[0] if k in FIRST_UPDATE_METRICS else v.mean() for k, v in metrics.items()}
 
 
-FIRST_UPDATE_METRICS = ("sampler_gap_max", "sampler_gap_mean")
+FIRST_UPDATE_METRICS = ("sampler_gap_max", "sampler_gap_mean", "old_gap_max", "old_gap_mean")
 
 
-def sampler_gap(learner: jax.Array, sampler: jax.Array, mask: jax.Array) -> Metrics:
-  """|log pi_learner(y) - log pi_sampler(y)| per sequence: max and mean over the batch."""
-  gap = jnp.abs(obj_base.sequence_sum(jax.lax.stop_gradient(learner) - sampler, mask))
-  return {"sampler_gap_max": jnp.max(gap), "sampler_gap_mean": jnp.mean(gap)}
+def logprob_gap(learner: jax.Array, other: jax.Array, mask: jax.Array, name: str) -> Metrics:
+  """|log pi_learner(y) - log pi_other(y)| per sequence, its max and mean over the batch.
+
+  ``sampler_gap``: against the sampler's log-probs, the train/rollout mismatch (bfloat16
+  sampling and learning round differently). ``old_gap``: against the pi_old the loss uses; 0
+  when ``rl.rescore_old_logprobs`` recomputes it with the learner.
+  """
+  gap = jnp.abs(obj_base.sequence_sum(jax.lax.stop_gradient(learner) - other, mask))
+  return {f"{name}_max": jnp.max(gap), f"{name}_mean": jnp.mean(gap)}

@@ -14,6 +14,9 @@ import jax
 import numpy as np
 import pytest
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMOKE = os.path.join(REPO, "configs", "grpo_addition.py") + ":smoke"
+COTRAIN_SMOKE = os.path.join(REPO, "configs", "cotrain_addition.py") + ":smoke"
 pytestmark = pytest.mark.slow
 
 
@@ -66,19 +69,39 @@ def test_main_writes_metrics_tensorboard_plot_and_summary(tmp_path, cli):
   jax.tree.map(np.testing.assert_array_equal, params_before, params_after)
 
 
+# (config, the checkpoint a kill waits for, the roles the run trains in its last phase)
+RUNS = {
+    "grpo": (SMOKE, "rl", ("policy",)),
+    "cotrain": (COTRAIN_SMOKE, "alternating", ("generator", "verifier")),
+}
+
+
+def final_roles(cli, workdir, run):
+  config, phase, roles = RUNS[run]
+  return {role: cli.final_params(workdir, phase, role, config=config) for role in roles}
+
+
 @pytest.fixture(scope="module")
-def uninterrupted_params(tmp_path_factory, cli):
-  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  cli.run_main(workdir)
-  return cli.final_params(workdir)[1]
+def uninterrupted(tmp_path_factory, cli):
+  out = {}
+  for run, (config, _, _) in RUNS.items():
+    workdir = str(tmp_path_factory.mktemp(f"uninterrupted_{run}"))
+    cli.run_main(workdir, config=config)
+    out[run] = final_roles(cli, workdir, run)
+  return out
 
 
-@pytest.mark.parametrize("kill_when", ["warm_start/2", "rl/2"])
-def test_killed_run_resumes_to_the_same_params(tmp_path, kill_when, uninterrupted_params, cli):
-  expected = uninterrupted_params
+@pytest.mark.parametrize("run, kill_when", [("grpo", "warm_start/2"), ("grpo", "rl/2"),
+                                            ("cotrain", "warm_start/2"),
+                                            ("cotrain", "alternating/2")])
+def test_killed_run_resumes_to_the_same_params(tmp_path, run, kill_when, uninterrupted, cli):
+  """SIGKILL at a checkpoint of either phase; the resumed run ends with every trained role
+  bit-identical to an uninterrupted run (two models in one checkpoint for ``cotrain``)."""
+  config = RUNS[run][0]
+  expected = uninterrupted[run]
 
   workdir = str(tmp_path / "killed")
-  proc = subprocess.Popen(cli.main_cmd(workdir), stdout=subprocess.DEVNULL,
+  proc = subprocess.Popen(cli.main_cmd(workdir, config=config), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, env=cli.env())
   marker = os.path.join(workdir, "checkpoints", kill_when)
   deadline = time.time() + 300
@@ -89,8 +112,11 @@ def test_killed_run_resumes_to_the_same_params(tmp_path, kill_when, uninterrupte
   proc.wait()
   assert not os.path.exists(os.path.join(workdir, "summary.json"))
 
-  cli.run_main(workdir)
-  _, resumed = cli.final_params(workdir)
-  jax.tree.map(np.testing.assert_array_equal, expected, resumed)
+  cli.run_main(workdir, config=config)
+  resumed = final_roles(cli, workdir, run)
+  assert resumed.keys() == expected.keys()
+  for role in expected:
+    assert resumed[role][0] == expected[role][0] == 4
+    jax.tree.map(np.testing.assert_array_equal, expected[role][1], resumed[role][1])
   steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert steps == sorted(set(steps)), "a resumed run must not duplicate metric steps"

@@ -1,0 +1,61 @@
+"""Two models on reversed-digit addition: a generator trained by GRPO and a verifier trained on
+the generator's own samples, both updated every iteration (the ``alternating`` recipe).
+
+After the main job's warm start, each iteration samples 8 completions for each of 32 prompts;
+the generator takes a GRPO step on their exact-match rewards, and the verifier, a scalar head
+on a copy of the warm-started backbone, takes a step of binary cross-entropy against the same
+exact-match verdicts. One checkpoint holds both models, the data position, the RNG and the
+recipe's running verifier accuracy; a run killed at any point resumes bit-identically.
+
+  python -m rlalign.main --config=configs/cotrain_addition.py --workdir=/tmp/rlalign_cotrain
+
+Measured on 2 CPU cores (about 3 minutes alone; 4.9 with other jobs running): the generator's
+held-out greedy pass@1 rises from 0.174 after the warm start to 0.984 (sampled: 0.311 to
+0.980), as in the main job. The verifier does not learn to verify: its balanced accuracy on
+completions it has not yet seen (``verifier/balanced_accuracy``) is 0.55 in the first 10
+iterations and 0.50 from iteration 30 on. By then the generator is right on 90-99% of its own
+samples, so the verifier's labels are nearly all positive and "always correct" is optimal for
+its loss. This recipe is the two-model skeleton, not a co-training method: the co-training
+recipes change where labels come from. ``:smoke`` shrinks it to seconds.
+"""
+import ml_collections
+
+from rlalign import presets
+
+
+def get_config(arg: str = ""):
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = dict(presets.ADDITION_MODEL)
+  c.data = dict(presets.ADDITION_DATA)
+  c.sampling = dict(presets.ADDITION_SAMPLING)
+  optimizer = dict(learning_rate=5e-4, warmup_steps=10, max_grad_norm=1.0)
+  c.roles = dict(
+      generator=dict(optimizer=optimizer),
+      reference=dict(weights=dict(source="role", role="generator"), trainable=False),
+      # The warm-started backbone with a fresh scalar head, taken when the loop starts.
+      verifier=dict(weights=dict(source="role", role="generator"), heads=("scalar",),
+                    optimizer=dict(learning_rate=1e-3, warmup_steps=10, max_grad_norm=1.0)),
+  )
+  generator = {"policy": "generator"}
+  c.phases = dict(
+      warm_start=dict(presets.sft_phase(**presets.ADDITION_WARM_START), slots=generator),
+      generate=dict(presets.grpo_phase(steps=300, batch_size=256, group_size=8, minibatches=2),
+                    slots=generator),
+      verify=dict(steps=300, batch_size=256, objective=dict(name="pointwise"),
+                  slots={"model": "verifier"}),
+  )
+  c.recipe = dict(name="alternating", before=("warm_start",), generator_phase="generate",
+                  verifier_phase="verify", label_reward="exact_match")
+  c.mesh = presets.mesh()
+  c.train = dict(presets.LOOP)
+
+  c = ml_collections.ConfigDict(c.to_dict())
+  if arg == "smoke":
+    presets.shrink_for_smoke(c)
+    c.phases.warm_start.update(steps=4, batch_size=16)
+    c.phases.generate.update(steps=4, batch_size=16, group_size=4)
+    c.phases.verify.update(steps=4, batch_size=16)
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; expected '' or 'smoke'")
+  return c

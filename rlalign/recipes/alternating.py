@@ -1,0 +1,145 @@
+"""Two models, each updated every iteration, in one compiled program and one checkpoint.
+
+Each iteration the generator samples a group of completions per prompt and takes an RL step on
+them (``generator_phase``, an objective on rollouts); the verifier then trains on the same
+completions, labelled by one of the generator's rewards (``verifier_phase``, an objective on
+scored examples, such as ``pointwise``). Both roles, the data position, the RNG and the recipe's
+own state (a running accuracy of the verifier on completions it has not seen) are saved in one
+checkpoint, ``<workdir>/checkpoints/alternating``.
+
+This is the skeleton the generator-verifier co-training recipes fill in: they change where the
+labels come from and how the verifier's scores feed back into the generator's reward.
+
+  configs/cotrain_addition.py
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Dict, Mapping, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from rlalign.recipes import base
+from rlalign.rl import iteration, offline
+from rlalign.rl import state as state_lib
+from rlalign.rl.experiment import ExperimentConfig
+from rlalign.rl.layout import StepLayout, jit_with_rules
+from rlalign.rl.runtime import Runtime
+
+CHECKPOINT = "alternating"
+
+
+@dataclasses.dataclass(frozen=True)
+class AlternatingSettings:
+  before: Tuple[str, ...] = ()        # phases run first, in order (a warm start)
+  generator_phase: str = "generate"   # an RL phase; its steps are the iterations
+  verifier_phase: str = "verify"      # an objective on scored examples (labels)
+  label_reward: str = "exact_match"   # the generator reward whose verdicts are the labels
+  ema: float = 0.9                    # of the verifier's accuracy, kept as recipe state
+
+  def validate(self, prefix: str, cfg: ExperimentConfig) -> None:
+    phases = cfg.phase_configs
+    for key in ("generator_phase", "verifier_phase"):
+      if getattr(self, key) not in phases:
+        raise ValueError(f"{prefix}.{key} {getattr(self, key)!r} is not in phases "
+                         f"({sorted(phases)})")
+    unknown = [p for p in self.before if p not in phases]
+    if unknown:
+      raise ValueError(f"{prefix}.before names {unknown}, which are not in phases")
+    gen, ver = phases[self.generator_phase], phases[self.verifier_phase]
+    if gen.kind != "rl":
+      raise ValueError(f"{prefix}.generator_phase {self.generator_phase!r} must train on "
+                       f"rollouts; its objective {gen.objective.name!r} does not")
+    if ver.objective.objective.batch != "scored":
+      raise ValueError(f"{prefix}.verifier_phase {self.verifier_phase!r} must train on scored "
+                       f"examples; its objective {ver.objective.name!r} trains on "
+                       f"{ver.objective.objective.batch}")
+    if ver.batch_size != gen.batch_size:
+      raise ValueError(f"phases.{self.verifier_phase}.batch_size ({ver.batch_size}) must equal "
+                       f"phases.{self.generator_phase}.batch_size ({gen.batch_size}): the "
+                       "verifier trains on each iteration's rollouts")
+    if self.label_reward not in [t.name for t in gen.rewards]:
+      raise ValueError(f"{prefix}.label_reward {self.label_reward!r} is not one of "
+                       f"phases.{self.generator_phase}.rewards")
+    if not 0.0 <= self.ema < 1.0:
+      raise ValueError(f"{prefix}.ema must be in [0, 1), got {self.ema}")
+
+
+def alternating_step(state, batch, rng, frozen, *, generator: iteration.IterationSpec,
+                     verifier: offline.OfflineSpec, settings: AlternatingSettings):
+  """One iteration: sample, the generator's RL update, then the verifier's on the samples."""
+  rng = jax.random.fold_in(rng, state["step"])
+  sample_rng, generator_rng, verifier_rng = jax.random.split(rng, 3)
+  trained = state_lib.params_of(state)
+  rollouts = iteration.rollout(iteration.policy_params(trained, frozen, generator), batch,
+                               sample_rng, generator)
+  scores = iteration.score(rollouts, trained, frozen, generator)
+
+  def only(names):
+    return {"step": state["step"], "roles": {n: state["roles"][n] for n in names}}
+
+  gen_state, gen_metrics = iteration.learn(only(generator.binding.trained_roles), rollouts,
+                                           scores, generator_rng, frozen, generator)
+  examples = {"prompt_tokens": rollouts["prompt_tokens"],
+              "prompt_mask": rollouts["prompt_mask"],
+              "completion_tokens": rollouts["completion_tokens"],
+              "mask": rollouts["completion_mask"],
+              "labels": scores[settings.label_reward]}
+  ver_state, ver_metrics = offline.learn(only(verifier.binding.trained_roles), examples,
+                                         verifier_rng, frozen, verifier)
+  # Metrics come from the first update's forward pass: the verifier has not seen these yet.
+  ema = (settings.ema * state["recipe"]["verifier_accuracy"]
+         + (1 - settings.ema) * ver_metrics["accuracy"])
+  state = {"step": state["step"] + 1,
+           "roles": {**state["roles"], **gen_state["roles"], **ver_state["roles"]},
+           "recipe": {"verifier_accuracy": ema}}
+  metrics = {**gen_metrics, "verifier_accuracy_ema": ema,
+             **{f"verifier/{k}": v for k, v in ver_metrics.items() if k != "tokens"}}
+  return state, metrics
+
+
+def make_step(layout: StepLayout, **static) -> Any:
+  fn = functools.partial(alternating_step, **static)
+  return jit_with_rules(fn, layout.plan, donate_argnums=(0,),
+                        in_shardings=(layout.state, layout.batch, layout.plan.replicated,
+                                      layout.frozen),
+                        out_shardings=(layout.state, layout.plan.replicated))
+
+
+def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
+  settings: AlternatingSettings = cfg.recipe.settings
+  phases = cfg.phase_configs
+  gen_cfg, ver_cfg = phases[settings.generator_phase], phases[settings.verifier_phase]
+  schedule = [(name, phases[name].steps) for name in settings.before]
+  runtime = Runtime(cfg, workdir, schedule + [(CHECKPOINT, gen_cfg.steps)])
+  policy = gen_cfg.role("policy")
+  runtime.evaluate_initial(policy)
+  for name in settings.before:
+    runtime.run_phase(name)
+
+  gen_roles = runtime.role_specs(gen_cfg)
+  ver_roles = runtime.role_specs(ver_cfg)
+  generator = iteration.IterationSpec(cfg.sampling, gen_cfg.rl(),
+                                      runtime.binding(gen_cfg, gen_roles),
+                                      runtime.tokenizer.pad_id)
+  if not generator.fused:
+    raise ValueError(f"phases.{settings.generator_phase}.rewards: the alternating recipe runs "
+                     "in one program, so every reward must be in-graph")
+  generator.check()
+  reference = ver_cfg.role("reference")
+  verifier = offline.OfflineSpec(runtime.binding(ver_cfg, ver_roles),
+                                 reference if reference in ver_roles else None)
+  verifier.check()
+  built = runtime.build_phase(
+      CHECKPOINT, gen_cfg, roles={**gen_roles, **ver_roles},
+      make_step=lambda layout: make_step(layout, generator=generator, verifier=verifier,
+                                         settings=settings),
+      extra_state=lambda: {"recipe": {"verifier_accuracy": jnp.float32(0.5)}})
+  runtime.run(built)
+  return runtime.finish(f"alternating {gen_cfg.role('policy')} ({gen_cfg.objective.name}) and "
+                        f"{ver_cfg.role('model')} ({ver_cfg.objective.name}) on {cfg.data.task}")
+
+
+RECIPE = base.register(base.Recipe("alternating", AlternatingSettings, run))
