@@ -188,3 +188,24 @@ def test_resave_over_stale_tmp_dir_of_same_step(tmp_path):
     restored, data_state = ckpt.restore(abstract(new_state))
   assert_trees_equal(restored, new_state)
   assert data_state == {"pos": 4}
+
+
+def test_restore_subtree_reads_one_role_into_given_shardings(tmp_path):
+  """One role's params out of a multi-role state, e.g. a role's weights from an earlier run."""
+  policy, critic = make_state(3, seed=1), make_state(3, width=4, seed=2)
+  state = {"step": jnp.int32(3),
+           "roles": {"policy": {"params": policy["params"], "opt_state": policy["opt_state"]},
+                     "critic": {"params": critic["params"], "opt_state": critic["opt_state"]}}}
+  ckpt = Checkpointer(str(tmp_path / "ckpt"), save_every=1)
+  ckpt.save(3, state, {"pos": 1})
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[1])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        abstract(critic["params"]))
+  restored = ckpt.restore_subtree(3, ("roles", "critic", "params"), target)
+  assert_trees_equal(restored, critic["params"])
+  assert all(x.sharding == device for x in jax.tree.leaves(restored))
+  with pytest.raises(ValueError, match=r"no roles/judge in its state; roles holds "
+                                       r"\['critic', 'policy'\]"):
+    ckpt.restore_subtree(3, ("roles", "judge", "params"), target)
+  with pytest.raises(ValueError, match=r"roles/policy/params differs from the expected tree"):
+    ckpt.restore_subtree(3, ("roles", "policy", "params"), target)

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import os
+import zlib
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -46,11 +47,15 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def replicated_keys(seed: int, num: int, plan: ShardingPlan) -> List[jax.Array]:
-  """``num`` keys split from the run's root key, as arrays every process holds in full."""
-  data = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(seed), num)))
-  return [jax.random.wrap_key_data(jax.make_array_from_callback(
-      d.shape, plan.replicated, lambda index, d=d: d[index])) for d in data]
+def named_key(seed: int, kind: str, name: str, plan: ShardingPlan) -> jax.Array:
+  """The run's key for one named thing (a role's init, a phase), as an array every process
+  holds in full: the root key folded with a stable hash of ``kind`` and ``name``."""
+  key = jax.random.key(seed)
+  for part in (kind, name):
+    key = jax.random.fold_in(key, zlib.crc32(part.encode()) & 0x7FFFFFFF)
+  data = np.asarray(jax.random.key_data(key))
+  return jax.random.wrap_key_data(jax.make_array_from_callback(
+      data.shape, plan.replicated, lambda index: data[index]))
 
 
 def _with_stop_token(cfg: ExperimentConfig, eos_id: int) -> ExperimentConfig:
@@ -120,11 +125,12 @@ class Runtime:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(experiment.to_dict(cfg), f, indent=2)
 
-    role_names = sorted(cfg.role_configs)
-    keys = replicated_keys(cfg.seed, 1 + len(self.schedule) + len(role_names), self.plan)
-    self.eval_rng = keys[0]
-    self._phase_rngs = dict(zip((name for name, _ in self.schedule), keys[1:]))
-    self._init_rngs = dict(zip(role_names, keys[1 + len(self.schedule):]))
+    # Keys by name: declaring another role or phase changes no other one's randomness.
+    self.eval_rng = named_key(cfg.seed, "eval", "held-out", self.plan)
+    self._phase_rngs = {name: named_key(cfg.seed, "phase", name, self.plan)
+                        for name, _ in self.schedule}
+    self._init_rngs = {name: named_key(cfg.seed, "init", name, self.plan)
+                       for name in cfg.role_configs}
     self.offsets = {}
     offset = 0
     for name, steps in self.schedule:
@@ -261,11 +267,15 @@ class Runtime:
 
   def role_specs(self, phase: phases_lib.PhaseConfig, extra: Sequence[str] = ()
                  ) -> Dict[str, roles_lib.RoleSpec]:
-    """The roles a phase's step sees: the ones it trains (with their optimizers), the policy
-    and reference, the roles its rewards read, and ``extra``."""
+    """The roles a phase's step sees: the ones it trains (with their optimizers), the policy,
+    the reference when the phase reads one, the roles its rewards read, and ``extra``."""
     roles = self.cfg.role_configs
     specs = {}
-    wanted = list(phase.trained_roles) + [phase.role("policy"), phase.role("reference")]
+    wanted = list(phase.trained_roles) + [phase.role("policy")]
+    # A reference copied from the policy is taken when the first phase reading it starts:
+    # RL phases (which log KL to it) and objectives that need one, never a warm start.
+    if phase.kind == "rl" or phase.objective.objective.needs_reference(phase.objective.hparams):
+      wanted.append(phase.role("reference"))
     if phase.kind == "rl":
       wanted += [r for term in phase.rewards for r in term.roles]
     for name in list(dict.fromkeys(wanted)) + list(extra):

@@ -88,6 +88,7 @@ def uninterrupted(tmp_path_factory, cli):
     workdir = str(tmp_path_factory.mktemp(f"uninterrupted_{run}"))
     cli.run_main(workdir, config=config)
     out[run] = final_roles(cli, workdir, run)
+    out[f"{run}/workdir"] = workdir
   return out
 
 
@@ -120,3 +121,25 @@ def test_killed_run_resumes_to_the_same_params(tmp_path, run, kill_when, uninter
     jax.tree.map(np.testing.assert_array_equal, expected[role][1], resumed[role][1])
   steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert steps == sorted(set(steps)), "a resumed run must not duplicate metric steps"
+
+
+def test_a_role_starts_from_an_earlier_runs_checkpoint(tmp_path, uninterrupted):
+  """weights.source="checkpoint": the two-model run's verifier as a new run's reward model."""
+  import importlib.util
+  from rlalign import config as config_lib
+  from rlalign.rl.runtime import Runtime
+  path, _, arg = SMOKE.rpartition(":")
+  spec = importlib.util.spec_from_file_location("smoke_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  earlier = os.path.join(uninterrupted["cotrain/workdir"], "checkpoints", "alternating")
+  config.roles.reward_model = dict(
+      heads=("scalar",), trainable=False,
+      weights=dict(source="checkpoint", path=earlier, role="verifier"))
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.phases.rl.batch_size = 32  # 8 prompts: they divide over this process's 8 devices
+  runtime = Runtime(config_lib.from_config_dict(config), str(tmp_path / "run"), [("rl", 1)])
+  step, expected = uninterrupted["cotrain"]["verifier"]
+  jax.tree.map(np.testing.assert_array_equal, expected,
+               jax.device_get(runtime.weights("reward_model")))

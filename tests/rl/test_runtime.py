@@ -1,0 +1,49 @@
+"""The runtime's role bookkeeping: when copies are taken, and keys that follow names."""
+import importlib.util
+import os
+
+import jax
+import numpy as np
+
+from rlalign import config as config_lib
+from rlalign.rl.runtime import Runtime
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def smoke_config(tmp_path):
+  spec = importlib.util.spec_from_file_location(
+      "grpo_addition", os.path.join(REPO, "configs", "grpo_addition.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("smoke")
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.phases.rl.batch_size = 32  # 8 prompts over this process's 8 devices
+  return config
+
+
+def test_the_reference_is_the_policy_as_rl_starts_not_as_it_was_initialised(tmp_path):
+  cfg = config_lib.from_config_dict(smoke_config(tmp_path))
+  runtime = Runtime(cfg, str(tmp_path / "run"), [("warm_start", 4), ("rl", 4)])
+  initial = jax.device_get(runtime.weights("policy"))
+  built = runtime.build_phase("warm_start")
+  assert "reference" not in built.frozen  # the warm start reads no reference
+  runtime.run(built)
+  warm = jax.device_get(runtime.weights("policy"))
+  rl = runtime.build_phase("rl")
+  reference = jax.device_get(rl.frozen["reference"])
+  jax.tree.map(np.testing.assert_array_equal, reference, warm)
+  assert not np.array_equal(reference["embed"], initial["embed"])
+
+
+def test_declaring_another_role_changes_no_other_roles_init(tmp_path):
+  config = smoke_config(tmp_path)
+  cfg = config_lib.from_config_dict(config)
+  config.roles.critic = dict(weights=dict(source="random"), heads=("scalar",))
+  with_critic = config_lib.from_config_dict(config)
+  one = Runtime(cfg, str(tmp_path / "a"), [("rl", 1)]).weights("policy")
+  two = Runtime(with_critic, str(tmp_path / "b"), [("rl", 1)])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(one),
+               jax.device_get(two.weights("policy")))
+  assert not np.array_equal(jax.device_get(two.weights("critic")["embed"]),
+                            jax.device_get(one["embed"]))
