@@ -53,3 +53,31 @@ def zero_variance_fraction(rewards: jax.Array, group_size: int) -> jax.Array:
   """Fraction of groups whose rewards are all equal: they carry no GRPO signal."""
   r = _grouped(rewards, group_size)
   return jnp.mean(jnp.all(r == r[:, :1], axis=-1).astype(jnp.float32))
+
+
+def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float, lam: float):
+  """Generalised advantage estimation (Schulman et al. 2016) over right-padded completions.
+
+  ``rewards``, ``values`` and ``mask`` are [B, T]; ``values[:, t]`` is V(s_t), the state before
+  completion token t. The value after a row's last real token is 0 (the episode ends there),
+  so with delta_t = r_t + gamma V(s_{t+1}) - V(s_t) the advantage is
+  A_t = delta_t + gamma lam A_{t+1}, summed backwards with a reverse ``lax.scan`` over T.
+  Returns ``(advantages, returns)``, [B, T] each, returns = A + V (the lambda-return);
+  both are 0 at masked positions. A masked position ends the episode before it, so a row
+  should be a prefix of real tokens followed by padding.
+  """
+  mask = mask.astype(jnp.float32)
+  rewards = rewards.astype(jnp.float32) * mask
+  values = values.astype(jnp.float32) * mask
+
+  def backward(carry, xs):
+    next_value, next_adv = carry
+    r, v, m = xs
+    delta = r + gamma * next_value - v
+    adv = (delta + gamma * lam * next_adv) * m
+    return (v * m, adv), adv
+
+  zeros = jnp.zeros(rewards.shape[:1], jnp.float32)
+  _, adv = jax.lax.scan(backward, (zeros, zeros), (rewards.T, values.T, mask.T), reverse=True)
+  adv = adv.T
+  return adv, (adv + values) * mask

@@ -18,9 +18,11 @@ Batch kinds, and what ``batch`` holds for each:
                   ``ref_logprobs`` [2B, T] when the objective needs a reference
   scored          prompt + completion with a label or score per row: ``labels`` [B]
 
-``prepare(hparams, batch, score) -> batch`` runs once per iteration between the rollout and the
-updates (GAE from a critic's values, say). ``score(slot, fields)`` evaluates that slot's role on
-the batch's sequences under ``stop_gradient``, with its params as they were before the update.
+``prepare(hparams, batch, score) -> batch`` (or ``-> (batch, metrics)``) runs once per
+iteration between the rollout and the updates (GAE from a critic's values, say); its metrics are
+whole-batch scalars logged beside the update's. ``score(slot, fields)`` evaluates that slot's
+role on the batch's sequences under ``stop_gradient``, with its params as they were before the
+update.
 
 A slot is the objective's name for a model ("policy", "critic"); a phase binds slots to the
 run's roles, by default to the role of the same name. A new objective is one file in this

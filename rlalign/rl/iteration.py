@@ -262,12 +262,11 @@ def _learn(state, rollouts, scores, rng, frozen, spec: IterationSpec):
     data["ref_logprobs"] = score_role("reference", ("logprobs",)).logprobs
   else:
     data["ref_logprobs"] = data["old_logprobs"]
-  objective = spec.binding.objective
-  if objective.prepare is not None:
-    data = dict(objective.prepare(spec.binding.hparams, data, score_role))
+  data, prepared = update.prepare(spec.binding, data, score_role)
 
   state, metrics = update.updates(state, data, rng, frozen, spec.binding)
   state = {**state, "step": state["step"] + 1}
+  metrics.update(prepared)
 
   lengths = mask.sum(axis=1).astype(jnp.float32)
   metrics.update({

@@ -68,10 +68,9 @@ def learn(state: state_lib.TrainState, data: Batch, rng: jax.Array, frozen: Mapp
   score = update.scorer(state_lib.params_of(state), frozen, binding, data)
   if spec.reference is not None and binding.objective.needs_reference(binding.hparams):
     data["ref_logprobs"] = score(spec.reference, ("logprobs",)).logprobs
-  if binding.objective.prepare is not None:
-    data = dict(binding.objective.prepare(binding.hparams, data, score))
+  data, prepared = update.prepare(binding, data, score)
   state, metrics = update.updates(state, data, rng, frozen, binding)
-  return state, {**metrics, "tokens": data["mask"].sum().astype(jnp.float32)}
+  return state, {**metrics, **prepared, "tokens": data["mask"].sum().astype(jnp.float32)}
 
 
 def offline_step(state: state_lib.TrainState, batch: Batch, rng: jax.Array,

@@ -374,10 +374,9 @@ class Runtime:
       if spec.reference is not None and spec.binding.objective.needs_reference(
           spec.binding.hparams):
         data["ref_logprobs"] = score(spec.reference, ("logprobs",)).logprobs
-      if spec.binding.objective.prepare is not None:
-        data = dict(spec.binding.objective.prepare(spec.binding.hparams, data, score))
+      data, prepared = update.prepare(spec.binding, data, score)
       value, (metrics, _) = update.loss(trained, frozen, data, spec.binding)
-      return {**metrics, "loss": value}
+      return {**metrics, **prepared, "loss": value}
 
     fn = jit_with_rules(metrics_fn, self.plan, out_shardings=self.plan.replicated)
 

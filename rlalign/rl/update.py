@@ -111,6 +111,19 @@ def scorer(trained: Mapping[str, Any], frozen: Mapping[str, Any], binding: Bindi
   return score
 
 
+def prepare(binding: Binding, batch: Batch, score) -> Tuple[Dict[str, jax.Array], Metrics]:
+  """The objective's ``prepare``, if any: the batch it returns, and the whole-batch metrics it
+  may return beside it (``return batch, metrics``), logged with the update's."""
+  objective = binding.objective
+  if objective.prepare is None:
+    return dict(batch), {}
+  out = objective.prepare(binding.hparams, batch, score)
+  if isinstance(out, tuple):
+    out, metrics = out
+    return dict(out), dict(metrics)
+  return dict(out), {}
+
+
 def loss(trained: Mapping[str, Any], frozen: Mapping[str, Any], batch: Batch,
          binding: Binding):
   """The objective on one minibatch, as a function of the trained roles' params; returns
