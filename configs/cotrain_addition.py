@@ -25,10 +25,7 @@ from rlalign import presets
 
 def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model = dict(presets.ADDITION_MODEL)
-  c.data = dict(presets.ADDITION_DATA)
-  c.sampling = dict(presets.ADDITION_SAMPLING)
+  presets.addition_task(c)
   optimizer = dict(learning_rate=5e-4, warmup_steps=10, max_grad_norm=1.0)
   c.roles = dict(
       generator=dict(optimizer=optimizer),
@@ -47,15 +44,6 @@ def get_config(arg: str = ""):
   )
   c.recipe = dict(name="alternating", before=("warm_start",), generator_phase="generate",
                   verifier_phase="verify", label_reward="exact_match")
-  c.mesh = presets.mesh()
-  c.train = dict(presets.LOOP)
-
-  c = ml_collections.ConfigDict(c.to_dict())
-  if arg == "smoke":
-    presets.shrink_for_smoke(c)
-    c.phases.warm_start.update(steps=4, batch_size=16)
-    c.phases.generate.update(steps=4, batch_size=16, group_size=4)
-    c.phases.verify.update(steps=4, batch_size=16)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; expected '' or 'smoke'")
-  return c
+  return presets.with_smoke(c, arg, dict(warm_start=dict(steps=4, batch_size=16),
+                                         generate=dict(steps=4, batch_size=16, group_size=4),
+                                         verify=dict(steps=4, batch_size=16)))

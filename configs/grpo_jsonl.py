@@ -42,5 +42,6 @@ def get_config(arg: str = ""):
                   rl=presets.grpo_phase(steps=300, batch_size=256, group_size=8, minibatches=2))
   c.recipe = dict(name="sequence", order=("warm_start", "rl"))
   c.mesh = presets.mesh()
+  c.sampler_layout = presets.sampler_layout(c.mesh)
   c.train = dict(presets.LOOP)
   return ml_collections.ConfigDict(c.to_dict())

@@ -27,10 +27,7 @@ from rlalign import presets
 
 def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model = dict(presets.ADDITION_MODEL)
-  c.data = dict(presets.ADDITION_DATA)
-  c.sampling = dict(presets.ADDITION_SAMPLING)
+  presets.addition_task(c)
   c.roles = presets.policy_and_reference(
       optimizer=dict(learning_rate=5e-4, warmup_steps=10, max_grad_norm=1.0))
   # The critic: the warm-started backbone and a zero scalar head; no LM head.
@@ -46,15 +43,5 @@ def get_config(arg: str = ""):
                              kl_estimator="k3", whiten_advantages=True, aggregation="token")),
   )
   c.recipe = dict(name="sequence", order=("warm_start", "rl"))
-  c.mesh = presets.mesh()
-  c.sampler_layout = presets.sampler_layout(c.mesh)
-  c.train = dict(presets.LOOP)
-
-  c = ml_collections.ConfigDict(c.to_dict())
-  if arg == "smoke":
-    presets.shrink_for_smoke(c)
-    c.phases.warm_start.update(steps=4, batch_size=16)
-    c.phases.rl.update(steps=4, batch_size=16, group_size=4)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; expected '' or 'smoke'")
-  return c
+  return presets.with_smoke(c, arg, dict(warm_start=dict(steps=4, batch_size=16),
+                                         rl=dict(steps=4, batch_size=16, group_size=4)))

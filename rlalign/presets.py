@@ -6,7 +6,9 @@ Each returns plain dicts for a ConfigDict; nothing here is typed or validated: t
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
+
+import ml_collections
 
 from rlalign.parallel.mesh import DEFAULT_RULES
 
@@ -56,8 +58,32 @@ ADDITION_WARM_START = dict(steps=1000, batch_size=64,
 LOOP = dict(log_every=10, eval_every=50, checkpoint_every=50, eval_batch_size=256)
 
 
+def addition_task(c) -> None:
+  """The default task's sections on ``c``: seed, model, data, sampling, mesh and loop."""
+  c.seed = 0
+  c.model = dict(ADDITION_MODEL)
+  c.data = dict(ADDITION_DATA)
+  c.sampling = dict(ADDITION_SAMPLING)
+  c.mesh = mesh()
+  c.sampler_layout = sampler_layout(c.mesh)
+  c.train = dict(LOOP)
+
+
 def shrink_for_smoke(c) -> None:
   """``:smoke``: the same run in seconds, for tests (a ConfigDict built from these blocks)."""
   c.model.update(d_model=32, n_heads=2, n_kv_heads=2, head_dim=16, d_ff=64)
   c.data.update(num_train=512, num_test=64)
   c.train.update(log_every=2, eval_every=2, checkpoint_every=2, eval_batch_size=32)
+
+
+def with_smoke(c, arg: str, phases: Mapping[str, Dict[str, Any]]) -> ml_collections.ConfigDict:
+  """``c`` as a ConfigDict; with ``arg == "smoke"`` shrunk, each phase of ``phases`` updated
+  with its values (steps, batch sizes). Any other non-empty ``arg`` is an error."""
+  c = ml_collections.ConfigDict(c.to_dict())
+  if arg == "smoke":
+    shrink_for_smoke(c)
+    for name, values in phases.items():
+      c.phases[name].update(values)
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; expected '' or 'smoke'")
+  return c
