@@ -124,6 +124,7 @@ class MetricsWriter:
     self.tensorboard_dir = os.path.join(workdir, TENSORBOARD_DIRNAME)
     self._file = None
     self._tb = None
+    self._last = None  # (step, file offset, record) of the last record written
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -172,9 +173,18 @@ class MetricsWriter:
 
     record = {"step": step}
     record.update({k: _json_float(v) for k, v in values.items()})
+    if self._last is not None and self._last[0] == step:
+      # A second write at the same step (a phase's start after the previous phase's end)
+      # joins that step's record, so the file keeps one record per step.
+      offset, previous = self._last[1], self._last[2]
+      self._file.flush()
+      self._file.truncate(offset)
+      record = {**previous, **record}
+    offset = self._file.tell()
     # allow_nan=False guards the invariant that every line is strict JSON.
     self._file.write(json.dumps(record, allow_nan=False) + "\n")
     self._file.flush()
+    self._last = (step, offset, record)
 
     for name, value in values.items():
       self._tb.add_scalar(name, value, global_step=step)

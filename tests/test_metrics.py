@@ -217,3 +217,13 @@ def test_progress_bar(capsys):
   silent.update(5)
   silent.close()
   assert capsys.readouterr().err == ""
+
+
+def test_a_second_write_at_the_same_step_joins_its_record(tmp_path):
+  with MetricsWriter(str(tmp_path)) as w:
+    w.write(10, {"warm_start/loss": 1.0, "eval/pass": 0.2})
+    w.write(10, {"eval/margin": 0.0, "eval/pass": 0.3})  # the next phase's start
+    w.write(12, {"loss": 0.5})
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert lines == [{"step": 10, "warm_start/loss": 1.0, "eval/pass": 0.3, "eval/margin": 0.0},
+                   {"step": 12, "loss": 0.5}]

@@ -142,3 +142,118 @@ def generate_problems(
         "demonstration": sloppy_answer(a, b, carry_drop, rng),
     }
     produced += 1
+
+
+# ---- preference pairs --------------------------------------------------------------------
+
+
+def parse_prompt(prompt: str) -> tuple[int, int]:
+  """The operands of a prompt written by `format_prompt`: "740+580=" -> (47, 85)."""
+  if not prompt.endswith("=") or prompt.count("+") != 1:
+    raise ValueError(f"not an addition prompt: {prompt!r}")
+  a, b = prompt[:-1].split("+")
+  if not (a.isdigit() and b.isdigit()):
+    raise ValueError(f"not an addition prompt: {prompt!r}")
+  return int(a[::-1]), int(b[::-1])
+
+
+def is_well_formed(answer: str) -> bool:
+  """Whether `answer` is some number's digits, least-significant first: digits only and no
+  high-end zero ("0" itself excepted), as every correct answer is."""
+  return (bool(answer) and all(c in "0123456789" for c in answer)
+          and (answer == "0" or answer[-1] != "0"))
+
+
+def perturbed_answer(a: int, b: int) -> str:
+  """The correct answer with one digit changed, deterministically in (a, b).
+
+  It has the same length and stays well-formed: the highest digit of a multi-digit answer
+  never becomes 0.
+  """
+  correct = correct_answer(a, b)
+  h = zlib.crc32(f"{a}+{b}".encode())
+  pos = h % len(correct)
+  high = pos == len(correct) - 1 and len(correct) > 1
+  choices = [d for d in "0123456789" if d != correct[pos] and not (high and d == "0")]
+  digit = choices[(h >> 8) % len(choices)]
+  return correct[:pos] + digit + correct[pos + 1:]
+
+
+def rejected_answer(a: int, b: int, demonstration: str) -> str:
+  """A wrong, well-formed answer to a + b: the sloppy teacher's own answer (`demonstration`)
+  if it is one, else the answer with every carry dropped if that is one, else
+  `perturbed_answer` (when there is no carry to drop, or dropping gives a malformed "00",
+  as for 50 + 50)."""
+  correct = correct_answer(a, b)
+  # carry_drop=1 drops every carry whatever the generator draws: the digitwise sum.
+  all_dropped = sloppy_answer(a, b, 1.0, np.random.default_rng(0))
+  for candidate in (demonstration, all_dropped):
+    if candidate != correct and is_well_formed(candidate):
+      return candidate
+  return perturbed_answer(a, b)
+
+
+def generate_pairs(
+    split: str, num: int, max_digits: int, carry_drop: float, seed: int
+) -> Iterator[dict[str, str]]:
+  """`generate_problems`' problems, each with a preference pair.
+
+  Yields {"prompt", "answer", "demonstration", "chosen", "rejected"}: the first three
+  exactly as `generate_problems(split, num, max_digits, carry_drop, seed)` yields them,
+  "chosen" the correct answer and "rejected" `rejected_answer` (mostly the sloppy
+  teacher's carry mistakes). One file then feeds a warm start on the demonstrations, a
+  preference phase and exact-match evaluation.
+  """
+  for problem in generate_problems(split, num, max_digits, carry_drop, seed):
+    a, b = parse_prompt(problem["prompt"])
+    yield {**problem, "chosen": problem["answer"],
+           "rejected": rejected_answer(a, b, problem["demonstration"])}
+
+
+def write_pairs(
+    out_dir: str,
+    *,
+    num_train: int = 20_000,
+    num_test: int = 512,
+    max_digits: int = 3,
+    carry_drop: float = 0.7,
+    seed: int = 0,
+) -> tuple[str, str]:
+  """Writes `out_dir`/train.jsonl and `out_dir`/test.jsonl of `generate_pairs`; returns
+  their paths."""
+  import json
+  import os
+
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for split, num in (("train", num_train), ("test", num_test)):
+    path = os.path.join(out_dir, f"{split}.jsonl")
+    with open(path, "w") as f:
+      for record in generate_pairs(split, num, max_digits, carry_drop, seed):
+        f.write(json.dumps(record) + "\n")
+    paths.append(path)
+  return paths[0], paths[1]
+
+
+def main(argv=None) -> None:
+  """python -m rlalign.data.addition --pairs_out=DIR [--num_train=...]: preference pairs."""
+  import argparse
+
+  parser = argparse.ArgumentParser(
+      prog="python -m rlalign.data.addition",
+      description="Write addition preference pairs as DIR/train.jsonl and DIR/test.jsonl.")
+  parser.add_argument("--pairs_out", required=True, help="output directory")
+  parser.add_argument("--num_train", type=int, default=20_000)
+  parser.add_argument("--num_test", type=int, default=512)
+  parser.add_argument("--max_digits", type=int, default=3)
+  parser.add_argument("--carry_drop", type=float, default=0.7)
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  train, test = write_pairs(args.pairs_out, num_train=args.num_train,
+                            num_test=args.num_test, max_digits=args.max_digits,
+                            carry_drop=args.carry_drop, seed=args.seed)
+  print(f"{train}\n{test}")
+
+
+if __name__ == "__main__":
+  main()

@@ -363,9 +363,10 @@ class Runtime:
           if judges else {})
     return self._evaluators[policy]
 
-  def offline_evaluator(self, spec: offline.OfflineSpec) -> Callable:
-    """The objective's own metrics on the held-out split (no update): preference accuracy
-    of a DPO policy, say. Means over the real rows' batches, weighted by row count."""
+  def offline_evaluator(self, name: str, spec: offline.OfflineSpec) -> Callable:
+    """The objective's own metrics on the held-out split (no update), as
+    ``eval/<phase>/<metric>``: preference accuracy of a DPO policy, say. Means over the
+    batches, weighted by their real rows."""
     kind = spec.binding.objective.batch
 
     def metrics_fn(trained, frozen, batch):
@@ -389,7 +390,7 @@ class Runtime:
         for k, v in values.items():
           totals[k] = totals.get(k, 0.0) + float(v) * n
         count += n
-      return {f"eval/{k}": v / max(count, 1) for k, v in totals.items()}
+      return {f"eval/{name}/{k}": v / max(count, 1) for k, v in totals.items()}
 
     return evaluate
 
@@ -439,7 +440,9 @@ class Runtime:
     reference = reference if reference in roles else None
     binding = self.binding(phase_cfg, roles)
     policy = phase_cfg.role("policy")
-    policy_eval = lambda st: self._policy_eval(st, roles, frozen, policy)
+    # The policy's samples are evaluated when the phase trains it (not in a reward model's).
+    trains_policy = policy in roles and roles[policy].trained
+    policy_eval = lambda st: self._policy_eval(st, roles, frozen, policy) if trains_policy else {}
     evaluate_at_start = False
     if make_step is not None:
       step_fn = make_step(layout)
@@ -452,7 +455,7 @@ class Runtime:
       spec = offline.OfflineSpec(binding, reference)
       step_fn = offline.make_offline_step(spec, layout=layout)
       if evaluate is None and phase_cfg.objective.objective.batch == "pairs":
-        held_out = self.offline_evaluator(spec)
+        held_out = self.offline_evaluator(name, spec)
         evaluate = lambda st: {**policy_eval(st), **held_out(st, frozen)}
         evaluate_at_start = True  # the held-out pair metrics before any update
     evaluate = evaluate or policy_eval
@@ -539,12 +542,18 @@ class Runtime:
     path = os.path.join(self.workdir, "metrics.jsonl")
     records = metrics_lib.read_jsonl(path)
     evals = [r for r in records if any(k.startswith("eval/") for k in r)]
-    pick = lambda record: {k: v for k, v in record.items() if k.startswith("eval/")}
+    # The policy's judges log eval/<metric>; a phase's own held-out metrics eval/<phase>/...
+    pick = lambda record, phase=None: {
+        k: v for k, v in record.items() if k.startswith("eval/")
+        and ("/" not in k[5:] or (phase is not None and k.startswith(f"eval/{phase}/")))}
     summary: Dict[str, Any] = {"phases": {}}
     for name, steps in self.schedule:
       start, end = self.offsets[name], self.offsets[name] + steps
       mine = [r for r in evals if start < r["step"] <= end]
-      summary["phases"][name] = {"steps": steps, "eval": pick(mine[-1]) if mine else {}}
+      summary["phases"][name] = {"steps": steps, "eval": pick(mine[-1], name) if mine else {}}
+      opening = [r for r in evals if r["step"] == start and f"eval/{name}/" in "".join(r)]
+      if opening:
+        summary["phases"][name]["eval_at_start"] = pick(opening[0], name)
     rl = [name for name, _ in self.schedule
           if name in self.cfg.phase_configs and self.cfg.phase_configs[name].kind == "rl"]
     if rl and evals:

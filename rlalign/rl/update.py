@@ -137,18 +137,29 @@ def loss(trained: Mapping[str, Any], frozen: Mapping[str, Any], batch: Batch,
   return value, (metrics, outputs)
 
 
+def minibatch_orders(rows: int, rng: jax.Array, epochs: int, minibatches: int,
+                     pairs: bool = False) -> jax.Array:
+  """[epochs * minibatches, rows // minibatches] row indices: each epoch a fresh shuffle.
+
+  A pairs batch (2B rows, chosen then rejected) is shuffled by pair, and each minibatch keeps
+  the layout: its chosen rows first, then the same pairs' rejected rows.
+  """
+  units = rows // 2 if pairs else rows
+  orders = jnp.stack([jax.random.permutation(jax.random.fold_in(rng, e), units)
+                      for e in range(epochs)]).reshape(epochs * minibatches, -1)
+  return jnp.concatenate([orders, orders + units], axis=1) if pairs else orders
+
+
 def updates(state: state_lib.TrainState, data: Batch, rng: jax.Array,
             frozen: Mapping[str, Any], binding: Binding) -> Tuple[state_lib.TrainState, Metrics]:
-  """``epochs x minibatches`` gradient steps over shuffled rows of ``data``, in one scan.
+  """``epochs x minibatches`` gradient steps over shuffled rows of ``data``, in one scan
+(pairs stay pairs: :func:`minibatch_orders`).
 
   Metrics are each update's, averaged (the sampler gap is the first update's). The state's step is not advanced here: a phase step
   counts once however many updates it makes.
   """
-  B = data["mask"].shape[0]
-  mb_size = B // binding.minibatches
-  orders = jnp.stack([jax.random.permutation(jax.random.fold_in(rng, e), B)
-                      for e in range(binding.epochs)])
-  orders = orders.reshape(binding.epochs * binding.minibatches, mb_size)
+  orders = minibatch_orders(data["mask"].shape[0], rng, binding.epochs, binding.minibatches,
+                            pairs=binding.objective.batch == "pairs")
   optimizers = {name: binding.roles[name].optimizer for name in binding.trained_roles}
 
   def one(st, idx):

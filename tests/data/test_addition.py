@@ -141,3 +141,94 @@ def test_generate_problems_rejects_bad_arguments():
     list(addition.generate_problems("train", 1, 1, 1.5, seed=0))
   with pytest.raises(ValueError, match="max_digits"):
     list(addition.generate_problems("train", 1, 0, 0.5, seed=0))
+
+
+# ---- preference pairs
+
+
+def _well_formed(answer: str) -> bool:
+  """Some number's digits, least-significant first, written independently of the module."""
+  return answer.isascii() and answer.isdigit() and (answer == "0" or not answer.endswith("0"))
+
+
+def test_parse_prompt_inverts_format_prompt():
+  for a, b in ((47, 85), (0, 0), (999, 1), (5, 120)):
+    assert addition.parse_prompt(addition.format_prompt(a, b, 3)) == (a, b)
+  with pytest.raises(ValueError, match="not an addition prompt"):
+    addition.parse_prompt("12-3=")
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_generate_pairs_chosen_correct_rejected_wrong_both_well_formed(split):
+  pairs = list(addition.generate_pairs(split, 400, 3, 0.7, seed=0))
+  problems = list(addition.generate_problems(split, 400, 3, 0.7, seed=0))
+  assert len(pairs) == 400
+  sources = collections.Counter()
+  for pair, problem in zip(pairs, problems):
+    # The problem fields are exactly generate_problems' (same draws, same order).
+    assert {k: pair[k] for k in problem} == problem
+    assert set(pair) == {"prompt", "answer", "demonstration", "chosen", "rejected"}
+    a, b = _parse(pair["prompt"])
+    assert pair["chosen"] == pair["answer"] == str(a + b)[::-1]
+    assert _well_formed(pair["chosen"]) and _well_formed(pair["rejected"])
+    assert int(pair["rejected"][::-1]) != a + b
+    assert len(pair["rejected"]) <= 4  # fits data.max_answer_len=5 with EOS
+    if pair["demonstration"] != pair["answer"] and _well_formed(pair["demonstration"]):
+      assert pair["rejected"] == pair["demonstration"]  # the teacher's own mistake
+      sources["teacher"] += 1
+    else:
+      sources["other"] += 1
+  # carry_drop=0.7 on uniform 3-digit operands: most pairs contrast a carry mistake.
+  assert sources["teacher"] > 200 and sources["other"] > 40
+
+
+def test_generate_pairs_without_a_teacher_mistake():
+  # carry_drop=0: every demonstration is correct, so each rejected answer is the one with
+  # every carry dropped (the digitwise sum) where that is wrong and well-formed, else one
+  # changed digit of the correct answer.
+  for pair in addition.generate_pairs("train", 300, 3, 0.0, seed=1):
+    a, b = _parse(pair["prompt"])
+    chosen, rejected = pair["chosen"], pair["rejected"]
+    width = max(len(str(a)), len(str(b)))
+    digitwise = "".join(str((a // 10**i + b // 10**i) % 10) for i in range(width))
+    if digitwise != chosen and _well_formed(digitwise):
+      assert rejected == digitwise
+    else:
+      assert len(rejected) == len(chosen)
+      assert sum(x != y for x, y in zip(rejected, chosen)) == 1
+    assert _well_formed(rejected) and rejected != chosen
+
+
+def test_generate_pairs_is_deterministic():
+  first = list(addition.generate_pairs("train", 50, 2, 0.5, seed=3))
+  assert first == list(addition.generate_pairs("train", 50, 2, 0.5, seed=3))
+  assert first != list(addition.generate_pairs("train", 50, 2, 0.5, seed=4))
+
+
+def test_perturbed_answer_single_digits_and_high_digit():
+  for a in range(10):
+    for b in range(10):
+      wrong = addition.perturbed_answer(a, b)
+      assert wrong != str(a + b)[::-1] and _well_formed(wrong)
+  # 10 + 0: "01"; a changed high digit may not become 0 ("00" is no number's digits).
+  for a, b in ((10, 0), (500, 400), (999, 999)):
+    wrong = addition.perturbed_answer(a, b)
+    assert _well_formed(wrong) and len(wrong) == len(str(a + b))
+
+
+def test_write_pairs_cli_writes_jsonl_the_builder_reads(tmp_path):
+  import json
+
+  from rlalign.data import builders
+  out = str(tmp_path / "pairs")
+  addition.main([f"--pairs_out={out}", "--num_train=30", "--num_test=8", "--max_digits=2",
+                 "--seed=5"])
+  train = builders.read_jsonl(str(tmp_path / "pairs" / "train.jsonl"))
+  test = builders.read_jsonl(str(tmp_path / "pairs" / "test.jsonl"))
+  assert len(train) == 30 and len(test) == 8
+  expected = list(addition.generate_pairs("test", 8, 2, 0.7, seed=5))
+  assert test == expected
+  for record in train:
+    assert not addition.is_test_pair(*_parse(record["prompt"]))
+  with open(tmp_path / "pairs" / "train.jsonl") as f:
+    assert json.loads(f.readline()).keys() == expected[0].keys()
