@@ -59,7 +59,7 @@ class StateBytes:
   grads: int          # params' layout in float32
   optimizer: int
   reference: int
-  reward_model: int   # 0 unless asked for
+  reward_model: int   # the RL phase's reward roles, or one counted on request, or 0
   kv_cache: int       # one sampling call of rl.batch_size rows
   sampler_params: int  # the sampler's own copy with roles.separate_sampler, else 0
   param_dtype: str
@@ -93,6 +93,7 @@ class DryRunReport:
   processes: int
   state: StateBytes
   programs: Tuple[ProgramBytes, ...]
+  reward_roles: Tuple[str, ...] = ()  # learned reward roles compiled into the RL step
 
   @property
   def peak(self) -> int:
@@ -116,6 +117,11 @@ def rl_phase(cfg: ExperimentConfig):
     if phase.kind == "rl":
       return name, phase
   raise DryRunError("the config has no RL phase (an objective on rollouts) to dry-run")
+
+
+def reward_roles(cfg: ExperimentConfig) -> Tuple[str, ...]:
+  """The roles the RL phase's rewards read (learned reward models)."""
+  return rl_phase(cfg)[1].rl().reward_roles
 
 
 def _optimizer(cfg: ExperimentConfig, phase):
@@ -152,12 +158,15 @@ def state_bytes(cfg: ExperimentConfig, plan: ShardingPlan, reward_model: bool = 
   optimizer = _optimizer(cfg, phase)
   opt_sh = plan.optimizer_state(param_sh, abstract, optimizer)
   params = per_device_bytes(abstract, param_sh)
-  rm = 0  # the dry run's reward model is counted, not compiled: no program of ours reads one
-  if reward_model:
-    # A reward model of the policy's backbone: a scalar head in place of the LM head.
-    rm_cfg = dataclasses.replace(cfg.model, heads=("scalar",))
-    rm_abstract = tfm.abstract_params(rm_cfg)
-    rm = per_device_bytes(rm_abstract, plan.params(tfm.logical_axes(rm_cfg), rm_abstract))
+  # The reward roles the RL phase reads are compiled into its step as arguments. Without
+  # any, --dry_run_reward_model counts (not compiles) one of the policy's backbone with a
+  # scalar head in place of the LM head.
+  models = [cfg.role_model(name) for name in reward_roles(cfg)]
+  if not models and reward_model:
+    models = [dataclasses.replace(cfg.model, heads=("scalar",))]
+  rm = sum(per_device_bytes(tfm.abstract_params(m), plan.params(tfm.logical_axes(m),
+                                                                tfm.abstract_params(m)))
+           for m in models)
   m = cfg.model
   kv_shape = (m.n_layers, rl.batch_size, m.n_kv_heads,
               cfg.data.max_prompt_len + cfg.sampling.max_new_tokens, m.head_dim)
@@ -266,16 +275,29 @@ def dry_run(cfg: ExperimentConfig, reward_model: bool = False,
        "roles": {"policy": {"params": abstract,
                             "opt_state": jax.eval_shape(optimizer.init, abstract)}}}, state_sh)
   frozen = {"reference": _with_shardings(abstract, param_sh)}
+  frozen_sh = {"reference": param_sh}
+  spec = iteration.single_policy_spec(cfg.model, cfg.sampling, rl, phase.objective.objective,
+                                      phase.objective.hparams, optimizer, pad_id=PAD_ID)
+  readers = reward_roles(cfg)
+  if readers:  # learned rewards: their roles enter the step as sharded arguments
+    roles = dict(spec.binding.roles)
+    for name in readers:
+      model = cfg.role_model(name)
+      rm_abstract = tfm.abstract_params(model)
+      frozen_sh[name] = plan.params(tfm.logical_axes(model), rm_abstract)
+      frozen[name] = _with_shardings(rm_abstract, frozen_sh[name])
+      roles[name] = iteration.roles_lib.RoleSpec(model)
+    spec = dataclasses.replace(spec, binding=dataclasses.replace(spec.binding, roles=roles))
   batch = batch_shapes(cfg, rl.prompts_per_step)
   batch = _with_shardings(batch, plan.batch(batch))
   rng = _abstract_key(plan)
   held = state_bytes(cfg, plan, reward_model, sampler_plan)
-  spec = iteration.single_policy_spec(cfg.model, cfg.sampling, rl, phase.objective.objective,
-                                      phase.objective.hparams, optimizer, pad_id=PAD_ID)
-  rm = ("reward model", held.reward_model) if reward_model else ("", 0)
+  # A counted reward model is held beside the step; a real one is among its arguments.
+  counted = reward_model and not readers
+  rm = ("reward model", held.reward_model) if counted else ("", 0)
 
   if spec.fused and sampler_plan is None:  # exactly the program make_rl_step jits
-    layout = iteration.StepLayout(plan, state_sh, plan.batch(batch), {"reference": param_sh})
+    layout = iteration.StepLayout(plan, state_sh, plan.batch(batch), frozen_sh)
     step = iteration.make_rl_step(spec, layout=layout)
     rl_program = _compile("rl_step", step, (state, batch, rng, frozen), *rm)
   else:
@@ -292,15 +314,16 @@ def dry_run(cfg: ExperimentConfig, reward_model: bool = False,
   # While a sampler runs (evaluation, or a split iteration), the optimizer state and the
   # reference stay resident, and so do the learner's params when the sampler has a copy.
   outside = ["optimizer", "reference"] + ["learner's params"] * (sampler_plan is not None)
-  outside += [rm[0]] * reward_model
+  outside += ["reward model"] * bool(held.reward_model)
   sampler_program = _compile(
       "sampler", sample, (params, prompts, mask, _abstract_key(sp)), " + ".join(outside),
-      held.optimizer + held.reference + rm[1] + (held.params if sampler_plan else 0))
+      held.optimizer + held.reference + held.reward_model
+      + (held.params if sampler_plan else 0))
   return DryRunReport(mesh=dict(plan.mesh.shape),
                       sampler_mesh=dict(sampler_plan.mesh.shape) if sampler_plan else None,
                       devices=plan.mesh.size, platform=plan.mesh.devices.flat[0].platform,
                       processes=jax.process_count(), state=held,
-                      programs=(rl_program, sampler_program))
+                      programs=(rl_program, sampler_program), reward_roles=readers)
 
 
 def _compile_learn(spec, plan, state_sh, state, batch, rng, frozen, rm) -> ProgramBytes:
@@ -341,8 +364,9 @@ def to_markdown(report: DryRunReport, budget_bytes: Optional[int] = None) -> str
            f"| optimizer state | {_size(s.optimizer)} | follows the params' layout |",
            f"| reference | {_size(s.reference)} | frozen copy of the policy |",
            f"| reward model | {_size(s.reward_model) if s.reward_model else '-'} | "
-           + ("policy's backbone with a scalar head |" if s.reward_model
-              else "not counted (--dry_run_reward_model) |"),
+           + (f"roles {', '.join(report.reward_roles)}, arguments of the RL step |"
+              if report.reward_roles else "policy's backbone with a scalar head |"
+              if s.reward_model else "not counted (--dry_run_reward_model) |"),
            *([f"| sampler's copy of the params | {_size(s.sampler_params)} | "
               f"sampler_layout.separate: resharded into the sampler's layout every step |"]
              if s.sampler_params else []),

@@ -139,7 +139,7 @@ class Runtime:
     self.writer = metrics_lib.MetricsWriter(workdir, resume_step=self._resume_step(),
                                             enabled=jax.process_index() == 0)
     self._weights: Dict[str, Any] = {}
-    self._evaluators: Dict[str, Callable] = {}
+    self._evaluators: Dict[Tuple[str, Tuple[str, ...]], Callable] = {}
 
   # ---- checks -------------------------------------------------------------------------------
 
@@ -351,17 +351,28 @@ class Runtime:
 
   def evaluator(self, policy: str = "policy") -> Callable:
     """``evaluate(params) -> {eval/...}``: the role's samples on the held-out split, scored by
-    the judges of ``train.eval_judges``."""
-    if policy not in self._evaluators:
-      judges = self.cfg.train.eval_judges
+    the judges of ``train.eval_judges``.
+
+    A judge reading a role that is a copy not yet taken (a reward model copied from the
+    policy when its phase starts) waits: evaluating it would take the copy too early.
+    """
+    def ready(term) -> bool:
+      return all(r in self._weights or self.cfg.role_configs[r].weights.source != "role"
+                 for r in term.roles)
+
+    def evaluate(params) -> Dict[str, float]:
+      judges = tuple((m, t) for m, t in self.cfg.train.eval_judges if ready(t))
+      if not judges:
+        return {}
+      key = (policy, tuple(m for m, _ in judges))
       names = evaluation.judge_roles(judges)
-      fn = evaluation.make_evaluator(
-          self.model(policy), self.cfg.sampling, judges, pad_id=self.tokenizer.pad_id,
-          plan=self.plan, judge_models={n: self.model(n) for n in names})
-      self._evaluators[policy] = lambda params: (
-          fn(params, self.eval_data, self.eval_rng, {n: self.weights(n) for n in names})
-          if judges else {})
-    return self._evaluators[policy]
+      if key not in self._evaluators:
+        self._evaluators[key] = evaluation.make_evaluator(
+            self.model(policy), self.cfg.sampling, judges, pad_id=self.tokenizer.pad_id,
+            plan=self.plan, judge_models={n: self.model(n) for n in names})
+      return self._evaluators[key](params, self.eval_data, self.eval_rng,
+                                   {n: self.weights(n) for n in names})
+    return evaluate
 
   def offline_evaluator(self, name: str, spec: offline.OfflineSpec) -> Callable:
     """The objective's own metrics on the held-out split (no update), as

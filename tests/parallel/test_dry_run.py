@@ -24,7 +24,7 @@ P, A, N = 8, 4, 4            # prompt, answer and new tokens
 ROLLOUTS, GROUP = 16, 2
 
 
-def make_cfg(**phase) -> ExperimentConfig:
+def make_cfg(extra_roles=(), **phase) -> ExperimentConfig:
   model = tfm.ModelConfig(vocab_size=V, d_model=D, n_layers=L, n_heads=H, n_kv_heads=K,
                           head_dim=HD, d_ff=F, tie_embeddings=False, param_dtype="bfloat16",
                           dtype="float32")
@@ -34,7 +34,7 @@ def make_cfg(**phase) -> ExperimentConfig:
                                max_digits=1),
       sampling=SamplingConfig(max_new_tokens=N, stop_tokens=(2,)),
       roles=(("policy", RoleConfig(optimizer=OptimizerConfig(warmup_steps=0))),
-             ("reference", RoleConfig(trainable=False))),
+             ("reference", RoleConfig(trainable=False))) + tuple(extra_roles),
       phases=(("rl", PhaseConfig(**{**dict(batch_size=ROLLOUTS, group_size=GROUP,
                                            minibatches=2), **phase})),),
       mesh=MeshConfig(ici=(2, 2, 2))).validate()
@@ -196,3 +196,26 @@ def test_7b_config_validates_and_its_layouts_divide(target, devices):
   assert tfm.count_params(tfm.abstract_params(cfg.model)) == 6_738_415_616  # Llama-2-7B
   if devices == jax.device_count():  # no 7B array is made: layouts are checked abstractly
     dry_run.make_plan(cfg)
+
+
+def test_a_learned_reward_roles_weights_are_compiled_in_as_arguments():
+  """A reward model of another shape, read by the RL phase's reward: its bytes are counted
+  by hand, sit among the RL step's arguments (not outside it, not as constants)."""
+  from rlalign.rewards.learned import RewardModelSettings
+  rm_model = tfm.ModelConfig(vocab_size=V, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2,
+                             head_dim=8, d_ff=64, heads=("scalar",), param_dtype="float32")
+  cfg = make_cfg(extra_roles=(("rm", RoleConfig(model=rm_model, trainable=False)),),
+                 rewards=(RewardTerm("reward_model", 1.0, RewardModelSettings(role="rm")),))
+  report = dry_run.dry_run(cfg)
+  assert report.reward_roles == ("rm",)
+  # embed [V, 32] (vocab -> tensor, embed -> fsdp), q, k, v, o and the 3 MLP mats split over
+  # fsdp x tensor (4); norms and the scalar head's w over fsdp (2); its b replicated. float32.
+  d, h, hd, f = 32, 2, 8, 64
+  both = V * d + 3 * d * h * hd + h * hd * d + 3 * d * f
+  expected = 4 * (both // 4 + (2 * d + d) // 2 + d // 2 + 1)
+  assert report.state.reward_model == expected
+  rl_step, sampler = report.programs
+  s = report.state
+  assert rl_step.outside == 0
+  assert rl_step.arguments >= s.params + s.optimizer + s.reference + s.reward_model
+  assert sampler.outside == s.optimizer + s.reference + s.reward_model

@@ -47,3 +47,21 @@ def test_declaring_another_role_changes_no_other_roles_init(tmp_path):
                jax.device_get(two.weights("policy")))
   assert not np.array_equal(jax.device_get(two.weights("critic")["embed"]),
                             jax.device_get(one["embed"]))
+
+
+def test_a_judge_reading_a_copy_not_yet_taken_waits(tmp_path):
+  """Evaluating a judge would take a role's copy early (the reward model copied from the
+  policy before its warm start); such a judge waits until a phase takes the copy."""
+  config = smoke_config(tmp_path)
+  config.roles.reward_model = dict(weights=dict(source="role", role="policy"),
+                                   heads=("scalar",), trainable=False)
+  config.train.eval_judges = {"pass@1": "exact_match",
+                              "rm": {"name": "reward_model", "role": "reward_model"}}
+  runtime = Runtime(config_lib.from_config_dict(config), str(tmp_path / "run"),
+                    [("warm_start", 4), ("rl", 4)])
+  first = runtime.evaluator()(runtime.weights("policy"))
+  assert set(first) == {"eval/pass@1_greedy", "eval/pass@1_sampled"}
+  assert "reward_model" not in runtime._weights
+  runtime.weights("reward_model")  # what a phase reading it does as it starts
+  later = runtime.evaluator()(runtime.weights("policy"))
+  assert set(later) == set(first) | {"eval/rm_greedy", "eval/rm_sampled"}
