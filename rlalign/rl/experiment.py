@@ -110,6 +110,8 @@ class ExperimentConfig:
     for name, role in self.roles:
       role.validate(f"roles.{name}", tuple(roles))
       role.model_config(self.model).validate(f"roles.{name}.model")
+      if role.rules is not None:
+        dataclasses.replace(self.mesh, rules=role.rules).validate(f"roles.{name}")
     for name, phase in self.phases:
       prefix = f"phases.{name}"
       phase.validate(prefix)

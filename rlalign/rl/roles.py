@@ -55,6 +55,9 @@ class RoleConfig:
   trainable: bool = True
   optimizer: OptimizerConfig = OptimizerConfig()
   export_hf: bool = False  # write the role to <workdir>/hf/<role> at the end (HF sources)
+  # The role's layout: logical-axis rules for its params on the run's mesh (say, a small
+  # reward model replicated beside an FSDP policy). None: the mesh's own rules.
+  rules: Optional[Tuple[Tuple[str, Tuple[str, ...]], ...]] = None
 
   def validate(self, prefix: str, names: Tuple[str, ...] = ()) -> None:
     if self.model is not None:

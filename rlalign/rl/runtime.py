@@ -186,9 +186,15 @@ class Runtime:
   def model(self, name: str) -> tfm.ModelConfig:
     return self.cfg.role_model(name)
 
+  def role_plan(self, name: str) -> ShardingPlan:
+    """The plan a role's params are laid out by: the run's mesh, the role's rules if it has
+    its own (``roles.<name>.rules``)."""
+    rules = self.cfg.role_configs[name].rules
+    return self.plan if rules is None else ShardingPlan(self.plan.mesh, rules)
+
   def param_shardings(self, name: str):
     model = self.model(name)
-    return self.plan.params(tfm.logical_axes(model), tfm.abstract_params(model))
+    return self.role_plan(name).params(tfm.logical_axes(model), tfm.abstract_params(model))
 
   def weights(self, name: str):
     """The role's current weights, created from its source on first use."""
@@ -233,7 +239,12 @@ class Runtime:
     src = self.weights(source)
     model = self.model(name)
     if self.model(source) == model:
-      return src  # the same arrays: frozen copies are never donated
+      # The same arrays when the layouts agree (frozen copies are never donated), else moved
+      # into the role's own layout.
+      own = self.param_shardings(name)
+      if all(a.sharding == b for a, b in zip(jax.tree.leaves(src), jax.tree.leaves(own))):
+        return src
+      return jax.device_put(src, own)
     fresh = jax.jit(functools.partial(tfm.init, model),
                     out_shardings=self.param_shardings(name))(self._init_rngs[name])
     shared = set(fresh) & set(src)
@@ -244,7 +255,7 @@ class Runtime:
     out = {key: (src[key] if key in shared else fresh[key]) for key in fresh}
     if "scalar_head" in out and "scalar_head" not in src:
       out["scalar_head"] = jax.tree.map(lambda x: x * 0, out["scalar_head"])
-    return out
+    return jax.device_put(out, self.param_shardings(name))
 
   def _checkpoint_weights(self, name: str, directory: str, saved_as: str):
     ckpt = ckpt_lib.Checkpointer(directory, save_every=1)
@@ -307,8 +318,8 @@ class Runtime:
         continue
       make = lambda p, r, a=spec.adapter, axes=model_axes: lora_lib.init_lora(p, a, r, axes)
       abstract[name] = jax.eval_shape(make, tfm.abstract_params(spec.model), self._init_rngs[name])
-      shardings[name] = self.plan.params(lora_lib.lora_logical_axes(model_axes, spec.adapter),
-                                         abstract[name])
+      shardings[name] = self.role_plan(name).params(
+          lora_lib.lora_logical_axes(model_axes, spec.adapter), abstract[name])
       params[name] = jax.jit(make, out_shardings=shardings[name])(self.weights(name),
                                                                   self._init_rngs[name])
       log(f"{name}: training LoRA adapters, {tfm.count_params(params[name]):,} of "

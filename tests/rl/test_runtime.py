@@ -65,3 +65,36 @@ def test_a_judge_reading_a_copy_not_yet_taken_waits(tmp_path):
   runtime.weights("reward_model")  # what a phase reading it does as it starts
   later = runtime.evaluator()(runtime.weights("policy"))
   assert set(later) == set(first) | {"eval/rm_greedy", "eval/rm_sampled"}
+
+
+def test_a_role_with_its_own_layout_trains_like_the_shared_layout(tmp_path):
+  """FSDP over 8 devices; the reference replicated by rules of its own: its arrays are whole
+  on every device, and one RL step gives the same policy as with the shared layout."""
+  from rlalign.parallel.mesh import DEFAULT_RULES
+  results = {}
+  for own in (False, True):
+    config = smoke_config(tmp_path)
+    config.mesh.ici = (1, 8, 1)
+    config.recipe.order = ("rl",)
+    if own:
+      config.roles.reference.rules = {k: () if k != "batch" else v
+                                      for k, v in dict(DEFAULT_RULES).items()}
+    cfg = config_lib.from_config_dict(config)
+    runtime = Runtime(cfg, str(tmp_path / f"run_{own}"), [("rl", 1)])
+    built = runtime.build_phase("rl")
+    reference = built.frozen["reference"]
+    assert reference["embed"].sharding.is_fully_replicated == own
+    batch = built.phase.put_batch(next(built.data))
+    state, _ = built.phase.step_fn(built.state, batch, built.rng, built.frozen)
+    results[own] = jax.device_get(state["roles"]["policy"]["params"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               results[False], results[True])
+
+
+def test_role_rules_are_checked_against_the_mesh(tmp_path):
+  config = smoke_config(tmp_path)
+  config.roles.reference.rules = {"embed": ("model",)}
+  import pytest
+  with pytest.raises(ValueError, match=r"roles\.reference\.rules maps 'embed' to mesh axis "
+                                       r"'model'"):
+    config_lib.from_config_dict(config)
