@@ -25,6 +25,10 @@ class LoopConfig:
   checkpoint_every: int = 50
   eval_batch_size: int = 256
   max_checkpoints: int = 2
+  # Save the frozen roles a phase reads (a reference, a reward model) in its checkpoints, so
+  # one checkpoint resumes the phase; False rebuilds them from their sources on resume and
+  # spares the disk (a 7B reference is 13 GB a checkpoint).
+  checkpoint_frozen: bool = True
   # metric name -> in-graph reward used as the held-out judge of the policy's samples
   eval_judges: Tuple[Tuple[str, reward_base.RewardTerm], ...] = evaluation.DEFAULT_JUDGES
 

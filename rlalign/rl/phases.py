@@ -150,8 +150,14 @@ POSTFIX_KEYS = ("loss", "reward", "accuracy", "pass@1_greedy")
 
 
 def run_phase(phase: Phase, state, data_iter, rng: jax.Array, frozen: Mapping[str, Any],
-              checkpointer: ckpt_lib.Checkpointer, writer: metrics_lib.MetricsWriter):
-  """Runs ``phase`` from ``state['step']`` to ``phase.num_steps``, checkpointing as it goes."""
+              checkpointer: ckpt_lib.Checkpointer, writer: metrics_lib.MetricsWriter,
+              save_frozen: bool = True):
+  """Runs ``phase`` from ``state['step']`` to ``phase.num_steps``, checkpointing as it goes.
+
+  Each checkpoint holds the state (every trained role, the recipe's own arrays), the RNG, the
+  data position and, with ``save_frozen``, the frozen roles the phase reads: one checkpoint
+  alone resumes the phase.
+  """
   step = int(jax.device_get(state["step"]))
   bar = metrics_lib.progress(total=phase.num_steps, initial=step, desc=phase.name,
                              enabled=jax.process_index() == 0)
@@ -177,7 +183,7 @@ def run_phase(phase: Phase, state, data_iter, rng: jax.Array, frozen: Mapping[st
                        if k.split("/")[-1] in POSTFIX_KEYS})
       window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
     if checkpointer.should_save(step) or last:
-      checkpointer.save(step, {**state, "rng": jax.random.key_data(rng)},
+      checkpointer.save(step, checkpoint_tree(state, rng, frozen if save_frozen else None),
                         data_iter.get_state(), force=last)
     bar.update(1)
   bar.close()
@@ -185,13 +191,24 @@ def run_phase(phase: Phase, state, data_iter, rng: jax.Array, frozen: Mapping[st
   return state
 
 
-def resume(checkpointer: ckpt_lib.Checkpointer, state, data_iter, rng: jax.Array):
-  """Restores the latest checkpoint into ``state`` and the iterator, if there is one."""
+def checkpoint_tree(state, rng: jax.Array, frozen: Optional[Mapping[str, Any]]):
+  tree = {**state, "rng": jax.random.key_data(rng)}
+  if frozen:
+    tree["frozen"] = dict(frozen)
+  return tree
+
+
+def resume(checkpointer: ckpt_lib.Checkpointer, state, data_iter, rng: jax.Array,
+           frozen: Optional[Mapping[str, Any]] = None):
+  """Restores the latest checkpoint into ``state``, the RNG, the iterator and (when the
+  checkpoint holds them) the frozen roles; returns ``(state, rng, frozen)``."""
+  frozen = dict(frozen or {})
   if checkpointer.latest_step() is None:
-    return state, rng
+    return state, rng, frozen
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                        {**state, "rng": jax.random.key_data(rng)})
+                        checkpoint_tree(state, rng, frozen if frozen else None))
   restored, data_state = checkpointer.restore(target)
   data_iter.set_state(data_state)
   rng = jax.random.wrap_key_data(restored.pop("rng"))
-  return restored, rng
+  frozen = {**frozen, **restored.pop("frozen", {})}
+  return restored, rng, frozen

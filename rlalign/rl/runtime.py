@@ -9,9 +9,9 @@ phases and the summary.
 The runtime holds the current weights of every role (``runtime.weights(name)``), created the
 first time a phase needs them: random, from a Hugging Face directory, from an earlier run's
 checkpoint, or as a copy of another role as it is when the first phase using the copy starts.
-Each phase checkpoints the roles it trains (params and optimizer state), its data iterator
-and its RNG under ``<workdir>/checkpoints/<phase>``, and resumes from there. Frozen roles are
-not saved: their source rebuilds them exactly.
+Each phase checkpoints the roles it trains (params and optimizer state), the frozen roles it
+reads (``train.checkpoint_frozen``), its data iterator, its RNG and any state of the recipe's
+own under ``<workdir>/checkpoints/<phase>``, and resumes from there.
 """
 from __future__ import annotations
 
@@ -485,7 +485,10 @@ class Runtime:
     checkpointer = self.checkpointer(name)
     rng = self._phase_rngs[name]
     fresh = checkpointer.latest_step() is None
-    state, rng = phases_lib.resume(checkpointer, state, data, rng)
+    # A checkpoint without frozen roles (train.checkpoint_frozen=False) keeps the rebuilt ones.
+    state, rng, frozen = phases_lib.resume(checkpointer, state, data, rng,
+                                           frozen if cfg.train.checkpoint_frozen else None)
+    frozen = {**self.frozen(roles), **frozen}
     if fresh and evaluate_at_start:
       self.writer.write(self.offsets[name], evaluate(state))
     buckets_ = cfg.data.prompt_buckets if phase_cfg.kind == "rl" else ()
@@ -517,7 +520,8 @@ class Runtime:
   def run(self, built: BuiltPhase):
     """Runs a built phase to its end; the roles it trained take their new weights."""
     state = phases_lib.run_phase(built.phase, built.state, built.data, built.rng, built.frozen,
-                                 built.checkpointer, self.writer)
+                                 built.checkpointer, self.writer,
+                                 save_frozen=self.cfg.train.checkpoint_frozen)
     for name, spec in built.roles.items():
       if spec.trained:
         self.set_weights(name, self.policy_weights(state, built.roles, built.frozen, name))

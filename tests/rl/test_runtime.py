@@ -98,3 +98,21 @@ def test_role_rules_are_checked_against_the_mesh(tmp_path):
   with pytest.raises(ValueError, match=r"roles\.reference\.rules maps 'embed' to mesh axis "
                                        r"'model'"):
     config_lib.from_config_dict(config)
+
+
+def test_a_phase_checkpoint_holds_the_frozen_roles_it_reads(tmp_path):
+  """Resuming restores the reference from the phase's own checkpoint: here the run is resumed
+  with the reference's source changed, and the checkpointed reference is what comes back."""
+  config = smoke_config(tmp_path)
+  config.recipe.order = ("rl",)
+  config.train.checkpoint_every = 1
+  workdir = str(tmp_path / "run")
+  first = Runtime(config_lib.from_config_dict(config), workdir, [("rl", 1)])
+  first.run(first.build_phase("rl"))
+  reference = jax.device_get(first.weights("reference"))
+  config.roles.reference.weights = dict(source="random")
+  again = Runtime(config_lib.from_config_dict(config), workdir, [("rl", 1)])
+  rebuilt = jax.device_get(again.weights("reference"))
+  assert not np.array_equal(rebuilt["embed"], reference["embed"])
+  resumed = jax.device_get(again.build_phase("rl").frozen["reference"])
+  jax.tree.map(np.testing.assert_array_equal, resumed, reference)
