@@ -38,18 +38,8 @@ from rlalign import presets
 
 
 def get_config(arg: str = ""):
-  train_path, _, test_path = arg.partition(",")
-  if not train_path or not test_path:
-    raise ValueError("dpo_jsonl.py needs the train and held-out pair files: "
-                     "--config=configs/dpo_jsonl.py:/path/train.jsonl,/path/test.jsonl")
   c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model = dict(presets.ADDITION_MODEL, vocab_size=128)  # printable-ASCII characters
-  # Addition with 3-digit operands: "740+580=" is 9 tokens with BOS, answers up to 4 digits
-  # and EOS. Longer prompts or answers need these raised.
-  c.data = dict(task="jsonl", data_dir="", train_path=train_path, test_path=test_path,
-                max_prompt_len=10, max_answer_len=5)
-  c.sampling = dict(presets.ADDITION_SAMPLING, max_new_tokens=5)
+  presets.addition_pairs_task(c, arg, "dpo_jsonl.py")
   c.roles = presets.policy_and_reference(
       optimizer=dict(learning_rate=1e-4, warmup_steps=10, max_grad_norm=1.0))
   c.phases = dict(
@@ -59,7 +49,4 @@ def get_config(arg: str = ""):
                                                          label_smoothing=0.0)),
   )
   c.recipe = dict(name="sequence", order=("warm_start", "dpo"))
-  c.mesh = presets.mesh()
-  c.sampler_layout = presets.sampler_layout(c.mesh)
-  c.train = dict(presets.LOOP)
   return ml_collections.ConfigDict(c.to_dict())

@@ -52,17 +52,8 @@ from rlalign import presets
 
 
 def get_config(arg: str = ""):
-  train_path, _, test_path = arg.partition(",")
-  if not train_path or not test_path:
-    raise ValueError("grpo_reward_model.py needs the train and held-out pair files: "
-                     "--config=configs/grpo_reward_model.py:/path/train.jsonl,/path/test.jsonl")
   c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model = dict(presets.ADDITION_MODEL, vocab_size=128)  # printable-ASCII characters
-  # 3-digit addition: prompts of 9 tokens with BOS, answers of up to 4 digits and EOS.
-  c.data = dict(task="jsonl", data_dir="", train_path=train_path, test_path=test_path,
-                max_prompt_len=10, max_answer_len=5)
-  c.sampling = dict(presets.ADDITION_SAMPLING, max_new_tokens=5)
+  presets.addition_pairs_task(c, arg, "grpo_reward_model.py")
   c.roles = dict(
       **presets.policy_and_reference(
           optimizer=dict(learning_rate=5e-4, warmup_steps=10, max_grad_norm=1.0)),
@@ -79,7 +70,4 @@ def get_config(arg: str = ""):
                             rewards={"reward_model": {"role": "reward_model"}}),
   )
   c.recipe = dict(name="sequence", order=("warm_start", "rm", "rl"))
-  c.mesh = presets.mesh()
-  c.sampler_layout = presets.sampler_layout(c.mesh)
-  c.train = dict(presets.LOOP)
   return ml_collections.ConfigDict(c.to_dict())

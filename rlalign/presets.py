@@ -69,6 +69,24 @@ def addition_task(c) -> None:
   c.train = dict(LOOP)
 
 
+def addition_pairs_task(c, arg: str, config_name: str) -> None:
+  """The addition task from JSONL files of preference pairs (``rlalign.data.addition``
+  writes them): ``arg`` is ``train.jsonl,test.jsonl``. Printable-ASCII characters, prompts
+  of 9 tokens with BOS, answers of up to 4 digits and EOS."""
+  train_path, _, test_path = arg.partition(",")
+  if not train_path or not test_path:
+    raise ValueError(f"{config_name} needs the train and held-out pair files: "
+                     f"--config=configs/{config_name}:/path/train.jsonl,/path/test.jsonl")
+  c.seed = 0
+  c.model = dict(ADDITION_MODEL, vocab_size=128)
+  c.data = dict(task="jsonl", data_dir="", train_path=train_path, test_path=test_path,
+                max_prompt_len=10, max_answer_len=5)
+  c.sampling = dict(ADDITION_SAMPLING, max_new_tokens=5)
+  c.mesh = mesh()
+  c.sampler_layout = sampler_layout(c.mesh)
+  c.train = dict(LOOP)
+
+
 def shrink_for_smoke(c) -> None:
   """``:smoke``: the same run in seconds, for tests (a ConfigDict built from these blocks)."""
   c.model.update(d_model=32, n_heads=2, n_kv_heads=2, head_dim=16, d_ff=64)

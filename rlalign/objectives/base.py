@@ -37,6 +37,8 @@ from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple, Ty
 import jax
 import jax.numpy as jnp
 
+from rlalign import registry
+
 Metrics = Dict[str, jax.Array]
 
 # What a loss (or ``prepare``) may ask a model for.
@@ -80,24 +82,19 @@ class Objective:
                        "which samples")
 
 
-_REGISTRY: Dict[str, Objective] = {}
+_REGISTRY: registry.Registry[Objective] = registry.Registry("objective")
 
 
 def register(objective: Objective) -> Objective:
-  if objective.name in _REGISTRY:
-    raise ValueError(f"objective {objective.name!r} is registered twice")
-  _REGISTRY[objective.name] = objective
-  return objective
+  return _REGISTRY.register(objective.name, objective)
 
 
 def get(name: str) -> Objective:
-  if name not in _REGISTRY:
-    raise KeyError(f"unknown objective {name!r}; registered: {sorted(_REGISTRY)}")
-  return _REGISTRY[name]
+  return _REGISTRY.get(name)
 
 
 def names() -> Tuple[str, ...]:
-  return tuple(sorted(_REGISTRY))
+  return _REGISTRY.names()
 
 
 def aggregate(per_token: jax.Array, mask: jax.Array, mode: str) -> jax.Array:

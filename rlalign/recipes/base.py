@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, Tuple, Type
 
+from rlalign import registry
 from rlalign.rl.experiment import ExperimentConfig
 
 
@@ -20,24 +21,19 @@ class Recipe:
   run: Callable[[ExperimentConfig, str], Dict[str, Any]]
 
 
-_REGISTRY: Dict[str, Recipe] = {}
+_REGISTRY: registry.Registry[Recipe] = registry.Registry("recipe")
 
 
 def register(recipe: Recipe) -> Recipe:
-  if recipe.name in _REGISTRY:
-    raise ValueError(f"recipe {recipe.name!r} is registered twice")
-  _REGISTRY[recipe.name] = recipe
-  return recipe
+  return _REGISTRY.register(recipe.name, recipe)
 
 
 def get(name: str) -> Recipe:
-  if name not in _REGISTRY:
-    raise KeyError(f"unknown recipe {name!r}; registered: {sorted(_REGISTRY)}")
-  return _REGISTRY[name]
+  return _REGISTRY.get(name)
 
 
 def names() -> Tuple[str, ...]:
-  return tuple(sorted(_REGISTRY))
+  return _REGISTRY.names()
 
 
 def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlalign import registry
+
 
 @dataclasses.dataclass(frozen=True)
 class NoSettings:
@@ -66,15 +68,13 @@ class RewardTerm:
     return tuple(self.reward.roles_of(self.settings))
 
 
-_REGISTRY: Dict[str, Reward] = {}
+_REGISTRY: registry.Registry[Reward] = registry.Registry("reward")
 
 
 def _register(name: str, in_graph: bool, settings: Type[Any] = NoSettings,
               roles_of: Callable[[Any], Tuple[str, ...]] = lambda settings: ()):
   def wrap(fn):
-    if name in _REGISTRY:
-      raise ValueError(f"reward {name!r} is registered twice")
-    _REGISTRY[name] = Reward(name, fn, in_graph, settings, roles_of)
+    _REGISTRY.register(name, Reward(name, fn, in_graph, settings, roles_of))
     return fn
   return wrap
 
@@ -94,13 +94,11 @@ def host(name: str):
 
 
 def get(name: str) -> Reward:
-  if name not in _REGISTRY:
-    raise KeyError(f"unknown reward {name!r}; registered: {sorted(_REGISTRY)}")
-  return _REGISTRY[name]
+  return _REGISTRY.get(name)
 
 
 def names() -> Tuple[str, ...]:
-  return tuple(sorted(_REGISTRY))
+  return _REGISTRY.names()
 
 
 def score_in_graph(terms: Sequence[RewardTerm], rollouts: Mapping[str, jax.Array],

@@ -30,12 +30,12 @@ from rlalign.models import lora as lora_lib
 from rlalign.models import transformer as tfm
 from rlalign.objectives import advantages as adv_lib
 from rlalign.objectives import base as obj_base
-from rlalign.parallel.sharding import ShardingPlan
 from rlalign.rewards import base as reward_base
 from rlalign.rl import roles as roles_lib
 from rlalign.rl import state as state_lib
 from rlalign.rl import update
-from rlalign.rl.layout import SamplerLayout, StepLayout, jit_with_rules
+# StepLayout and SamplerLayout are re-exported: callers build step layouts from here.
+from rlalign.rl.layout import SamplerLayout, StepLayout, jit_with_rules  # noqa: F401
 from rlalign.sampling import sampler
 
 Batch = Mapping[str, jax.Array]

@@ -20,7 +20,6 @@ import numpy as np
 
 from rlalign import checkpoint as ckpt_lib
 from rlalign import metrics as metrics_lib
-from rlalign.objectives import advantages as adv_lib
 from rlalign.objectives import base as obj_base
 from rlalign.rewards import base as reward_base
 from rlalign.rl.iteration import RLConfig

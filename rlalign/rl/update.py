@@ -14,7 +14,7 @@ slot to one of the run's roles.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
