@@ -20,8 +20,8 @@ from rlalign import objectives, recipes, rewards
 from rlalign.rewards.base import RewardTerm
 from rlalign.rl.experiment import (ExperimentConfig, LoopConfig, RecipeConfig,
                                    SamplerLayoutConfig, to_dict)
-from rlalign.rl.phases import AdapterConfig, ObjectiveConfig, PhaseConfig
-from rlalign.rl.roles import RoleConfig, WeightsConfig
+from rlalign.rl.phases import ObjectiveConfig, PhaseConfig
+from rlalign.rl.roles import AdapterConfig, RoleConfig, WeightsConfig
 
 __all__ = ["AdapterConfig", "ConfigError", "ExperimentConfig", "LoopConfig", "ObjectiveConfig",
            "PhaseConfig", "RecipeConfig", "RoleConfig", "SamplerLayoutConfig", "WeightsConfig",

@@ -23,6 +23,7 @@ from rlalign import metrics as metrics_lib
 from rlalign.objectives import base as obj_base
 from rlalign.rewards import base as reward_base
 from rlalign.rl.iteration import RLConfig
+from rlalign.rl.roles import AdapterConfig
 from rlalign.rl.state import OptimizerConfig
 
 
@@ -41,35 +42,17 @@ def default_objective(name: str = "grpo") -> ObjectiveConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class AdapterConfig:
-  """Train LoRA adapters instead of every weight of the policy role (``lora_rank`` 0: full
-  fine-tuning). The role's weights as the phase starts stay frozen under the adapters, and
-  double as the reference when the reference is a copy of them (the same arrays). When the
-  phase ends, the role's weights are the merged ones."""
-  lora_rank: int = 0
-  lora_alpha: float = 16.0
-  lora_targets: str = r"layers/(q|k|v|o|gate|up|down)"
-
-  def validate(self, prefix: str = "adapter") -> None:
-    if self.lora_rank < 0:
-      raise ValueError(f"{prefix}.lora_rank must be >= 0, got {self.lora_rank}")
-    if self.lora_rank:
-      self.lora().validate(prefix)
-
-  def lora(self):
-    from rlalign.models.lora import LoRAConfig
-    return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha,
-                      target_regex=self.lora_targets)
-
-
-@dataclasses.dataclass(frozen=True)
 class PhaseConfig:
-  """One phase of a run. The fields after ``slots`` apply to rollout (RL) phases only."""
+  """One phase of a run. The fields after ``slots`` apply to rollout (RL) phases only.
+
+  ``steps=0`` makes an evaluation phase: no update, one held-out evaluation of its policy
+  (and, for a pairs objective, of the objective's own metrics) at its place in the run.
+  """
   steps: int = 100
   batch_size: int = 64  # per step: rollouts (RL), or examples / pairs (offline)
   objective: ObjectiveConfig = dataclasses.field(default_factory=default_objective)
   optimizer: Optional[OptimizerConfig] = None  # None: each trained role's own optimizer
-  adapter: AdapterConfig = AdapterConfig()
+  adapter: AdapterConfig = AdapterConfig()  # LoRA on the policy slot's role, this phase only
   slots: Tuple[Tuple[str, str], ...] = ()  # objective slot -> role, where the names differ
   epochs: int = 1
   minibatches: int = 1
@@ -106,7 +89,9 @@ class PhaseConfig:
                     rescore_old_logprobs=self.rescore_old_logprobs)
 
   def validate(self, prefix: str) -> None:
-    for name in ("steps", "batch_size", "epochs", "minibatches"):
+    if self.steps < 0:
+      raise ValueError(f"{prefix}.steps must be >= 0 (0: evaluate only), got {self.steps}")
+    for name in ("batch_size", "epochs", "minibatches"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{prefix}.{name} must be positive, got {getattr(self, name)}")
     if self.batch_size % self.minibatches:

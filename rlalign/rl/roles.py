@@ -46,6 +46,28 @@ class WeightsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+  """Train LoRA adapters instead of every weight (``lora_rank`` 0: full fine-tuning). The
+  role's weights as a phase starts stay frozen under the adapters, and double as the
+  reference when the reference is a copy of them (the same arrays). When the phase ends, the
+  role's weights are the merged ones."""
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: str = r"layers/(q|k|v|o|gate|up|down)"
+
+  def validate(self, prefix: str = "adapter") -> None:
+    if self.lora_rank < 0:
+      raise ValueError(f"{prefix}.lora_rank must be >= 0, got {self.lora_rank}")
+    if self.lora_rank:
+      self.lora().validate(prefix)
+
+  def lora(self):
+    from rlalign.models.lora import LoRAConfig
+    return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha,
+                      target_regex=self.lora_targets)
+
+
+@dataclasses.dataclass(frozen=True)
 class RoleConfig:
   """One named model of a run."""
   # None: the run's top-level ``model``. ``heads`` picks the LM head, the scalar head or both.
@@ -54,6 +76,7 @@ class RoleConfig:
   weights: WeightsConfig = WeightsConfig()
   trainable: bool = True
   optimizer: OptimizerConfig = OptimizerConfig()
+  adapter: AdapterConfig = AdapterConfig()  # LoRA in every phase that trains this role
   export_hf: bool = False  # write the role to <workdir>/hf/<role> at the end (HF sources)
   # The role's layout: logical-axis rules for its params on the run's mesh (say, a small
   # reward model replicated beside an FSDP policy). None: the mesh's own rules.
@@ -67,6 +90,7 @@ class RoleConfig:
       raise ValueError(f"{prefix}.weights.role {self.weights.role!r} is not a role of this "
                        f"run; roles: {list(names)}")
     self.optimizer.validate(f"{prefix}.optimizer")
+    self.adapter.validate(f"{prefix}.adapter")
 
   def model_config(self, default: tfm.ModelConfig) -> tfm.ModelConfig:
     model = self.model or default

@@ -297,6 +297,8 @@ class Runtime:
         optimizer = state_lib.make_optimizer(phase.optimizer or roles[name].optimizer)
         if phase.adapter.lora_rank and name == phase.role("policy"):
           adapter = phase.adapter.lora()
+        elif roles[name].adapter.lora_rank:
+          adapter = roles[name].adapter.lora()
       specs[name] = roles_lib.RoleSpec(self.model(name), optimizer, adapter)
     return specs
 
@@ -489,7 +491,7 @@ class Runtime:
     state, rng, frozen = phases_lib.resume(checkpointer, state, data, rng,
                                            frozen if cfg.train.checkpoint_frozen else None)
     frozen = {**self.frozen(roles), **frozen}
-    if fresh and evaluate_at_start:
+    if fresh and evaluate_at_start and num_steps:  # a 0-step phase evaluates in run()
       self.writer.write(self.offsets[name], evaluate(state))
     buckets_ = cfg.data.prompt_buckets if phase_cfg.kind == "rl" else ()
     # RL metrics keep plain names (reward, kl, ...); offline ones are prefixed by the phase.
@@ -518,7 +520,13 @@ class Runtime:
     return self.evaluator(policy)(self.policy_weights(state, roles, frozen, policy))
 
   def run(self, built: BuiltPhase):
-    """Runs a built phase to its end; the roles it trained take their new weights."""
+    """Runs a built phase to its end; the roles it trained take their new weights. A phase of
+    0 steps evaluates once, at its place on the metrics axis."""
+    if built.phase.num_steps == 0:
+      record = built.phase.evaluate(built.state)
+      if record:
+        self.writer.write(built.phase.step_offset, record)
+      return built.state
     state = phases_lib.run_phase(built.phase, built.state, built.data, built.rng, built.frozen,
                                  built.checkpointer, self.writer,
                                  save_frozen=self.cfg.train.checkpoint_frozen)

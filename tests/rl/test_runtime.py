@@ -116,3 +116,34 @@ def test_a_phase_checkpoint_holds_the_frozen_roles_it_reads(tmp_path):
   assert not np.array_equal(rebuilt["embed"], reference["embed"])
   resumed = jax.device_get(again.build_phase("rl").frozen["reference"])
   jax.tree.map(np.testing.assert_array_equal, resumed, reference)
+
+
+def test_a_role_level_adapter_trains_lora_in_every_phase_that_trains_the_role(tmp_path):
+  config = smoke_config(tmp_path)
+  config.roles.critic = dict(weights=dict(source="role", role="policy"), heads=("scalar",),
+                             adapter=dict(lora_rank=2, lora_targets=r"layers/(q|v)"))
+  config.phases.rl.objective = dict(name="ppo")
+  runtime = Runtime(config_lib.from_config_dict(config), str(tmp_path / "run"), [("rl", 1)])
+  roles = runtime.role_specs(config_lib.from_config_dict(config).phase_configs["rl"])
+  assert roles["critic"].adapter is not None and roles["policy"].adapter is None
+  state, _ = runtime.initial_state(roles)
+  critic = state["roles"]["critic"]["params"]
+  assert set(critic) == {"layers"} and set(critic["layers"]) == {"q", "v"}
+  assert "embed" in state["roles"]["policy"]["params"]
+
+
+def test_a_phase_of_zero_steps_evaluates_once_and_trains_nothing(tmp_path):
+  config = smoke_config(tmp_path)
+  config.phases.final = dict(steps=0, batch_size=16, objective=dict(name="sft"))
+  config.recipe.order = ("final",)
+  runtime = Runtime(config_lib.from_config_dict(config), str(tmp_path / "run"), [("final", 0)])
+  before = jax.device_get(runtime.weights("policy"))
+  runtime.run(runtime.build_phase("final"))
+  runtime.writer.close()
+  from rlalign import metrics as metrics_lib
+  records = metrics_lib.read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))
+  assert [r["step"] for r in records] == [0]
+  assert set(records[0]) == {"step", "eval/pass@1_greedy", "eval/pass@1_sampled"}
+  jax.tree.map(np.testing.assert_array_equal, before,
+               jax.device_get(runtime.weights("policy")))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints" / "final" / "0")
