@@ -2,7 +2,7 @@
 
   python -m rlalign.main --config=configs/grpo_addition.py --workdir=/tmp/run
   python -m rlalign.main --config=configs/grpo_addition.py:smoke --workdir=/tmp/run \
-      --config.rl.group_size=4
+      --config.phases.rl.group_size=4
 
 Running again with the same workdir resumes from its latest checkpoint. ``--dry_run`` compiles
 the RL step and the sampler for the config's mesh from abstract inputs, prints per-device

@@ -3,7 +3,7 @@
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m rlalign.parallel.bench_reshard
 
 A learner in FSDP layout (1, 8, 1) hands its weights to a sampler in a tensor-parallel layout
-(4, 1, 2) over the same devices, as ``roles.separate_sampler`` does every RL step. Prints the
+(4, 1, 2) over the same devices, as ``sampler_layout.separate`` does every RL step. Prints the
 median time per reshard, the bytes each device receives, and the same copy into the layout
 the weights already have (the baseline: no movement). The trainer uses ``jax.device_put``;
 the same move as a jitted identity with ``out_shardings`` (XLA collectives) is timed beside

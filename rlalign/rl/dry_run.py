@@ -61,7 +61,7 @@ class StateBytes:
   reference: int
   reward_model: int   # the RL phase's reward roles, or one counted on request, or 0
   kv_cache: int       # one sampling call of rl.batch_size rows
-  sampler_params: int  # the sampler's own copy with roles.separate_sampler, else 0
+  sampler_params: int  # the sampler's own copy with sampler_layout.separate, else 0
   param_dtype: str
   kv_shape: Tuple[int, ...]
   kv_spec: str
