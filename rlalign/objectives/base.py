@@ -115,6 +115,12 @@ def aggregate(per_token: jax.Array, mask: jax.Array, mode: str) -> jax.Array:
 AGGREGATIONS = ("token", "sequence")
 
 
+def check_choice(prefix: str, name: str, value: str, choices) -> None:
+  """Raises ValueError naming ``prefix.name`` unless ``value`` is one of ``choices``."""
+  if value not in choices:
+    raise ValueError(f"{prefix}.{name} must be one of {list(choices)}, got {value!r}")
+
+
 def per_token(advantages: jax.Array) -> jax.Array:
   """[B] sequence advantages broadcast over tokens; [B, T] per-token ones pass through."""
   return advantages[:, None] if advantages.ndim == 1 else advantages

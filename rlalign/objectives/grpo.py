@@ -32,12 +32,8 @@ class GRPOConfig:
       raise ValueError(f"{prefix}.clip_eps_high must be positive, got {self.clip_eps_high}")
     if self.kl_coef < 0:
       raise ValueError(f"{prefix}.kl_coef must be >= 0, got {self.kl_coef}")
-    if self.kl_estimator not in kl.ESTIMATORS:
-      raise ValueError(f"{prefix}.kl_estimator must be one of {sorted(kl.ESTIMATORS)}, "
-                       f"got {self.kl_estimator!r}")
-    if self.aggregation not in base.AGGREGATIONS:
-      raise ValueError(f"{prefix}.aggregation must be one of {base.AGGREGATIONS}, "
-                       f"got {self.aggregation!r}")
+    base.check_choice(prefix, "kl_estimator", self.kl_estimator, kl.ESTIMATORS)
+    base.check_choice(prefix, "aggregation", self.aggregation, base.AGGREGATIONS)
 
 
 def clipped_surrogate(log_ratio: jax.Array, advantages: jax.Array, eps_low: float,

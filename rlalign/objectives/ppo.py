@@ -56,12 +56,8 @@ class PPOConfig:
       value = getattr(self, name)
       if not value >= 0:
         raise ValueError(f"{prefix}.{name} must be >= 0, got {value}")
-    if self.kl_estimator not in kl.ESTIMATORS:
-      raise ValueError(f"{prefix}.kl_estimator must be one of {sorted(kl.ESTIMATORS)}, "
-                       f"got {self.kl_estimator!r}")
-    if self.aggregation not in base.AGGREGATIONS:
-      raise ValueError(f"{prefix}.aggregation must be one of {base.AGGREGATIONS}, "
-                       f"got {self.aggregation!r}")
+    base.check_choice(prefix, "kl_estimator", self.kl_estimator, kl.ESTIMATORS)
+    base.check_choice(prefix, "aggregation", self.aggregation, base.AGGREGATIONS)
 
 
 def token_rewards(hp: PPOConfig, batch: Mapping[str, jax.Array]) -> jax.Array:
