@@ -18,6 +18,9 @@ Batch kinds, and what ``batch`` holds for each:
                   ``ref_logprobs`` [2B, T] when the objective needs a reference
   scored          prompt + completion with a label or score per row: ``labels`` [B]
 
+A rollouts objective may rearrange its batch in ``prepare`` (``pairs_layout``: best and worst
+sample of each group as a preference pair), and name a default advantage estimator.
+
 ``prepare(hparams, batch, score) -> batch`` (or ``-> (batch, metrics)``) runs once per
 iteration between the rollout and the updates (GAE from a critic's values, say); its metrics are
 whole-batch scalars logged beside the update's. ``score(slot, fields)`` evaluates that slot's
@@ -42,7 +45,7 @@ from rlalign import registry
 Metrics = Dict[str, jax.Array]
 
 # What a loss (or ``prepare``) may ask a model for.
-FIELDS = ("logprobs", "entropy", "values", "scores", "hidden")
+FIELDS = ("logprobs", "entropy", "values", "scores", "hidden", "logits")
 BATCH_KINDS = ("rollouts", "demonstrations", "pairs", "scored")
 
 
@@ -53,6 +56,7 @@ class ModelOutputs(NamedTuple):
   values: Optional[jax.Array] = None    # [B, T] scalar head at the state before each token
   scores: Optional[jax.Array] = None    # [B] scalar head at the row's last real token
   hidden: Optional[jax.Array] = None    # [B, T, d] final hidden states before each token
+  logits: Optional[jax.Array] = None    # [B, T, V] next-token logits (distillation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +71,18 @@ class Objective:
       default_factory=lambda: {"policy": ("logprobs", "entropy")})
   needs_reference: Callable[[Any], bool] = lambda hparams: False
   prepare: Optional[Callable[..., Mapping[str, jax.Array]]] = None
+  # Frozen slots that ``prepare`` scores besides the trained ones (a distillation teacher);
+  # the phase's step is given their roles.
+  reads: Tuple[str, ...] = ()
+  # ``prepare`` rearranges a rollouts batch into the pairs layout (2B rows, chosen first), so
+  # minibatches shuffle whole pairs as for a "pairs" batch (online DPO).
+  pairs_layout: bool = False
+  # The advantage estimator a rollout phase uses unless its config names one.
+  advantage: str = "group_norm"
+
+  @property
+  def shuffles_pairs(self) -> bool:
+    return self.batch == "pairs" or self.pairs_layout
 
   def __post_init__(self):
     if self.batch not in BATCH_KINDS:
@@ -77,6 +93,10 @@ class Objective:
       if unknown:
         raise ValueError(f"objective {self.name!r}: slot {slot!r} asks for unknown outputs "
                          f"{sorted(unknown)}; known: {FIELDS}")
+    overlap = set(self.reads) & set(self.trains)
+    if overlap:
+      raise ValueError(f"objective {self.name!r}: slots {sorted(overlap)} are both read and "
+                       "trained")
     if self.batch == "rollouts" and "policy" not in self.trains:
       raise ValueError(f"objective {self.name!r}: rollout objectives train the 'policy' slot, "
                        "which samples")

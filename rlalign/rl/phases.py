@@ -57,7 +57,7 @@ class PhaseConfig:
   epochs: int = 1
   minibatches: int = 1
   group_size: int = 8
-  advantage: str = "group_norm"
+  advantage: str = ""  # "": the objective's own default (``Objective.advantage``)
   rewards: Tuple[reward_base.RewardTerm, ...] = (reward_base.RewardTerm("exact_match"),)
   response_buckets: Tuple[int, ...] = ()
   rescore_old_logprobs: bool = False
@@ -84,7 +84,8 @@ class PhaseConfig:
 
   def rl(self) -> RLConfig:
     return RLConfig(batch_size=self.batch_size, group_size=self.group_size, epochs=self.epochs,
-                    minibatches=self.minibatches, advantage=self.advantage,
+                    minibatches=self.minibatches,
+                    advantage=self.advantage or self.objective.objective.advantage,
                     rewards=self.rewards, response_buckets=self.response_buckets,
                     rescore_old_logprobs=self.rescore_old_logprobs)
 
@@ -104,11 +105,12 @@ class PhaseConfig:
       self.objective.hparams.validate(f"{prefix}.objective")
     if self.kind == "rl":
       self.rl().validate(prefix)
-    unknown = set(self.slot_map) - set(self.objective.objective.trains) - {"reference"}
+    objective = self.objective.objective
+    known = set(objective.trains) | set(objective.reads) | {"reference"}
+    unknown = set(self.slot_map) - known
     if unknown:
       raise ValueError(f"{prefix}.slots names {sorted(unknown)}, which objective "
-                       f"{self.objective.name!r} does not have; its slots: "
-                       f"{sorted(self.objective.objective.trains)} and 'reference'")
+                       f"{self.objective.name!r} does not have; its slots: {sorted(known)}")
 
 
 @dataclasses.dataclass

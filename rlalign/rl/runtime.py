@@ -283,6 +283,7 @@ class Runtime:
     roles = self.cfg.role_configs
     specs = {}
     wanted = list(phase.trained_roles) + [phase.role("policy")]
+    wanted += [phase.role(slot) for slot in phase.objective.objective.reads]
     # A reference copied from the policy is taken when the first phase reading it starts:
     # RL phases (which log KL to it) and objectives that need one, never a warm start.
     if phase.kind == "rl" or phase.objective.objective.needs_reference(phase.objective.hparams):

@@ -43,10 +43,14 @@ def model_outputs(params, batch: Batch, cfg: tfm.ModelConfig,
   hidden, _ = tfm.forward(params, tokens, tfm.positions_from_mask(mask), mask, cfg)
   before = hidden[:, P - 1:-1]
   out = {}
-  if "logprobs" in fields or "entropy" in fields:
-    logp_all = jax.nn.log_softmax(tfm.lm_logits(params, before, cfg), axis=-1)
-    out["logprobs"] = jnp.take_along_axis(logp_all, batch["completion_tokens"][..., None],
-                                          axis=-1)[..., 0]
+  if {"logprobs", "entropy", "logits"} & set(fields):
+    logits = tfm.lm_logits(params, before, cfg)
+    if "logits" in fields:
+      out["logits"] = logits
+    logp_all = jax.nn.log_softmax(logits, axis=-1)
+    if "logprobs" in fields:
+      out["logprobs"] = jnp.take_along_axis(logp_all, batch["completion_tokens"][..., None],
+                                            axis=-1)[..., 0]
     if "entropy" in fields:
       out["entropy"] = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
   if "values" in fields:
@@ -92,7 +96,7 @@ class Binding:
 
 
 def check_heads(role: str, model: tfm.ModelConfig, fields, who: str) -> None:
-  needs = {"lm": {"logprobs", "entropy"}, "scalar": {"values", "scores"}}
+  needs = {"lm": {"logprobs", "entropy", "logits"}, "scalar": {"values", "scores"}}
   for head, wanted in needs.items():
     if wanted & set(fields) and head not in model.heads:
       raise ValueError(f"{who} needs {sorted(wanted & set(fields))} from role {role!r}, whose "
@@ -159,7 +163,7 @@ def updates(state: state_lib.TrainState, data: Batch, rng: jax.Array,
   counts once however many updates it makes.
   """
   orders = minibatch_orders(data["mask"].shape[0], rng, binding.epochs, binding.minibatches,
-                            pairs=binding.objective.batch == "pairs")
+                            pairs=binding.objective.shuffles_pairs)
   optimizers = {name: binding.roles[name].optimizer for name in binding.trained_roles}
 
   def one(st, idx):
