@@ -21,11 +21,12 @@ Batch kinds, and what ``batch`` holds for each:
 A rollouts objective may rearrange its batch in ``prepare`` (``pairs_layout``: best and worst
 sample of each group as a preference pair), and name a default advantage estimator.
 
-``prepare(hparams, batch, score) -> batch`` (or ``-> (batch, metrics)``) runs once per
-iteration between the rollout and the updates (GAE from a critic's values, say); its metrics are
-whole-batch scalars logged beside the update's. ``score(slot, fields)`` evaluates that slot's
-role on the batch's sequences under ``stop_gradient``, with its params as they were before the
-update.
+``prepare(hparams, batch, score, group_size) -> batch`` (or ``-> (batch, metrics)``) runs once
+per iteration between the rollout and the updates (GAE from a critic's values, say); its metrics
+are whole-batch scalars logged beside the update's. ``score(slot, fields)`` evaluates that
+slot's role on the batch's sequences under ``stop_gradient``, with its params as they were
+before the update. ``group_size`` is the static number of samples per prompt of a rollouts batch
+(each group's rows contiguous), 1 for offline batches.
 
 A slot is the objective's name for a model ("policy", "critic"); a phase binds slots to the
 run's roles, by default to the role of the same name. A new objective is one file in this

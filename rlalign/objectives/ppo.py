@@ -83,8 +83,9 @@ def masked_whiten(x: jax.Array, mask: jax.Array, eps: float = 1e-8) -> jax.Array
 
 
 def ppo_prepare(hp: PPOConfig, batch: Mapping[str, jax.Array],
-                score: Callable[[str, tuple], base.ModelOutputs]):
+                score: Callable[[str, tuple], base.ModelOutputs], group_size: int = 1):
   """The critic's old values, per-token GAE advantages and returns, into the batch."""
+  del group_size  # each row is its own episode
   mask = batch["mask"]
   old_values = score("critic", ("values",)).values * mask.astype(jnp.float32)
   advantages, returns = adv_lib.gae(token_rewards(hp, batch), old_values, mask, hp.gamma,

@@ -262,7 +262,7 @@ def _learn(state, rollouts, scores, rng, frozen, spec: IterationSpec):
     data["ref_logprobs"] = score_role("reference", ("logprobs",)).logprobs
   else:
     data["ref_logprobs"] = data["old_logprobs"]
-  data, prepared = update.prepare(spec.binding, data, score_role)
+  data, prepared = update.prepare(spec.binding, data, score_role, rl.group_size)
 
   state, metrics = update.updates(state, data, rng, frozen, spec.binding)
   state = {**state, "step": state["step"] + 1}

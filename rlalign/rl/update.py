@@ -115,13 +115,14 @@ def scorer(trained: Mapping[str, Any], frozen: Mapping[str, Any], binding: Bindi
   return score
 
 
-def prepare(binding: Binding, batch: Batch, score) -> Tuple[Dict[str, jax.Array], Metrics]:
+def prepare(binding: Binding, batch: Batch, score, group_size: int = 1
+            ) -> Tuple[Dict[str, jax.Array], Metrics]:
   """The objective's ``prepare``, if any: the batch it returns, and the whole-batch metrics it
   may return beside it (``return batch, metrics``), logged with the update's."""
   objective = binding.objective
   if objective.prepare is None:
     return dict(batch), {}
-  out = objective.prepare(binding.hparams, batch, score)
+  out = objective.prepare(binding.hparams, batch, score, group_size)
   if isinstance(out, tuple):
     out, metrics = out
     return dict(out), dict(metrics)
