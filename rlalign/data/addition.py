@@ -210,6 +210,43 @@ def generate_pairs(
            "rejected": rejected_answer(a, b, problem["demonstration"])}
 
 
+def generate_unpaired(
+    split: str, num: int, max_digits: int, carry_drop: float, seed: int
+) -> list[dict[str, object]]:
+  """`generate_pairs`' pairs as unpaired labelled examples, for KTO and pointwise verifiers.
+
+  Each problem gives two records {"prompt", "answer", "demonstration", "completion",
+  "label"}: its chosen answer with label True and its rejected one with label False. The
+  `2 * num` records are shuffled (deterministically in the arguments), so a batch mixes
+  labels and seldom holds both halves of a pair.
+  """
+  records = []
+  for pair in generate_pairs(split, num, max_digits, carry_drop, seed):
+    problem = {k: v for k, v in pair.items() if k not in ("chosen", "rejected")}
+    records.append({**problem, "completion": pair["chosen"], "label": True})
+    records.append({**problem, "completion": pair["rejected"], "label": False})
+  # A sequence seed: a stream apart from generate_problems' (seed + offset).
+  rng = np.random.default_rng([seed, _SPLIT_SEED_OFFSETS[split]])
+  return [records[i] for i in rng.permutation(len(records))]
+
+
+def _write_splits(out_dir: str, generate, num_train: int, num_test: int,
+                  max_digits: int, carry_drop: float, seed: int) -> tuple[str, str]:
+  """Writes `generate(split, ...)`'s records as `out_dir`/{train,test}.jsonl."""
+  import json
+  import os
+
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for split, num in (("train", num_train), ("test", num_test)):
+    path = os.path.join(out_dir, f"{split}.jsonl")
+    with open(path, "w") as f:
+      for record in generate(split, num, max_digits, carry_drop, seed):
+        f.write(json.dumps(record) + "\n")
+    paths.append(path)
+  return paths[0], paths[1]
+
+
 def write_pairs(
     out_dir: str,
     *,
@@ -221,38 +258,53 @@ def write_pairs(
 ) -> tuple[str, str]:
   """Writes `out_dir`/train.jsonl and `out_dir`/test.jsonl of `generate_pairs`; returns
   their paths."""
-  import json
-  import os
+  return _write_splits(out_dir, generate_pairs, num_train, num_test, max_digits,
+                       carry_drop, seed)
 
-  os.makedirs(out_dir, exist_ok=True)
-  paths = []
-  for split, num in (("train", num_train), ("test", num_test)):
-    path = os.path.join(out_dir, f"{split}.jsonl")
-    with open(path, "w") as f:
-      for record in generate_pairs(split, num, max_digits, carry_drop, seed):
-        f.write(json.dumps(record) + "\n")
-    paths.append(path)
-  return paths[0], paths[1]
+
+def write_unpaired(
+    out_dir: str,
+    *,
+    num_train: int = 20_000,
+    num_test: int = 512,
+    max_digits: int = 3,
+    carry_drop: float = 0.7,
+    seed: int = 0,
+) -> tuple[str, str]:
+  """Writes `out_dir`/train.jsonl and `out_dir`/test.jsonl of `generate_unpaired` (two
+  records per problem); returns their paths."""
+  return _write_splits(out_dir, generate_unpaired, num_train, num_test, max_digits,
+                       carry_drop, seed)
 
 
 def main(argv=None) -> None:
-  """python -m rlalign.data.addition --pairs_out=DIR [--num_train=...]: preference pairs."""
+  """python -m rlalign.data.addition --pairs_out=DIR and/or --unpaired_out=DIR
+  [--num_train=...]: preference pairs, and/or the same pairs as unpaired labelled records."""
   import argparse
 
   parser = argparse.ArgumentParser(
       prog="python -m rlalign.data.addition",
-      description="Write addition preference pairs as DIR/train.jsonl and DIR/test.jsonl.")
-  parser.add_argument("--pairs_out", required=True, help="output directory")
-  parser.add_argument("--num_train", type=int, default=20_000)
+      description="Write addition preference pairs (--pairs_out) and/or the same pairs as "
+                  "unpaired labelled completions (--unpaired_out), each as DIR/train.jsonl "
+                  "and DIR/test.jsonl.")
+  parser.add_argument("--pairs_out", help="output directory for preference pairs")
+  parser.add_argument("--unpaired_out",
+                      help="output directory for unpaired records (completion, label)")
+  parser.add_argument("--num_train", type=int, default=20_000,
+                      help="train problems (an unpaired file gets two records each)")
   parser.add_argument("--num_test", type=int, default=512)
   parser.add_argument("--max_digits", type=int, default=3)
   parser.add_argument("--carry_drop", type=float, default=0.7)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
-  train, test = write_pairs(args.pairs_out, num_train=args.num_train,
-                            num_test=args.num_test, max_digits=args.max_digits,
-                            carry_drop=args.carry_drop, seed=args.seed)
-  print(f"{train}\n{test}")
+  if not (args.pairs_out or args.unpaired_out):
+    parser.error("give --pairs_out=DIR and/or --unpaired_out=DIR")
+  settings = dict(num_train=args.num_train, num_test=args.num_test,
+                  max_digits=args.max_digits, carry_drop=args.carry_drop, seed=args.seed)
+  for out, write in ((args.pairs_out, write_pairs), (args.unpaired_out, write_unpaired)):
+    if out:
+      train, test = write(out, **settings)
+      print(f"{train}\n{test}")
 
 
 if __name__ == "__main__":

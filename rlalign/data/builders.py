@@ -1,12 +1,16 @@
 """TFDS builders for the prompt datasets (array_record; no TensorFlow needed).
 
-Both builders emit the same text features, so everything downstream
-is task-agnostic:
+Both builders emit these features, so everything downstream is
+task-agnostic:
   prompt:        what the policy is asked (non-empty).
   answer:        the reference answer used by rewards ("" if none).
   demonstration: a teacher completion for imitation ("" if none).
   chosen, rejected: a preference pair of completions ("" if none; both or
                  neither).
+  completion, label: one unpaired completion and whether it is good (for
+                 KTO and pointwise verifiers; "" and False if none).
+JSONL records also keep `line`, their 1-based line in the source file, so
+errors found later (a completion too long to encode) can name `path:line`.
 
 Config names encode everything that determines the data (generator settings,
 or a hash of the JSONL contents), so a changed setting or an edited file gets
@@ -19,18 +23,35 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import itertools
 import json
+import re
 from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from rlalign.data import addition
 
-_TEXT_KEYS = ("prompt", "answer", "demonstration", "chosen", "rejected")
+_TEXT_KEYS = ("prompt", "answer", "demonstration", "chosen", "rejected", "completion")
+_RESPONSE_KEYS = ("chosen", "rejected", "completion")  # completions; never only whitespace
+_MAX_NESTING = 32  # deepest JSON nesting a line may have; records are flat anyway
+_SHORT = 60  # characters of a value that an error message echoes
 
 
-def _features() -> tfds.features.FeaturesDict:
-  return tfds.features.FeaturesDict({k: tfds.features.Text() for k in _TEXT_KEYS})
+def _features(*, with_line: bool) -> tfds.features.FeaturesDict:
+  features = {k: tfds.features.Text() for k in _TEXT_KEYS}
+  features["label"] = tfds.features.Scalar(np.bool_)
+  if with_line:
+    features["line"] = tfds.features.Scalar(np.int64)
+  return tfds.features.FeaturesDict(features)
+
+
+def shorten(text: str, limit: int = _SHORT) -> str:
+  """`text` for an error message: its repr (one line), cut to `limit` characters."""
+  if len(text) <= limit:
+    return repr(text)
+  return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -44,11 +65,15 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def code_path(cls) -> tfds.core.Path:
     return tfds.core.Path(inspect.getfile(cls))
 
+  _WITH_LINE = False  # whether records carry their source `line`
+
   def _info(self) -> tfds.core.DatasetInfo:
     # Records keep generation order: addition problems are already random,
     # JSONL records follow the user's file, and eval batches stay in order.
     return tfds.core.DatasetInfo(
-        builder=self, features=_features(), disable_shuffling=True
+        builder=self,
+        features=_features(with_line=self._WITH_LINE),
+        disable_shuffling=True,
     )
 
 
@@ -98,12 +123,13 @@ class AdditionPrompts(_LocalBuilder):
   """
 
   name = "rlalign_addition"
-  VERSION = tfds.core.Version("1.3.0")
+  VERSION = tfds.core.Version("1.4.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release.",
       "1.1.0": "Operands uniform over values, not digit counts.",
       "1.2.0": "Operands zero-padded to max_digits.",
       "1.3.0": "Empty chosen/rejected features.",
+      "1.4.0": "Empty completion/label features.",
   }
 
   def _split_generators(self, dl_manager):
@@ -120,17 +146,57 @@ class AdditionPrompts(_LocalBuilder):
         split, num, c.max_digits, c.carry_drop, c.seed
     )
     for index, problem in enumerate(problems):
-      yield index, {**dict.fromkeys(_TEXT_KEYS, ""), **problem}
+      yield index, {**dict.fromkeys(_TEXT_KEYS, ""), "label": False, **problem}
 
 
-def _parse_jsonl_line(path: str, lineno: int, line: str) -> dict[str, str]:
+class _DuplicateKey(Exception):
+  pass
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+  """`object_pairs_hook` for json.loads: a key given twice is an error, not "last wins"."""
+  seen = set()
+  for key, _ in pairs:
+    if key in seen:
+      raise _DuplicateKey(key)
+    seen.add(key)
+  return dict(pairs)
+
+
+# A JSON string literal (unrolled, so long strings never backtrack).
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _nesting(line: str) -> int:
+  """How deep the brackets of a JSON line nest, found without recursion."""
+  if line.count("[") + line.count("{") <= _MAX_NESTING:
+    return 0  # cannot be too deep; skips the scan for ordinary lines
+  brackets = re.sub(r"[^\[\]{}]", "", _JSON_STRING.sub("", line))
+  steps = (1 if c in "[{" else -1 for c in brackets)
+  return max(itertools.accumulate(steps), default=0)
+
+
+def _parse_jsonl_line(path: str, lineno: int, line: str) -> dict[str, Any]:
   where = f"{path}:{lineno}"
+  # json.loads recurses once per nesting level: refuse deep lines before parsing.
+  depth = _nesting(line)
+  if depth > _MAX_NESTING:
+    raise ValueError(
+        f"{where}: JSON nested {depth} levels deep (at most {_MAX_NESTING});"
+        " record values are strings, and \"label\" a bool"
+    )
   try:
-    record = json.loads(line)
+    record = json.loads(line, object_pairs_hook=_reject_duplicates)
   except json.JSONDecodeError as e:
     raise ValueError(
         f"{where}: invalid JSON ({e.msg}); expected one JSON object per line"
     ) from None
+  except _DuplicateKey as e:
+    raise ValueError(
+        f"{where}: duplicate key {shorten(e.args[0])}; each key may appear once"
+    ) from None
+  except RecursionError:
+    raise ValueError(f"{where}: JSON nested too deep") from None
   if not isinstance(record, dict):
     raise ValueError(
         f"{where}: expected a JSON object like {{\"prompt\": \"...\"}}, got"
@@ -148,14 +214,40 @@ def _parse_jsonl_line(path: str, lineno: int, line: str) -> dict[str, str]:
     example[key] = value
   if not example["prompt"]:
     raise ValueError(f"{where}: \"prompt\" must be a non-empty string")
-  if bool(example["chosen"]) != bool(example["rejected"]):
+  label = record.get("label")
+  if "label" in record and not isinstance(label, bool):
     raise ValueError(
-        f"{where}: a preference pair needs both \"chosen\" and \"rejected\""
+        f"{where}: \"label\" must be true or false, got {type(label).__name__}"
     )
+  for key in _RESPONSE_KEYS:
+    if example[key] and not example[key].strip():
+      raise ValueError(
+          f"{where}: \"{key}\" is only whitespace: {shorten(example[key])}"
+      )
+  _check_both(where, "a preference pair", "chosen", bool(example["chosen"]),
+              "rejected", bool(example["rejected"]))
+  _check_both(where, "an unpaired example", "completion", bool(example["completion"]),
+              "label", "label" in record)
+  if example["chosen"] and example["chosen"] == example["rejected"]:
+    raise ValueError(
+        f"{where}: \"chosen\" and \"rejected\" are the same (no preference):"
+        f" {shorten(example['chosen'])}"
+    )
+  example["label"] = bool(label)
+  example["line"] = lineno
   return example
 
 
-def read_jsonl(path: str, data: bytes | None = None) -> list[dict[str, str]]:
+def _check_both(where: str, what: str, a: str, has_a: bool, b: str, has_b: bool) -> None:
+  if has_a != has_b:
+    given = a if has_a else b
+    raise ValueError(
+        f"{where}: {what} needs both \"{a}\" and \"{b}\" (an empty string counts"
+        f" as none), got only \"{given}\""
+    )
+
+
+def read_jsonl(path: str, data: bytes | None = None) -> list[dict[str, Any]]:
   """Parses and validates a prompts JSONL file (see `JsonlPrompts`).
 
   Args:
@@ -163,7 +255,8 @@ def read_jsonl(path: str, data: bytes | None = None) -> list[dict[str, str]]:
     data: the file's bytes if already read (avoids reading it twice).
 
   Returns:
-    One dict of every text key per non-blank line.
+    One dict per non-blank line: every text key, "label" (False if none)
+    and "line" (the 1-based line number).
   """
   if data is None:
     data = _read_bytes(path)
@@ -196,7 +289,7 @@ def _read_bytes(path: str) -> bytes:
 
 def _load_jsonl_splits(
     train_path: str, test_path: str
-) -> tuple[dict[str, list[dict[str, str]]], str]:
+) -> tuple[dict[str, list[dict[str, Any]]], str]:
   """Reads and validates the files; returns the splits and a content digest."""
   digest = hashlib.sha256()
   splits = {}
@@ -234,18 +327,23 @@ class JsonlPrompts(_LocalBuilder):
   """User prompts from JSONL files.
 
   Each non-blank line is a JSON object with a required non-empty string
-  "prompt" and optional strings "answer", "demonstration", and the preference
-  pair "chosen" / "rejected" (default "", and both or neither).
-  Other keys are ignored. The test split exists only if `test_path` is set.
+  "prompt" and optional strings "answer", "demonstration", the preference
+  pair "chosen" / "rejected" (default "", both or neither, and different),
+  and an unpaired labelled completion: "completion" with "label" true or
+  false (both or neither). Completions are never only whitespace, and no key
+  may appear twice. Other keys are ignored. Each record keeps its line number.
+  The test split exists only if `test_path` is set.
   Needs `config=JsonlConfig.create(train_path, test_path)`.
   """
 
   name = "rlalign_jsonl_prompts"
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release.",
       "1.1.0": "Preference pairs: chosen and rejected.",
+      "1.2.0": "Source line numbers (line); unpaired completion and label.",
   }
+  _WITH_LINE = True
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.

@@ -3,15 +3,19 @@
   prepare(cfg)        builds (or reuses) the TFDS dataset under cfg.data_dir.
   load_split(...)     random-access array_record source of one split.
   validate_split(...) encodes every record up front, so a bad prompt fails
-                      with its index before any compilation.
+                      before any compilation, naming its file:line (JSONL) or
+                      its split and index.
   train_iterator(...) infinite, sharded, shuffled grain iterator whose state
                       is JSON and resumes exactly (for checkpointing).
   eval_batches(...)   the whole split once, in order, padded to full batches.
 
 Every batch field has a static shape, so jitted steps never recompile:
 prompts are LEFT-padded `[PAD.., BOS, p1..pn]` (generation continues from the
-last column); answers, demonstrations and the chosen/rejected completions of a
-preference pair RIGHT-padded `[a1..am, EOS, PAD..]` to `max_answer_len`.
+last column); answers, demonstrations, the chosen/rejected completions of a
+preference pair and the unpaired `completion` RIGHT-padded `[a1..am, EOS, PAD..]`
+to `max_answer_len`. `labels` [] float32 is the unpaired completion's label
+(1 good, 0 bad; 0 with an all-false `completion_mask` where there is none), so
+batches feed the "scored" offline kind (`rlalign.rl.offline.to_sequences`).
 """
 
 from __future__ import annotations
@@ -157,6 +161,13 @@ def _text(example: Mapping[str, Any], key: str) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def _encode_text(text: str, field: str, tokenizer: CharTokenizer) -> list[int]:
+  try:
+    return tokenizer.encode(text)
+  except ValueError as e:
+    raise ValueError(f"\"{field}\": {e}") from None
+
+
 def _right_padded(
     text: str, field: str, tokenizer: CharTokenizer, length: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -164,11 +175,11 @@ def _right_padded(
   tokens = np.full(length, tokenizer.pad_id, np.int32)
   if not text:
     return tokens, np.zeros(length, bool)
-  ids = tokenizer.encode(text) + [tokenizer.eos_id]
+  ids = _encode_text(text, field, tokenizer) + [tokenizer.eos_id]
   if len(ids) > length:
     raise ValueError(
-        f"{field} needs {len(ids)} tokens (incl. EOS) but"
-        f" data.max_answer_len={length}: {text!r}"
+        f"\"{field}\" needs {len(ids)} tokens (incl. EOS) but"
+        f" data.max_answer_len={length}: {builders.shorten(text)}"
     )
   tokens[: len(ids)] = ids
   return tokens, np.arange(length) < len(ids)
@@ -187,7 +198,7 @@ def prompt_ids(prompt: str, tokenizer, cfg: DataConfig) -> list[int]:
       messages.insert(0, {"role": "system", "content": cfg.system_prompt})
     return tokenizer.encode_chat(messages, add_generation_prompt=True)
   bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
-  return bos + tokenizer.encode(prompt)
+  return bos + _encode_text(prompt, "prompt", tokenizer)
 
 
 def encode_example(
@@ -201,8 +212,8 @@ def encode_example(
   ids = prompt_ids(prompt, tokenizer, cfg)
   if len(ids) > length:
     raise ValueError(
-        f"prompt needs {len(ids)} tokens (with BOS or chat template) but"
-        f" data.max_prompt_len={length}: {prompt!r}"
+        f"\"prompt\" needs {len(ids)} tokens (with BOS or chat template) but"
+        f" data.max_prompt_len={length}: {builders.shorten(prompt)}"
     )
   prompt_tokens = np.full(length, tokenizer.pad_id, np.int32)
   prompt_tokens[length - len(ids) :] = ids
@@ -211,17 +222,20 @@ def encode_example(
   )
   completions = {}
   for key, field in (("demo", "demonstration"), ("chosen", "chosen"),
-                     ("rejected", "rejected")):
+                     ("rejected", "rejected"), ("completion", "completion")):
     tokens, mask = _right_padded(
         _text(example, field), field, tokenizer, cfg.max_answer_len
     )
     completions[f"{key}_tokens"], completions[f"{key}_mask"] = tokens, mask
+  # No completion, no label: an unlabelled row reads 0 with an all-false mask.
+  labelled = completions["completion_mask"].any() and bool(example.get("label", False))
   return {
       "prompt_tokens": prompt_tokens,
       "prompt_mask": np.arange(length) >= length - len(ids),
       "answer_tokens": answer_tokens,
       "answer_mask": answer_mask,
       **completions,
+      "labels": np.asarray(labelled, np.float32),
   }
 
 
@@ -234,23 +248,45 @@ def _read_all(source, chunk_size: int = 4096):
     yield from get_many(list(indices)) if get_many else (source[i] for i in indices)
 
 
+def _where(
+    example: Mapping[str, Any], cfg: DataConfig, split_name: str, index: int | None
+) -> str:
+  """`path:line` of a JSONL record (its builder stores the line); else split and index."""
+  path = {"train": cfg.train_path, "test": cfg.test_path}.get(split_name, "")
+  line = int(example.get("line", 0))
+  if cfg.task == "jsonl" and path and line:
+    return f"{path}:{line}"
+  return f"{split_name} split" + ("" if index is None else f", record {index}")
+
+
+def _encode_located(
+    example: Mapping[str, Any],
+    tokenizer: CharTokenizer,
+    cfg: DataConfig,
+    split_name: str,
+    index: int | None = None,
+) -> dict[str, np.ndarray]:
+  """`encode_example`, its errors prefixed with where the record came from."""
+  try:
+    return encode_example(example, tokenizer, cfg)
+  except ValueError as e:
+    raise ValueError(f"{_where(example, cfg, split_name, index)}: {e}") from None
+
+
 def _encode_all(
     source, tokenizer: CharTokenizer, cfg: DataConfig, split_name: str
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Encodes every record in order; errors name the split and record index."""
+  """Encodes every record in order; errors name file:line (JSONL) or split and index."""
   if len(source) == 0:
     raise ValueError(f"{split_name} split is empty")
   for index, example in enumerate(_read_all(source)):
-    try:
-      yield encode_example(example, tokenizer, cfg)
-    except ValueError as e:
-      raise ValueError(f"{split_name} split, record {index}: {e}") from None
+    yield _encode_located(example, tokenizer, cfg, split_name, index)
 
 
 def validate_split(
     source, tokenizer: CharTokenizer, cfg: DataConfig, split_name: str
 ) -> None:
-  """Raises ValueError (naming split and record index) if any record is bad."""
+  """Raises ValueError naming the record (file:line, or split and index) if any is bad."""
   for _ in _encode_all(source, tokenizer, cfg, split_name):
     pass
 
@@ -285,7 +321,9 @@ def train_iterator(
         f" {shard_count} hosts"
     )
   seed = cfg.seed if seed is None else seed
-  encode = functools.partial(encode_example, tokenizer=tokenizer, cfg=cfg)
+  encode = functools.partial(
+      _encode_located, tokenizer=tokenizer, cfg=cfg, split_name="train"
+  )
   ds = (
       grain.MapDataset.source(load_split(cfg, "train"))
       .shuffle(seed=seed)

@@ -4,7 +4,7 @@ Rewards arrive flat, [num_prompts * group_size], with each prompt's samples cont
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,14 +36,53 @@ def leave_one_out(rewards: jax.Array, group_size: int) -> jax.Array:
   return (r - others).reshape(-1)
 
 
-ESTIMATORS: Dict[str, Callable[[jax.Array, int], jax.Array]] = {
-    "group_norm": group_normalized,
-    "group_mean": group_centered,
-    "leave_one_out": leave_one_out,
+def batch_normalized(rewards: jax.Array, group_size: int, eps: float = 1e-6) -> jax.Array:
+  """REINFORCE++'s global baseline: (r - mean r) / (std r + eps) over the whole batch."""
+  del group_size
+  r = rewards.astype(jnp.float32)
+  return (r - r.mean()) / (r.std() + eps)
+
+
+def raw(rewards: jax.Array, group_size: int) -> jax.Array:
+  """The rewards themselves, for objectives whose ``prepare`` builds its own advantages
+  (PPO's GAE, REINFORCE++'s returns)."""
+  del group_size
+  return rewards.astype(jnp.float32)
+
+
+def greedy_baseline(rewards: jax.Array, group_size: int, baseline: jax.Array) -> jax.Array:
+  """ReMax (Li et al. 2023): r minus the reward of the prompt's greedy completion.
+
+  ``baseline`` is [num_prompts], one greedy completion's reward per prompt, which the iteration
+  samples and scores beside the G sampled ones.
+  """
+  r = _grouped(rewards.astype(jnp.float32), group_size)
+  return (r - baseline.astype(jnp.float32)[:, None]).reshape(-1)
+
+
+class Estimator(NamedTuple):
+  """``fn(rewards [B], group_size[, baseline]) -> advantages [B]``.
+
+  ``min_group_size``: the samples per prompt it needs (2 for a group statistic).
+  ``greedy_baseline``: the iteration also samples each prompt greedily and passes that
+  completion's reward as ``baseline``.
+  """
+  fn: Callable[..., jax.Array]
+  min_group_size: int = 2
+  greedy_baseline: bool = False
+
+
+ESTIMATORS: Dict[str, Estimator] = {
+    "group_norm": Estimator(group_normalized),
+    "group_mean": Estimator(group_centered),
+    "leave_one_out": Estimator(leave_one_out),
+    "batch_norm": Estimator(batch_normalized, min_group_size=1),
+    "none": Estimator(raw, min_group_size=1),
+    "greedy_baseline": Estimator(greedy_baseline, min_group_size=1, greedy_baseline=True),
 }
 
 
-def get(name: str) -> Callable[[jax.Array, int], jax.Array]:
+def get(name: str) -> Estimator:
   if name not in ESTIMATORS:
     raise KeyError(f"unknown advantage estimator {name!r}; expected one of {sorted(ESTIMATORS)}")
   return ESTIMATORS[name]

@@ -1,6 +1,7 @@
 """Rule-based verifiers on token ids (in-graph) and on text (host)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import jax
@@ -33,6 +34,33 @@ def stopped(rollouts: Mapping[str, jax.Array], roles=None, settings=None) -> jax
   """1 if the completion ended with a stop token within the budget (a format reward)."""
   del roles, settings
   return rollouts["completion_stopped"].astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class OverlongSettings:
+  max_length: int = 0  # L_max, the generation budget; 0: the rollouts' width (max_new_tokens)
+  buffer: int = 4      # L_buf: the soft zone before L_max over which the penalty grows to -1
+
+  def validate(self, prefix: str = "reward") -> None:
+    if self.max_length < 0:
+      raise ValueError(f"{prefix}.max_length must be >= 0, got {self.max_length}")
+    if self.buffer <= 0 or (self.max_length and self.buffer > self.max_length):
+      raise ValueError(f"{prefix}.buffer must be in [1, max_length], got {self.buffer}")
+
+
+@base.in_graph("overlong", settings=OverlongSettings)
+def overlong(rollouts: Mapping[str, jax.Array], roles=None,
+             settings: OverlongSettings = OverlongSettings()) -> jax.Array:
+  """DAPO's soft overlong punishment (Yu et al. 2025): min(-(|o| - (L_max - L_buf)) / L_buf, 0).
+
+  0 for completions up to L_max - L_buf tokens, falling linearly to -1 at L_max; a term to add
+  with weight 1 beside the task reward.
+  """
+  del roles
+  length = jnp.sum(rollouts["completion_mask"], axis=1).astype(jnp.float32)
+  max_length = settings.max_length or rollouts["completion_mask"].shape[1]
+  excess = length - (max_length - settings.buffer)
+  return jnp.minimum(-excess / settings.buffer, 0.0)
 
 
 @base.host("exact_match_text")

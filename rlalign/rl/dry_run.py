@@ -108,7 +108,8 @@ def batch_shapes(cfg: ExperimentConfig, rows: int) -> Dict[str, jax.ShapeDtypeSt
   return {"prompt_tokens": ids(P), "prompt_mask": mask(P),
           "answer_tokens": ids(A), "answer_mask": mask(A),
           **{f"{k}_{f}": (ids if f == "tokens" else mask)(A)
-             for k in ("demo", "chosen", "rejected") for f in ("tokens", "mask")}}
+             for k in ("demo", "chosen", "rejected", "completion") for f in ("tokens", "mask")},
+          "labels": jax.ShapeDtypeStruct((rows,), np.float32)}
 
 
 def rl_phase(cfg: ExperimentConfig):
@@ -199,13 +200,13 @@ def _compile(name: str, jitted, args: Sequence[Any], outside_what: str = "", out
 def _check_batches(cfg: ExperimentConfig, plan: ShardingPlan) -> None:
   name, phase = rl_phase(cfg)
   rl, key = phase.rl(), f"phases.{name}"
-  plan.check_batch(rl.prompts_per_step,
+  plan.check_batch(rl.sampled_prompts_per_step,
                    f"{key}.batch_size / {key}.group_size (prompts per step)")
   plan.check_batch(rl.batch_size, f"{key}.batch_size (rollouts per step)")
   plan.check_batch(rl.batch_size // rl.minibatches,
                    f"{key}.batch_size / {key}.minibatches (rollouts per minibatch)")
-  if rl.prompts_per_step % jax.process_count():
-    raise ValueError(f"{key}.batch_size / {key}.group_size ({rl.prompts_per_step}) must "
+  if rl.sampled_prompts_per_step % jax.process_count():
+    raise ValueError(f"{key}.batch_size / {key}.group_size ({rl.sampled_prompts_per_step}) must "
                      f"divide over the {jax.process_count()} processes")
 
 
@@ -244,7 +245,7 @@ def make_sampler_plan(cfg: ExperimentConfig, devices: Optional[Sequence[jax.Devi
     plan = ShardingPlan(mesh_lib.make_mesh(mesh_cfg, devices), mesh_cfg.rules)
     name, phase = rl_phase(cfg)
     rl, key = phase.rl(), f"phases.{name}"
-    for rows, what in ((rl.prompts_per_step, f"{key}.batch_size / {key}.group_size (prompts "
+    for rows, what in ((rl.sampled_prompts_per_step, f"{key}.batch_size / {key}.group_size (prompts "
                         "per step)"), (rl.batch_size, f"{key}.batch_size (rollouts per step)")):
       plan.check_batch(rows, f"{what} on sampler_layout.mesh")
     _check_params(cfg, plan)
@@ -288,7 +289,7 @@ def dry_run(cfg: ExperimentConfig, reward_model: bool = False,
       frozen[name] = _with_shardings(rm_abstract, frozen_sh[name])
       roles[name] = iteration.roles_lib.RoleSpec(model)
     spec = dataclasses.replace(spec, binding=dataclasses.replace(spec.binding, roles=roles))
-  batch = batch_shapes(cfg, rl.prompts_per_step)
+  batch = batch_shapes(cfg, rl.sampled_prompts_per_step)
   batch = _with_shardings(batch, plan.batch(batch))
   rng = _abstract_key(plan)
   held = state_bytes(cfg, plan, reward_model, sampler_plan)

@@ -57,10 +57,25 @@ class RLConfig:
   # Recompute pi_old with the learner's params before the update, instead of trusting the
   # sampler's log-probs (which differ in bfloat16). Costs one forward pass per iteration.
   rescore_old_logprobs: bool = False
+  # DAPO's dynamic sampling (Yu et al. 2025), in-graph: sample ``oversample`` times the
+  # prompts a step trains on, then keep the groups whose rewards differ (static shapes: the
+  # batch is filled up with uninformative groups when too few differ, and that is counted).
+  dynamic_sampling: bool = False
+  oversample: int = 2
 
   @property
   def prompts_per_step(self) -> int:
+    """Prompts whose groups the update trains on."""
     return self.batch_size // self.group_size
+
+  @property
+  def sampled_prompts_per_step(self) -> int:
+    """Prompts a step reads and samples: more than it trains on with dynamic sampling."""
+    return self.prompts_per_step * (self.oversample if self.dynamic_sampling else 1)
+
+  @property
+  def estimator(self) -> adv_lib.Estimator:
+    return adv_lib.get(self.advantage)
 
   @property
   def reward_roles(self) -> Tuple[str, ...]:
@@ -70,9 +85,18 @@ class RLConfig:
     for name in ("batch_size", "group_size", "epochs", "minibatches"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{prefix}.{name} must be positive, got {getattr(self, name)}")
-    if self.group_size < 2:
-      raise ValueError(f"{prefix}.group_size must be >= 2 for group-relative advantages, "
-                       f"got {self.group_size}")
+    if self.advantage not in adv_lib.ESTIMATORS:
+      raise ValueError(f"{prefix}.advantage: unknown estimator {self.advantage!r}; expected one "
+                       f"of {sorted(adv_lib.ESTIMATORS)}")
+    needed = self.estimator.min_group_size
+    if self.dynamic_sampling:
+      needed = max(needed, 2)  # a group's variance needs two samples
+      if self.oversample < 1:
+        raise ValueError(f"{prefix}.oversample must be >= 1, got {self.oversample}")
+    if self.group_size < needed:
+      raise ValueError(f"{prefix}.group_size must be >= {needed} for advantage "
+                       f"{self.advantage!r}{' with dynamic sampling' if self.dynamic_sampling else ''}"
+                       f", got {self.group_size}")
     if self.batch_size % self.group_size:
       raise ValueError(f"{prefix}.batch_size ({self.batch_size}) must be a multiple of "
                        f"{prefix}.group_size ({self.group_size}): each prompt is sampled "
@@ -80,7 +104,6 @@ class RLConfig:
     if self.batch_size % self.minibatches:
       raise ValueError(f"{prefix}.minibatches ({self.minibatches}) must divide "
                        f"{prefix}.batch_size ({self.batch_size})")
-    adv_lib.get(self.advantage)
     widths = self.response_buckets
     if any(b <= 0 for b in widths) or list(widths) != sorted(set(widths)):
       raise ValueError(f"{prefix}.response_buckets must be strictly increasing positive "
@@ -169,12 +192,15 @@ def policy_params(trained: Mapping[str, Any], frozen: Mapping[str, Any], spec: I
   return roles_lib.effective_params(spec.policy, trained, frozen, spec.binding.roles)
 
 
-def rollout(params, batch: Batch, rng: jax.Array, spec: IterationSpec) -> Dict[str, jax.Array]:
-  """Samples ``group_size`` completions of every prompt; each group is contiguous."""
-  G = spec.rl.group_size
+def rollout(params, batch: Batch, rng: jax.Array, spec: IterationSpec, *,
+            greedy: bool = False) -> Dict[str, jax.Array]:
+  """Samples ``group_size`` completions of every prompt; each group is contiguous. ``greedy``
+  samples one greedy completion per prompt instead (ReMax's baseline)."""
+  G = 1 if greedy else spec.rl.group_size
+  sampling = dataclasses.replace(spec.sampling, temperature=0.0) if greedy else spec.sampling
   repeat = lambda x: jnp.repeat(x, G, axis=0)
   prompt_tokens, prompt_mask = repeat(batch["prompt_tokens"]), repeat(batch["prompt_mask"])
-  out = sampler.sample(params, prompt_tokens, prompt_mask, rng, spec.model, spec.sampling,
+  out = sampler.sample(params, prompt_tokens, prompt_mask, rng, spec.model, sampling,
                        spec.pad_id)
   stop = jnp.asarray(spec.sampling.stop_tokens or (-1,), jnp.int32)
   return {
@@ -187,6 +213,39 @@ def rollout(params, batch: Batch, rng: jax.Array, spec: IterationSpec) -> Dict[s
       "answer_tokens": repeat(batch["answer_tokens"]),
       "answer_mask": repeat(batch["answer_mask"]),
   }
+
+
+def greedy_baseline(params, batch: Batch, rng: jax.Array, trained, frozen,
+                    spec: IterationSpec) -> jax.Array:
+  """[prompts * G]: the reward of each prompt's greedy completion, repeated over its group."""
+  greedy = rollout(params, batch, rng, spec, greedy=True)
+  rewards = reward_base.combine(spec.rewards, score(greedy, trained, frozen, spec))
+  return jnp.repeat(rewards, spec.rl.group_size, axis=0)
+
+
+def select_informative_groups(rollouts: Batch, scores: Mapping[str, jax.Array],
+                              spec: IterationSpec):
+  """DAPO's dynamic sampling with static shapes: of the ``oversample * prompts_per_step``
+  sampled groups, keep ``prompts_per_step``, those whose rewards differ first (in sampling
+  order). When fewer differ, the rest of the batch is uninformative groups, whose
+  group-relative advantages are 0; ``dynamic_sampling/unfilled`` counts those steps."""
+  rl = spec.rl
+  G, keep = rl.group_size, rl.prompts_per_step
+  total = reward_base.combine(rl.rewards, scores).reshape(-1, G)
+  informative = jnp.any(total != total[:, :1], axis=1)
+  groups = jnp.argsort(~informative, stable=True)[:keep]
+  rows = (groups[:, None] * G + jnp.arange(G)).reshape(-1)
+  take = lambda tree: jax.tree.map(lambda x: x[rows], dict(tree))
+  n = jnp.sum(informative).astype(jnp.float32)
+  metrics = {
+      "dynamic_sampling/informative_groups": n,
+      "dynamic_sampling/kept_informative_fraction": jnp.minimum(n, keep) / keep,
+      "dynamic_sampling/unfilled": (n < keep).astype(jnp.float32),
+      "dynamic_sampling/sampled_reward": total.mean(),
+      "dynamic_sampling/sampled_tokens": jnp.sum(rollouts["completion_mask"]).astype(
+          jnp.float32),
+  }
+  return take(rollouts), take(scores), metrics
 
 
 def role_views(names: Sequence[str], trained: Mapping[str, Any], frozen: Mapping[str, Any],
@@ -222,6 +281,16 @@ def learn(state: state_lib.TrainState, rollouts: Batch, scores: Mapping[str, jax
   after every row's stop, which causal attention never lets an earlier token see, so the
   update is the same at a fraction of the cost.
   """
+  selected = {}
+  if spec.rl.dynamic_sampling:
+    rollouts, scores, selected = select_informative_groups(rollouts, scores, spec)
+  state, metrics = _learn_at_widths(state, rollouts, scores, rng, frozen, spec)
+  if selected:  # throughput counts every generated token, kept or not
+    metrics["tokens"] = selected["dynamic_sampling/sampled_tokens"]
+  return state, {**metrics, **selected}
+
+
+def _learn_at_widths(state, rollouts, scores, rng, frozen, spec: IterationSpec):
   widths = response_widths(spec)
   if len(widths) == 1:
     return _learn(state, rollouts, scores, rng, frozen, spec)
@@ -251,8 +320,13 @@ def _learn(state, rollouts, scores, rng, frozen, spec: IterationSpec):
       "sampler_logprobs": rollouts["logprobs"],
       "old_logprobs": rollouts["logprobs"],
       "rewards": total,
-      "advantages": adv_lib.get(rl.advantage)(total, rl.group_size),
   }
+  estimator = rl.estimator
+  if estimator.greedy_baseline:
+    baseline = rollouts["baseline_rewards"][::rl.group_size]
+    data["advantages"] = estimator.fn(total, rl.group_size, baseline)
+  else:
+    data["advantages"] = estimator.fn(total, rl.group_size)
   score_role = update.scorer(state_lib.params_of(state), frozen, spec.binding, data)
   if rl.rescore_old_logprobs:
     data["old_logprobs"] = score_role("policy", ("logprobs",)).logprobs
@@ -267,6 +341,8 @@ def _learn(state, rollouts, scores, rng, frozen, spec: IterationSpec):
   state, metrics = update.updates(state, data, rng, frozen, spec.binding)
   state = {**state, "step": state["step"] + 1}
   metrics.update(prepared)
+  if estimator.greedy_baseline:
+    metrics["baseline_reward"] = rollouts["baseline_rewards"].mean()
 
   lengths = mask.sum(axis=1).astype(jnp.float32)
   metrics.update({
@@ -288,7 +364,11 @@ def rl_step(state, batch, rng, frozen, spec: IterationSpec):
   rng = jax.random.fold_in(rng, state["step"])
   sample_rng, learn_rng = jax.random.split(rng)
   trained = state_lib.params_of(state)
-  rollouts = rollout(policy_params(trained, frozen, spec), batch, sample_rng, spec)
+  params = policy_params(trained, frozen, spec)
+  rollouts = rollout(params, batch, sample_rng, spec)
+  if spec.rl.estimator.greedy_baseline:
+    rollouts["baseline_rewards"] = greedy_baseline(
+        params, batch, jax.random.fold_in(sample_rng, 1), trained, frozen, spec)
   return learn(state, rollouts, score(rollouts, trained, frozen, spec), learn_rng, frozen, spec)
 
 
@@ -320,6 +400,10 @@ def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], st
     return jit_with_rules(functools.partial(rl_step, spec=spec), plan, donate_argnums=(0,), **kw)
   if not spec.fused and decode is None:
     raise ValueError("host rewards need a tokenizer to decode completions")
+  if spec.rl.estimator.greedy_baseline:
+    raise ValueError(f"advantage {spec.rl.advantage!r} samples a greedy baseline inside the "
+                     "fused iteration: it needs in-graph rewards and the sampler in the "
+                     "learner's layout (sampler_layout.separate=False)")
 
   sampler_plan = layout.sampler.plan if separate else plan
   sample_kw = {}

@@ -61,6 +61,8 @@ class PhaseConfig:
   rewards: Tuple[reward_base.RewardTerm, ...] = (reward_base.RewardTerm("exact_match"),)
   response_buckets: Tuple[int, ...] = ()
   rescore_old_logprobs: bool = False
+  dynamic_sampling: bool = False  # DAPO: keep the groups whose rewards differ (RLConfig)
+  oversample: int = 2             # prompts sampled per trained prompt, with dynamic_sampling
 
   @property
   def kind(self) -> str:
@@ -80,14 +82,15 @@ class PhaseConfig:
   @property
   def rows_per_step(self) -> int:
     """Dataset rows one step reads: prompts (RL) or examples / pairs (offline)."""
-    return self.batch_size // self.group_size if self.kind == "rl" else self.batch_size
+    return self.rl().sampled_prompts_per_step if self.kind == "rl" else self.batch_size
 
   def rl(self) -> RLConfig:
     return RLConfig(batch_size=self.batch_size, group_size=self.group_size, epochs=self.epochs,
                     minibatches=self.minibatches,
                     advantage=self.advantage or self.objective.objective.advantage,
                     rewards=self.rewards, response_buckets=self.response_buckets,
-                    rescore_old_logprobs=self.rescore_old_logprobs)
+                    rescore_old_logprobs=self.rescore_old_logprobs,
+                    dynamic_sampling=self.dynamic_sampling, oversample=self.oversample)
 
   def validate(self, prefix: str) -> None:
     if self.steps < 0:

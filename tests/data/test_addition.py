@@ -227,8 +227,72 @@ def test_write_pairs_cli_writes_jsonl_the_builder_reads(tmp_path):
   test = builders.read_jsonl(str(tmp_path / "pairs" / "test.jsonl"))
   assert len(train) == 30 and len(test) == 8
   expected = list(addition.generate_pairs("test", 8, 2, 0.7, seed=5))
-  assert test == expected
+  assert [{k: r[k] for k in expected[0]} for r in test] == expected
+  assert not any(r["completion"] or r["label"] for r in train + test)
   for record in train:
     assert not addition.is_test_pair(*_parse(record["prompt"]))
   with open(tmp_path / "pairs" / "train.jsonl") as f:
     assert json.loads(f.readline()).keys() == expected[0].keys()
+
+
+# ---- unpaired labelled examples
+
+
+def test_generate_unpaired_splits_each_pair_into_two_labelled_records():
+  pairs = list(addition.generate_pairs("train", 200, 3, 0.7, seed=2))
+  records = addition.generate_unpaired("train", 200, 3, 0.7, seed=2)
+  assert len(records) == 400
+  problem_keys = {"prompt", "answer", "demonstration"}
+  for record in records:
+    assert set(record) == problem_keys | {"completion", "label"}
+    assert type(record["label"]) is bool
+  # Exactly the pairs' records: chosen labelled True, rejected False.
+  as_records = lambda rs: sorted(tuple(sorted(r.items())) for r in rs)
+  expected = [{**{k: p[k] for k in problem_keys}, "completion": p["chosen"], "label": True}
+              for p in pairs]
+  expected += [{**{k: p[k] for k in problem_keys}, "completion": p["rejected"], "label": False}
+               for p in pairs]
+  assert as_records(records) == as_records(expected)
+  for record in records:
+    a, b = _parse(record["prompt"])
+    assert (record["completion"] == str(a + b)[::-1]) == record["label"]
+  # Shuffled: not in generation order, and labels mixed in every small batch.
+  assert [r["prompt"] for r in records[::2]] != [p["prompt"] for p in pairs]
+  labels = [r["label"] for r in records]
+  assert labels != [True, False] * 200
+  batches = [labels[i:i + 16] for i in range(0, 400, 16)]
+  assert all(any(b) and not all(b) for b in batches)
+  assert 0.3 < sum(labels[:100]) / 100 < 0.7
+
+
+def test_generate_unpaired_is_deterministic():
+  first = addition.generate_unpaired("test", 20, 2, 0.5, seed=3)
+  assert first == addition.generate_unpaired("test", 20, 2, 0.5, seed=3)
+  assert first != addition.generate_unpaired("test", 20, 2, 0.5, seed=4)
+  assert first != addition.generate_unpaired("train", 20, 2, 0.5, seed=3)
+
+
+def test_unpaired_cli_writes_jsonl_the_builder_reads(tmp_path, capsys):
+  from rlalign.data import builders
+  pairs, unpaired = str(tmp_path / "pairs"), str(tmp_path / "unpaired")
+  addition.main([f"--pairs_out={pairs}", f"--unpaired_out={unpaired}", "--num_train=30",
+                 "--num_test=8", "--max_digits=2", "--seed=5"])
+  assert capsys.readouterr().out.split() == [
+      f"{pairs}/train.jsonl", f"{pairs}/test.jsonl",
+      f"{unpaired}/train.jsonl", f"{unpaired}/test.jsonl"]
+  for split, num in (("train", 30), ("test", 8)):
+    records = builders.read_jsonl(f"{unpaired}/{split}.jsonl")
+    expected = addition.generate_unpaired(split, num, 2, 0.7, seed=5)
+    assert [{k: r[k] for k in expected[0]} for r in records] == expected
+    assert [r["line"] for r in records] == list(range(1, 2 * num + 1))
+    assert not any(r["chosen"] or r["rejected"] for r in records)
+  # Only --unpaired_out: no pairs written.
+  addition.main([f"--unpaired_out={tmp_path / 'only'}", "--num_train=4", "--num_test=2",
+                 "--max_digits=2"])
+  assert sorted(p.name for p in (tmp_path / "only").iterdir()) == ["test.jsonl", "train.jsonl"]
+
+
+def test_cli_needs_an_output(capsys):
+  with pytest.raises(SystemExit):
+    addition.main(["--num_train=3"])
+  assert "--pairs_out" in capsys.readouterr().err

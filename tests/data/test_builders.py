@@ -19,8 +19,13 @@ def _build(builder_cls, config, data_dir):
 def _records(builder, split):
   source = builder.as_data_source(split=split)
   return [
-      {k: v.decode() for k, v in source[i].items()} for i in range(len(source))
+      {k: v.decode() if isinstance(v, bytes) else v for k, v in source[i].items()}
+      for i in range(len(source))
   ]
+
+
+_NONE = {"answer": "", "demonstration": "", "chosen": "", "rejected": "", "completion": "",
+         "label": False}
 
 
 def _write(path, lines):
@@ -57,8 +62,7 @@ def test_addition_prompts_end_to_end(tmp_path):
   }
   for split, num in (("train", 30), ("test", 8)):
     # Records are stored in generation order.
-    expected = [{**p, "chosen": "", "rejected": ""}
-                for p in addition.generate_problems(split, num, 2, 0.5, 1)]
+    expected = [{**_NONE, **p} for p in addition.generate_problems(split, num, 2, 0.5, 1)]
     assert _records(builder, split) == expected
 
 
@@ -72,21 +76,24 @@ def test_jsonl_prompts_end_to_end(tmp_path):
           "   ",
           json.dumps({"prompt": "Free form"}),
           json.dumps({"prompt": "2+2=", "chosen": "4", "rejected": "5"}),
+          json.dumps({"prompt": "1+1=", "completion": "2", "label": True}),
+          json.dumps({"prompt": "1+1=", "completion": "3", "label": False}),
       ],
   )
   test = _write(tmp_path / "test.jsonl", [json.dumps({"prompt": "Q", "answer": "A"})])
   config = builders.JsonlConfig.create(train, test)
   builder = _build(builders.JsonlPrompts, config, tmp_path / "data")
   assert builder.name == "rlalign_jsonl_prompts"
-  no_pair = {"chosen": "", "rejected": ""}
+  # Every record keeps its 1-based line in the file, blank lines counted.
   assert _records(builder, "train") == [
-      {"prompt": "Say hi", "answer": "hi", "demonstration": "hi!", **no_pair},
-      {"prompt": "Count: 1 2", "answer": "3", "demonstration": "", **no_pair},
-      {"prompt": "Free form", "answer": "", "demonstration": "", **no_pair},
-      {"prompt": "2+2=", "answer": "", "demonstration": "", "chosen": "4", "rejected": "5"},
+      {**_NONE, "prompt": "Say hi", "answer": "hi", "demonstration": "hi!", "line": 1},
+      {**_NONE, "prompt": "Count: 1 2", "answer": "3", "line": 3},
+      {**_NONE, "prompt": "Free form", "line": 5},
+      {**_NONE, "prompt": "2+2=", "chosen": "4", "rejected": "5", "line": 6},
+      {**_NONE, "prompt": "1+1=", "completion": "2", "label": True, "line": 7},
+      {**_NONE, "prompt": "1+1=", "completion": "3", "label": False, "line": 8},
   ]
-  assert _records(builder, "test") == [{"prompt": "Q", "answer": "A", "demonstration": "",
-                                        **no_pair}]
+  assert _records(builder, "test") == [{**_NONE, "prompt": "Q", "answer": "A", "line": 1}]
 
 
 def test_jsonl_without_test_path_has_only_train(tmp_path):
@@ -143,14 +150,102 @@ def test_edited_jsonl_file_is_rebuilt(tmp_path):
         (["", "", '{"prompt": 1}'], 3, '"prompt" must be a string'),  # Counts blanks.
         (['{"prompt": "a", "chosen": "x"}'], 1, 'needs both "chosen" and "rejected"'),
         (['{"prompt": "a", "rejected": 2}'], 1, '"rejected" must be a string'),
+        # A pair with one side missing or empty names the side it has.
+        (['{"prompt": "a", "rejected": "y"}'], 1, 'got only "rejected"'),
+        (['{"prompt": "a", "chosen": "", "rejected": "y"}'], 1, 'got only "rejected"'),
+        (['{"prompt": "a", "chosen": "x", "rejected": ""}'], 1, 'got only "chosen"'),
+        # No preference.
+        (['{"prompt": "ok"}', '{"prompt": "a", "chosen": "x", "rejected": "x"}'], 2,
+         '"chosen" and "rejected" are the same (no preference): \'x\''),
+        # Responses that are only whitespace.
+        (['{"prompt": "a", "chosen": " \\n", "rejected": "y"}'], 1,
+         '"chosen" is only whitespace'),
+        (['{"prompt": "a", "chosen": "x", "rejected": "\\t"}'], 1,
+         '"rejected" is only whitespace'),
+        (['{"prompt": "a", "completion": "  ", "label": true}'], 1,
+         '"completion" is only whitespace'),
+        # Duplicate keys: rejected, not "last one wins", at any depth.
+        (['{"prompt": "a", "prompt": "b"}'], 1, "duplicate key 'prompt'"),
+        (['{"prompt": "a", "chosen": "x", "rejected": "y", "chosen": "z"}'], 1,
+         "duplicate key 'chosen'"),
+        (['{"prompt": "a", "meta": {"id": 1, "id": 2}}'], 1, "duplicate key 'id'"),
+        # Unpaired labelled completions: both or neither, and the label a JSON bool.
+        (['{"prompt": "a", "completion": "x"}'], 1,
+         'needs both "completion" and "label" (an empty string counts as none), got only'
+         ' "completion"'),
+        (['{"prompt": "a", "label": true}'], 1, 'got only "label"'),
+        (['{"prompt": "a", "completion": "", "label": false}'], 1, 'got only "label"'),
+        (['{"prompt": "a", "completion": "x", "label": 1}'], 1,
+         '"label" must be true or false, got int'),
+        (['{"prompt": "a", "completion": "x", "label": "true"}'], 1,
+         '"label" must be true or false, got str'),
+        (['{"prompt": "a", "completion": "x", "label": null}'], 1,
+         '"label" must be true or false, got NoneType'),
+        (['{"prompt": "a", "completion": 5, "label": true}'], 1,
+         '"completion" must be a string, got int'),
+        # Nesting deeper than any record needs, refused before json.loads recurses.
+        (['{"prompt": "a", "meta": ' + "[" * 100_000 + "]" * 100_000 + "}"], 1,
+         "JSON nested 100001 levels deep (at most 32)"),
+        (["[" * 50_000], 1, "JSON nested 50000 levels deep"),
     ],
 )
 def test_bad_jsonl_lines_name_file_and_line(tmp_path, lines, bad_line, expected):
   path = _write(tmp_path / "prompts.jsonl", lines)
   with pytest.raises(ValueError) as e:
     builders.JsonlConfig.create(path)
-  assert f"{path}:{bad_line}:" in str(e.value)
-  assert expected in str(e.value)
+  message = str(e.value)
+  assert message.startswith(f"{path}:{bad_line}: ")
+  assert expected in message
+  assert "\n" not in message and len(message) < len(path) + 200
+
+
+def test_long_values_in_errors_are_shortened(tmp_path):
+  long = "x" * 500
+  path = _write(tmp_path / "prompts.jsonl",
+                [json.dumps({"prompt": "a", "chosen": long, "rejected": long})])
+  with pytest.raises(ValueError) as e:
+    builders.JsonlConfig.create(path)
+  message = str(e.value)
+  assert message == (f"{path}:1: \"chosen\" and \"rejected\" are the same (no preference):"
+                     f" '{'x' * 60}'... (500 characters)")
+  key = "k" * 200
+  path = _write(tmp_path / "keys.jsonl", ['{"prompt": "a", "%s": 1, "%s": 2}' % (key, key)])
+  with pytest.raises(ValueError, match=r":1: duplicate key 'k{60}'\.\.\. \(200 characters\)"):
+    builders.JsonlConfig.create(path)
+
+
+def test_shorten():
+  assert builders.shorten("abc") == "'abc'"
+  assert builders.shorten("a\nb") == "'a\\nb'"  # one line
+  assert builders.shorten("y" * 60) == repr("y" * 60)
+  assert builders.shorten("y" * 61) == repr("y" * 60) + "... (61 characters)"
+
+
+def test_nesting_is_bounded_without_recursion():
+  # Brackets inside strings (escaped quotes included) do not count as nesting.
+  text = "[{" * 100 + '\\"'
+  record = builders._parse_jsonl_line("f", 1, json.dumps({"prompt": text, "n": [[[1]]]}))
+  assert record["prompt"] == text
+  depth = builders._MAX_NESTING
+  ok = '{"prompt": "a", "m": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+  assert builders._parse_jsonl_line("f", 1, ok)["prompt"] == "a"
+  with pytest.raises(ValueError, match=f"f:4: JSON nested {depth + 1} levels deep"):
+    builders._parse_jsonl_line("f", 4, '{"prompt": "a", "m": ' + "[" * depth + "]" * depth + "}")
+
+
+def test_recursion_error_becomes_a_value_error(monkeypatch):
+  # Were the pre-scan to miss a deep line, json.loads' RecursionError is still one line.
+  monkeypatch.setattr(builders, "_MAX_NESTING", 10**9)
+  line = '{"prompt": "a", "m": ' + "[" * 100_000 + "]" * 100_000 + "}"
+  with pytest.raises(ValueError, match=r"^f:2: JSON nested too deep$"):
+    builders._parse_jsonl_line("f", 2, line)
+
+
+def test_ignored_keys_may_hold_any_json(tmp_path):
+  path = _write(tmp_path / "p.jsonl", [json.dumps({"prompt": "a", "id": 7, "meta": {"x": [1]},
+                                                   "score": 0.5, "tag": None})])
+  (record,) = builders.read_jsonl(path)
+  assert record == {**_NONE, "prompt": "a", "line": 1}
 
 
 def test_bad_test_file_is_named(tmp_path):

@@ -22,7 +22,14 @@ _FIELDS = {
     "chosen_mask": (np.bool_, 6),
     "rejected_tokens": (np.int32, 6),
     "rejected_mask": (np.bool_, 6),
+    "completion_tokens": (np.int32, 6),
+    "completion_mask": (np.bool_, 6),
+    "labels": (np.float32, None),  # one per row
 }
+
+
+def _shape(rows, length):
+  return (rows,) if length is None else (rows, length)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +105,27 @@ def test_encode_example_layout():
   np.testing.assert_array_equal(out["answer_mask"], [1, 1, 1, 1, 0])
   np.testing.assert_array_equal(out["demo_tokens"], [5, 5, 2, 0, 0])
   np.testing.assert_array_equal(out["demo_mask"], [1, 1, 1, 0, 0])
+  np.testing.assert_array_equal(out["completion_tokens"], [0, 0, 0, 0, 0])
+  assert not out["completion_mask"].any()
+  assert out["labels"].shape == () and out["labels"] == 0
   for key, value in out.items():
-    assert value.dtype == (np.bool_ if key.endswith("mask") else np.int32), key
+    want = np.float32 if key == "labels" else np.bool_ if key.endswith("mask") else np.int32
+    assert value.dtype == want, key
+
+
+@pytest.mark.parametrize("label, want", [(True, 1.0), (False, 0.0), (np.bool_(True), 1.0)])
+def test_encode_example_unpaired_completion(label, want):
+  cfg = DataConfig(max_prompt_len=8, max_answer_len=5)
+  tok = tokenizer_for(cfg)
+  out = pipeline.encode_example(
+      {"prompt": b"74+58=", "completion": b"231", "label": label}, tok, cfg
+  )
+  np.testing.assert_array_equal(out["completion_tokens"], [5, 6, 4, 2, 0])
+  np.testing.assert_array_equal(out["completion_mask"], [1, 1, 1, 1, 0])
+  assert out["labels"].dtype == np.float32 and out["labels"] == want
+  # A label without a completion is no example: 0, all-false mask.
+  out = pipeline.encode_example({"prompt": b"74+58=", "label": True}, tok, cfg)
+  assert out["labels"] == 0 and not out["completion_mask"].any()
 
 
 def test_encode_example_empty_demonstration_and_exact_fit():
@@ -125,12 +151,21 @@ def test_encode_example_errors():
   assert "needs 7 tokens" in str(e.value) and "'12+34='" in str(e.value)
   with pytest.raises(ValueError, match="prompt is empty"):
     pipeline.encode_example({"prompt": ""}, tok, cfg)
-  with pytest.raises(ValueError, match=r"answer needs 4 tokens .*data.max_answer_len=3"):
+  with pytest.raises(ValueError, match=r'"answer" needs 4 tokens .*data.max_answer_len=3'):
     pipeline.encode_example({"prompt": "1+1=", "answer": "123"}, tok, cfg)
-  with pytest.raises(ValueError, match="demonstration .*data.max_answer_len"):
+  with pytest.raises(ValueError, match='"demonstration" .*data.max_answer_len'):
     pipeline.encode_example({"prompt": "1+1=", "demonstration": "1234"}, tok, cfg)
-  with pytest.raises(ValueError, match="'a'"):
+  with pytest.raises(ValueError, match='"completion" needs 5 tokens'):
+    pipeline.encode_example({"prompt": "1+1=", "completion": "1234", "label": True}, tok, cfg)
+  with pytest.raises(ValueError, match="^\"prompt\": .*'a'"):
     pipeline.encode_example({"prompt": "a+1="}, tok, cfg)
+  with pytest.raises(ValueError, match="^\"rejected\": .*'x'"):
+    pipeline.encode_example({"prompt": "1+1=", "chosen": "2", "rejected": "x"}, tok, cfg)
+  # Long values are cut to 60 characters and their length.
+  with pytest.raises(ValueError) as e:
+    pipeline.encode_example({"prompt": "1+1=", "chosen": "1" * 100}, tok, cfg)
+  assert str(e.value) == ('"chosen" needs 101 tokens (incl. EOS) but data.max_answer_len=3: '
+                          f"'{'1' * 60}'... (100 characters)")
 
 
 def test_validate_split_names_split_and_record():
@@ -168,7 +203,7 @@ def test_train_iterator_batches(cfg):
   batch = next(pipeline.train_iterator(cfg, tok, batch_size=8))
   assert set(batch) == set(_FIELDS)
   for key, (dtype, length) in _FIELDS.items():
-    assert batch[key].shape == (8, length) and batch[key].dtype == dtype, key
+    assert batch[key].shape == _shape(8, length) and batch[key].dtype == dtype, key
   train = pipeline.load_split(cfg, "train")
   by_prompt = {train[i]["prompt"].decode(): train[i] for i in range(len(train))}
   for row in range(8):
@@ -240,13 +275,21 @@ def test_eval_batches_cover_split_in_order_with_padding(cfg):
 # --- JSONL end to end ---------------------------------------------------------
 
 
-def _jsonl_cfg(tmp_path, records, **overrides):
-  path = tmp_path / "train.jsonl"
-  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+def _write_jsonl(path, records):
+  """One line per record; a string is written as is (a blank or raw line)."""
+  path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n"
+                          for r in records))
+  return str(path)
+
+
+def _jsonl_cfg(tmp_path, records, test_records=None, **overrides):
+  train = _write_jsonl(tmp_path / "train.jsonl", records)
+  test = "" if test_records is None else _write_jsonl(tmp_path / "test.jsonl", test_records)
   return DataConfig(
       task="jsonl",
       data_dir=str(tmp_path / "tfds"),
-      train_path=str(path),
+      train_path=train,
+      test_path=test,
       max_prompt_len=16,
       max_answer_len=8,
       **overrides,
@@ -272,13 +315,98 @@ def test_jsonl_end_to_end(tmp_path):
     pipeline.load_split(cfg, "test")
 
 
-def test_jsonl_prompt_too_long_names_max_prompt_len(tmp_path):
+def test_jsonl_prompt_too_long_names_file_line_and_max_prompt_len(tmp_path):
   cfg = _jsonl_cfg(tmp_path, [{"prompt": "short"}, {"prompt": "x" * 16}])
   tok = tokenizer_for(cfg)
   with pytest.raises(ValueError) as e:
     pipeline.validate_split(pipeline.load_split(cfg, "train"), tok, cfg, "train")
-  assert "train split, record 1" in str(e.value)
-  assert "data.max_prompt_len=16" in str(e.value) and "needs 17 tokens" in str(e.value)
+  assert str(e.value) == (f'{cfg.train_path}:2: "prompt" needs 17 tokens (with BOS or chat'
+                          f" template) but data.max_prompt_len=16: {'x' * 16!r}")
+
+
+@pytest.mark.parametrize("key", ["chosen", "rejected", "completion", "answer",
+                                 "demonstration"])
+def test_jsonl_response_too_long_names_file_line_and_key(tmp_path, key):
+  long = "y" * 200
+  record = {"prompt": "p", "chosen": "a", "rejected": "b", "completion": "c", "label": True,
+            key: long}
+  # Line 4: blank lines count, as in the file the user edits.
+  cfg = _jsonl_cfg(tmp_path, [{"prompt": "ok"}, "", {"prompt": "fine", "answer": "1"},
+                              record])
+  tok = tokenizer_for(cfg)
+  train = pipeline.load_split(cfg, "train")
+  for check in (lambda: pipeline.validate_split(train, tok, cfg, "train"),
+                lambda: pipeline.eval_batches(cfg, tok, "train", batch_size=2)):
+    with pytest.raises(ValueError) as e:
+      check()
+    assert str(e.value) == (
+        f'{cfg.train_path}:4: "{key}" needs 201 tokens (incl. EOS) but'
+        f" data.max_answer_len=8: {'y' * 60!r}... (200 characters)")
+
+
+def test_jsonl_errors_in_the_test_split_name_the_test_file(tmp_path):
+  cfg = _jsonl_cfg(tmp_path, [{"prompt": "ok"}],
+                   [{"prompt": "q", "answer": "a"}, {"prompt": "q", "chosen": "z" * 9,
+                                                     "rejected": "n"}])
+  tok = tokenizer_for(cfg)
+  pipeline.validate_split(pipeline.load_split(cfg, "train"), tok, cfg, "train")
+  with pytest.raises(ValueError, match=f'^{cfg.test_path}:2: "chosen" needs 10 tokens'):
+    pipeline.validate_split(pipeline.load_split(cfg, "test"), tok, cfg, "test")
+
+
+def test_train_iterator_errors_name_file_and_line(tmp_path):
+  # Without validate_split first, an encode error during training still names the line.
+  cfg = _jsonl_cfg(tmp_path, [{"prompt": "p", "completion": "c" * 9, "label": False}])
+  tok = tokenizer_for(cfg)
+  with pytest.raises(ValueError, match=f'{cfg.train_path}:1: "completion" needs 10 tokens'):
+    next(pipeline.train_iterator(cfg, tok, batch_size=1))
+
+
+def test_jsonl_unpaired_completions_end_to_end(tmp_path):
+  records = [
+      {"prompt": "2+2=", "completion": "4", "label": True},
+      {"prompt": "2+2=", "completion": "5", "label": False},
+      {"prompt": "3+3=", "completion": "6 ", "label": True},
+      {"prompt": "no label", "answer": "x"},  # no completion: label 0, empty mask
+  ]
+  cfg = _jsonl_cfg(tmp_path, records, records)
+  tok = tokenizer_for(cfg)
+  want = {  # (prompt, completion) -> label
+      ("2+2=", "4"): 1.0, ("2+2=", "5"): 0.0, ("3+3=", "6 "): 1.0, ("no label", ""): 0.0}
+
+  def rows(batch):
+    return {(tok.decode(p), tok.decode(c)): (float(label), mask)
+            for p, c, label, mask in zip(batch["prompt_tokens"], batch["completion_tokens"],
+                                         batch["labels"], batch["completion_mask"])}
+
+  batch = next(pipeline.train_iterator(cfg, tok, batch_size=4))
+  assert batch["completion_tokens"].shape == (4, 8)
+  assert batch["completion_tokens"].dtype == np.int32
+  assert batch["completion_mask"].shape == (4, 8) and batch["completion_mask"].dtype == np.bool_
+  assert batch["labels"].shape == (4,) and batch["labels"].dtype == np.float32
+  got = rows(batch)
+  assert {k: v[0] for k, v in got.items()} == want  # every record once, shuffled
+  # The completion mask covers the completion and its EOS: "6 " is 2 tokens + EOS.
+  np.testing.assert_array_equal(got[("3+3=", "6 ")][1], [1, 1, 1, 0, 0, 0, 0, 0])
+  assert not got[("no label", "")][1].any()
+  (ordered,) = pipeline.eval_batches(cfg, tok, "test", batch_size=4)
+  np.testing.assert_array_equal(ordered["labels"], [1, 0, 1, 0])
+  assert [tok.decode(c) for c in ordered["completion_tokens"]] == ["4", "5", "6 ", ""]
+  # The "scored" offline kind reads exactly these fields.
+  from rlalign.rl import offline
+  seqs = offline.to_sequences(batch, "scored")
+  np.testing.assert_array_equal(seqs["completion_tokens"], batch["completion_tokens"])
+  np.testing.assert_array_equal(seqs["mask"], batch["completion_mask"])
+  np.testing.assert_array_equal(seqs["labels"], batch["labels"])
+
+
+def test_jsonl_without_unpaired_fields_keeps_old_batches(tmp_path):
+  cfg = _jsonl_cfg(tmp_path, [{"prompt": "a", "chosen": "x", "rejected": "y"}])
+  tok = tokenizer_for(cfg)
+  (batch,) = pipeline.eval_batches(cfg, tok, "train", batch_size=1)
+  assert tok.decode(batch["chosen_tokens"][0]) == "x"
+  assert tok.decode(batch["rejected_tokens"][0]) == "y"
+  assert not batch["completion_mask"].any() and batch["labels"][0] == 0
 
 
 def test_prepare_with_bad_jsonl_builds_nothing(tmp_path):
@@ -286,3 +414,17 @@ def test_prepare_with_bad_jsonl_builds_nothing(tmp_path):
   with pytest.raises(ValueError, match=f"{cfg.train_path}:2:"):
     pipeline.prepare(cfg)
   assert not list((tmp_path / "tfds").glob("rlalign_jsonl_prompts/*/*"))
+
+
+def test_addition_unpaired_file_feeds_scored_batches(tmp_path):
+  train, _ = addition.write_unpaired(str(tmp_path / "unpaired"), num_train=40, num_test=4,
+                                     max_digits=2, seed=1)
+  cfg = DataConfig(task="jsonl", data_dir=str(tmp_path / "tfds"), train_path=train,
+                   max_prompt_len=7, max_answer_len=4)
+  tok = tokenizer_for(cfg)
+  batch = next(pipeline.train_iterator(cfg, tok, batch_size=16))
+  assert 0 < batch["labels"].sum() < 16  # both labels in one batch
+  assert batch["completion_mask"].any(axis=1).all()
+  for completion, answer, label in zip(batch["completion_tokens"], batch["answer_tokens"],
+                                       batch["labels"]):
+    assert label == float(tok.decode(completion) == tok.decode(answer))

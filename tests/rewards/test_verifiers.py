@@ -124,3 +124,16 @@ def test_combine_weights():
   chex.assert_trees_all_close(out, np.array([0.5 + 2.0, 2.0, 0.5], np.float32))
   out = base.combine([base.RewardTerm("a", 1.0)], scores)
   chex.assert_trees_all_close(out, np.array([1.0, 0.0, 1.0], np.float32))
+
+
+def test_overlong_penalty_by_hand():
+  """DAPO: 0 up to L_max - L_buf tokens, then -(|o| - (L_max - L_buf)) / L_buf."""
+  from rlalign.rewards import verifiers as v
+  lengths = np.array([2, 6, 7, 8])
+  mask = jnp.asarray(np.arange(8)[None, :] < lengths[:, None])
+  got = v.overlong({"completion_mask": mask}, None, v.OverlongSettings(buffer=4))
+  np.testing.assert_allclose(got, [0.0, -0.5, -0.75, -1.0])
+  got = v.overlong({"completion_mask": mask}, None, v.OverlongSettings(max_length=10, buffer=4))
+  np.testing.assert_allclose(got, [0.0, 0.0, -0.25, -0.5])
+  with pytest.raises(ValueError, match="buffer"):
+    v.OverlongSettings(max_length=2, buffer=4).validate()
