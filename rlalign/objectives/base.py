@@ -118,11 +118,17 @@ def names() -> Tuple[str, ...]:
   return _REGISTRY.names()
 
 
-def aggregate(per_token: jax.Array, mask: jax.Array, mode: str) -> jax.Array:
+def aggregate(per_token: jax.Array, mask: jax.Array, mode: str,
+              constant: Optional[float] = None) -> jax.Array:
   """Reduces a [B, T] per-token loss to a scalar.
 
   "token": every completion token in the minibatch weighs the same (DAPO).
   "sequence": mean over sequences of each sequence's token mean (the GRPO paper's 1/|o_i|).
+  "constant": the masked sum over the minibatch divided by B * ``constant``, a fixed length
+  that does not depend on the samples (Dr.GRPO, Liu et al. 2025, "Understanding R1-Zero-Like
+  Training": 1/|o_i| biases GRPO towards long wrong answers and short right ones). ``constant``
+  None: the mask's width T, which is ``sampling.max_new_tokens`` unless the phase trains at
+  ``rl.response_buckets`` (then it is the bucket's width, which changes from step to step).
   """
   mask = mask.astype(per_token.dtype)
   if mode == "token":
@@ -130,10 +136,15 @@ def aggregate(per_token: jax.Array, mask: jax.Array, mode: str) -> jax.Array:
   if mode == "sequence":
     per_seq = jnp.sum(per_token * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
     return jnp.mean(per_seq)
-  raise ValueError(f"unknown loss aggregation {mode!r}; expected 'token' or 'sequence'")
+  if mode == "constant":
+    denominator = mask.shape[0] * (mask.shape[-1] if constant is None else constant)
+    if not denominator:  # no rows (or no columns): nothing to average, as "token" gives 0
+      return jnp.zeros((), per_token.dtype)
+    return jnp.sum(per_token * mask) / denominator
+  raise ValueError(f"unknown loss aggregation {mode!r}; expected one of {list(AGGREGATIONS)}")
 
 
-AGGREGATIONS = ("token", "sequence")
+AGGREGATIONS = ("token", "sequence", "constant")
 
 
 def check_choice(prefix: str, name: str, value: str, choices) -> None:
@@ -156,3 +167,26 @@ def split_pairs(x: jax.Array) -> Tuple[jax.Array, jax.Array]:
 def sequence_sum(per_token_values: jax.Array, mask: jax.Array) -> jax.Array:
   """Sum over each row's masked tokens, [B]: a sequence's log-probability from token ones."""
   return jnp.sum(per_token_values * mask.astype(per_token_values.dtype), axis=-1)
+
+
+def tis_weights(batch: Mapping[str, jax.Array], cap: float) -> jax.Array:
+  """Truncated importance sampling weights (Yao et al. 2025, "Your Efficient RL Framework
+  Secretly Brings You Off-Policy RL Training"), [B, T]::
+
+    w_t = stop_gradient(min(pi_old(y_t) / pi_sampler(y_t), cap))
+
+  from the batch's ``old_logprobs`` and ``sampler_logprobs``; 0 at padding. They correct for
+  the sampler and the learner disagreeing about the same params (bfloat16, other kernels,
+  another engine) and differ from 1 only when pi_old is the learner's, i.e. with the phase's
+  ``rescore_old_logprobs=True``; otherwise old_logprobs *are* the sampler's.
+  """
+  mask = batch["mask"].astype(bool)
+  log_ratio = batch["old_logprobs"] - batch["sampler_logprobs"]
+  weights = jnp.minimum(jnp.exp(jnp.where(mask, log_ratio, 0.0)), cap)
+  return jax.lax.stop_gradient(jnp.where(mask, weights, 0.0))
+
+
+def masked_row_mean(per_token_values: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean over each row's masked tokens, [B]; 0 for a row with none."""
+  mask = mask.astype(per_token_values.dtype)
+  return sequence_sum(per_token_values, mask) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)

@@ -17,6 +17,10 @@ The loss, per token and aggregated like GRPO's (``base.aggregate``)::
 The policy and the critic are separate roles, each with its own optimizer, updated in the
 same gradient step; the value term reaches only the critic and the others only the policy,
 so with Adam ``vf_coef`` mostly matters through gradient clipping.
+
+``tis_cap`` > 0 multiplies the clipped surrogate per token by the truncated importance weight
+min(pi_old/pi_sampler, tis_cap) (``base.tis_weights``; Yao et al. 2025), which differs from 1
+only with the phase's ``rescore_old_logprobs=True`` (pi_old recomputed by the learner).
 """
 from __future__ import annotations
 
@@ -43,7 +47,8 @@ class PPOConfig:
   kl_coef: float = 0.0        # KL(pi || pi_ref) in the loss, with kl_estimator, as GRPO
   kl_estimator: str = "k3"
   whiten_advantages: bool = True  # over the batch's real tokens, in prepare
-  aggregation: str = "token"  # "token" or "sequence"
+  aggregation: str = "token"  # "token", "sequence" or "constant" (the mask's width)
+  tis_cap: float = 0.0        # truncated importance sampling cap; 0 turns it off
 
   def validate(self, prefix: str = "objective") -> None:
     for name in ("gamma", "lam"):
@@ -52,7 +57,7 @@ class PPOConfig:
         raise ValueError(f"{prefix}.{name} must be in [0, 1], got {value}")
     if not self.clip_eps > 0:
       raise ValueError(f"{prefix}.clip_eps must be positive, got {self.clip_eps}")
-    for name in ("vf_clip", "vf_coef", "kl_in_reward", "kl_coef"):
+    for name in ("vf_clip", "vf_coef", "kl_in_reward", "kl_coef", "tis_cap"):
       value = getattr(self, name)
       if not value >= 0:
         raise ValueError(f"{prefix}.{name} must be >= 0, got {value}")
@@ -113,6 +118,9 @@ def ppo_loss(hp: PPOConfig, outputs: Mapping[str, base.ModelOutputs],
   advantages = base.per_token(batch["advantages"])
   pg, was_clipped = clipped_surrogate(policy.logprobs - batch["old_logprobs"], advantages,
                                       hp.clip_eps, hp.clip_eps)
+  if hp.tis_cap:
+    tis = base.tis_weights(batch, hp.tis_cap)
+    pg = tis * pg
   vf, vf_clipped = value_loss(critic.values, batch["old_values"], batch["returns"], hp.vf_clip)
   kl_tokens = kl.estimate(hp.kl_estimator, policy.logprobs, batch["ref_logprobs"])
   per_token = pg + hp.vf_coef * vf - hp.entropy_coef * policy.entropy
@@ -138,11 +146,13 @@ def ppo_loss(hp: PPOConfig, outputs: Mapping[str, base.ModelOutputs],
       "explained_variance": jnp.where(return_var > 0,
                                       1.0 - residual_var / jnp.maximum(return_var, 1e-12), 0.0),
   }
+  if hp.tis_cap:
+    metrics["tis_weight_mean"] = mean(tis)
   return loss, metrics
 
 
 OBJECTIVE = base.register(base.Objective(
     name="ppo", hparams=PPOConfig, loss_fn=ppo_loss, batch="rollouts",
-    trains={"policy": ("logprobs", "entropy"), "critic": ("values",)},
+    trains={"policy": ("logprobs", "entropy"), "critic": ("values",)}, advantage="none",
     needs_reference=lambda hp: hp.kl_coef > 0 or hp.kl_in_reward > 0,
     prepare=ppo_prepare))

@@ -164,6 +164,12 @@ class IterationSpec:
     if objective.needs_reference(self.binding.hparams) and self.reference is None:
       raise ValueError(f"objective {objective.name!r} with these settings needs a reference "
                        f"role; roles: {sorted(self.binding.roles)}")
+    if objective.pairs_layout:
+      pairs = self.rl.prompts_per_step
+      if self.rl.group_size < 2 or pairs % self.binding.minibatches:
+        raise ValueError(f"objective {objective.name!r} trains on one pair per prompt: it needs "
+                         f"group_size >= 2 (got {self.rl.group_size}) and minibatches "
+                         f"({self.binding.minibatches}) dividing the {pairs} prompts per step")
     for term in self.rewards:
       for role in term.roles:
         if role not in self.binding.roles:

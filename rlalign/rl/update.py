@@ -93,6 +93,11 @@ class Binding:
         raise ValueError(f"objective {self.objective.name!r} trains role {name!r}, which is "
                          "frozen (roles.{name}.trainable=False)")
       check_heads(name, self.roles[name].model, fields, f"objective {self.objective.name!r}")
+    for slot in self.objective.reads:
+      name = self.role(slot)
+      if name not in self.roles:
+        raise ValueError(f"objective {self.objective.name!r} reads slot {slot!r}, bound to role "
+                         f"{name!r}, which this run does not have; roles: {sorted(self.roles)}")
 
 
 def check_heads(role: str, model: tfm.ModelConfig, fields, who: str) -> None:

@@ -81,8 +81,8 @@ def test_reward_count_not_divisible_by_group_size_raises(fn):
 
 
 def test_get_estimator_by_name():
-  assert adv.get("group_norm") is adv.group_normalized
-  assert adv.get("group_mean") is adv.group_centered
-  assert adv.get("leave_one_out") is adv.leave_one_out
+  assert adv.get("group_norm").fn is adv.group_normalized
+  assert adv.get("group_mean").fn is adv.group_centered
+  assert adv.get("leave_one_out").fn is adv.leave_one_out
   with pytest.raises(KeyError, match="'nope'"):
     adv.get("nope")

@@ -234,3 +234,139 @@ def test_sft_loss_is_mean_nll_over_masked_tokens():
   _close(metrics["nll"], (1.0 + 2.0 + 0.5) / 3)
   _close(metrics["entropy"], (0.1 + 0.2 + 0.4) / 3)
   assert objectives.get("sft").loss_fn is sft.sft_loss
+
+
+# ---------------------------------------------------------------- Dr.GRPO: "constant" aggregation
+
+
+def test_aggregate_constant_divides_the_sum_by_rows_times_a_fixed_length():
+  per_token = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+  mask = jnp.array([[1, 1, 0], [1, 0, 0]])
+  # Default constant: the mask's width, 3; the masked sum is 1 + 2 + 4 = 7 over 2 rows.
+  _close(base.aggregate(per_token, mask, "constant"), 7 / (2 * 3))
+  _close(base.aggregate(per_token, mask, "constant", 10), 7 / (2 * 10))
+  # Unlike "token", it does not depend on how many tokens are real.
+  longer = jnp.array([[1, 1, 1], [1, 0, 0]])
+  _close(base.aggregate(per_token, longer, "constant"), 10 / 6)
+  assert "constant" in base.AGGREGATIONS
+  _close(base.aggregate(per_token, jnp.zeros((2, 3), bool), "constant"), 0.0)
+  _close(base.aggregate(jnp.zeros((0, 3)), jnp.zeros((0, 3), bool), "constant"), 0.0)
+
+
+def test_grpo_constant_aggregation_is_dr_grpo():
+  policy, batch = _batch()
+  pg_sum = -1.1 + -1.2 + 1.8 + 1.6 + 2.6  # the same per-token losses as above
+  loss, _ = grpo.grpo_loss(grpo.GRPOConfig(aggregation="constant"), policy, batch)
+  _close(loss, pg_sum / (2 * 3), tol=1e-5)  # B = 2 rows, T = 3 columns
+  loss, _ = grpo.grpo_loss(grpo.GRPOConfig(aggregation="constant", loss_normalizer=4), policy,
+                           batch)
+  _close(loss, pg_sum / (2 * 4), tol=1e-5)
+  # The loss_normalizer only matters for "constant".
+  loss, _ = grpo.grpo_loss(grpo.GRPOConfig(loss_normalizer=4), policy, batch)
+  _close(loss, PG_TOKEN)
+
+  def loss_of(logp):
+    outputs = {"policy": policy["policy"]._replace(logprobs=logp)}
+    return grpo.grpo_loss(grpo.GRPOConfig(aggregation="constant", loss_normalizer=4), outputs,
+                          batch)[0]
+
+  # Every unclipped real token gets -r A / (B L), whatever its row's length.
+  grad = jax.grad(loss_of)(policy["policy"].logprobs)
+  _close(grad, np.array([[-1.1 * 1.0, 0.0, 0.0], [-0.9 * -2.0, 0.0, -1.3 * -2.0]]) / 8)
+
+
+# ---------------------------------------------------------------- truncated importance sampling
+
+
+def test_tis_weights_by_hand():
+  old = np.array([[-1.0, -2.0, -0.5], [-1.5, -0.7, -3.0]])
+  # pi_old / pi_sampler per token; (0, 2) is padding (its huge ratio must not matter).
+  ratio = np.array([[0.5, 2.0, 1e6], [3.0, 1.0, 1.5]])
+  mask = np.array([[True, True, False], [True, True, True]])
+  batch = {"mask": jnp.asarray(mask), "old_logprobs": jnp.asarray(old, jnp.float32),
+           "sampler_logprobs": jnp.asarray(old - np.log(ratio), jnp.float32)}
+  _close(base.tis_weights(batch, 2.0), [[0.5, 2.0, 0.0], [2.0, 1.0, 1.5]], tol=1e-5)
+  _close(base.tis_weights(batch, 10.0), [[0.5, 2.0, 0.0], [3.0, 1.0, 1.5]], tol=1e-5)
+  # Under stop_gradient: no gradient reaches either log-prob.
+  grad = jax.grad(lambda o: jnp.sum(base.tis_weights(dict(batch, old_logprobs=o), 2.0)))(
+      batch["old_logprobs"])
+  _close(grad, np.zeros((2, 3)))
+
+
+def _tis_batch():
+  policy, batch = _batch()
+  # pi_old / pi_sampler, capped at 1.5 below: weights [[0.5, 1.5, -], [1.5, 1.0, 1.2]].
+  ratio = np.array([[0.5, 2.0, 4.0], [1.6, 1.0, 1.2]])
+  batch = dict(batch, sampler_logprobs=batch["old_logprobs"] - jnp.log(jnp.asarray(ratio)))
+  return policy, batch
+
+
+def test_grpo_tis_weights_the_policy_gradient_term():
+  policy, batch = _tis_batch()
+  hp = grpo.GRPOConfig(tis_cap=1.5, entropy_coef=0.01, kl_coef=0.1)
+  loss, metrics = grpo.grpo_loss(hp, policy, batch)
+  # The per-token clipped losses of PG_TOKEN, each times its weight; KL and entropy unweighted.
+  pg = 0.5 * -1.1 + 1.5 * -1.2 + 1.5 * 1.8 + 1.0 * 1.6 + 1.2 * 2.6
+  _close(metrics["pg_loss"], pg / 5, tol=1e-5)
+  _close(loss, pg / 5 - 0.01 * ENTROPY_TOKEN_MEAN + 0.1 * K3_TOKEN_MEAN, tol=1e-5)
+  _close(metrics["tis_weight_mean"], (0.5 + 1.5 + 1.5 + 1.0 + 1.2) / 5, tol=1e-5)
+  _close(metrics["clip_frac"], 2 / 5)
+
+  def loss_of(logp):
+    outputs = {"policy": policy["policy"]._replace(logprobs=logp)}
+    return grpo.grpo_loss(grpo.GRPOConfig(tis_cap=1.5), outputs, batch)[0]
+
+  grad = jax.grad(loss_of)(policy["policy"].logprobs)
+  _close(grad, np.array([[-0.5 * 1.1 * 1.0, 0.0, 0.0],
+                         [-1.5 * 0.9 * -2.0, 0.0, -1.2 * 1.3 * -2.0]]) / 5, tol=1e-5)
+
+
+def test_grpo_tis_off_or_on_policy_changes_nothing():
+  policy, batch = _tis_batch()
+  loss, metrics = grpo.grpo_loss(grpo.GRPOConfig(), policy, batch)
+  _close(loss, PG_TOKEN)  # tis_cap = 0: the sampler's log-probs are not read
+  assert "tis_weight_mean" not in metrics
+  # Without rescore_old_logprobs, old_logprobs *are* the sampler's: every weight is 1.
+  same = dict(batch, sampler_logprobs=batch["old_logprobs"])
+  loss, metrics = grpo.grpo_loss(grpo.GRPOConfig(tis_cap=2.0), policy, same)
+  _close(loss, PG_TOKEN)
+  _close(metrics["tis_weight_mean"], 1.0)
+
+
+def test_ppo_tis_weights_the_clipped_surrogate_only():
+  from rlalign.objectives import ppo
+  policy, batch = _tis_batch()
+  values = jnp.zeros((2, 3))
+  outputs = {"policy": policy["policy"], "critic": base.ModelOutputs(values=values)}
+  batch = dict(batch, old_values=values, returns=jnp.ones((2, 3)))
+  hp = ppo.PPOConfig(tis_cap=1.5, vf_coef=0.5, vf_clip=0.0)
+  loss, metrics = ppo.ppo_loss(hp, outputs, batch)
+  pg = 0.5 * -1.1 + 1.5 * -1.2 + 1.5 * 1.8 + 1.0 * 1.6 + 1.2 * 2.6
+  _close(loss, pg / 5 + 0.5 * 0.5, tol=1e-5)  # value loss 0.5 (0 - 1)^2, unweighted
+  _close(metrics["tis_weight_mean"], (0.5 + 1.5 + 1.5 + 1.0 + 1.2) / 5, tol=1e-5)
+  loss_off, metrics_off = ppo.ppo_loss(ppo.PPOConfig(vf_coef=0.5, vf_clip=0.0), outputs, batch)
+  _close(loss_off, PG_TOKEN + 0.25, tol=1e-5)
+  assert "tis_weight_mean" not in metrics_off
+  with pytest.raises(ValueError, match=r"^objective\.tis_cap"):
+    ppo.PPOConfig(tis_cap=float("nan")).validate()
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(clip_eps=float("nan")), "objective.clip_eps"),
+    (dict(clip_eps_high=float("nan")), "objective.clip_eps_high"),
+    (dict(kl_coef=float("nan")), "objective.kl_coef"),
+    (dict(entropy_coef=float("nan")), "objective.entropy_coef"),
+    (dict(loss_normalizer=-1), "objective.loss_normalizer"),
+    (dict(loss_normalizer=2.5), "objective.loss_normalizer"),
+    (dict(loss_normalizer=True), "objective.loss_normalizer"),
+    (dict(tis_cap=-1.0), "objective.tis_cap"),
+    (dict(tis_cap=float("nan")), "objective.tis_cap"),
+])
+def test_grpo_config_validate_rejects_nan_and_bad_new_fields(kwargs, field):
+  with pytest.raises(ValueError) as e:
+    grpo.GRPOConfig(**kwargs).validate()
+  assert str(e.value).startswith(field + " "), str(e.value)
+
+
+def test_grpo_config_accepts_dr_grpo_and_tis():
+  grpo.GRPOConfig(aggregation="constant", loss_normalizer=512, tis_cap=2.0).validate()
