@@ -46,7 +46,7 @@ def _json_float(value: float) -> float | None:
   return value if math.isfinite(value) else None
 
 
-def _atomic_write(path: str, write_fn, *, suffix: str = "") -> None:
+def atomic_write(path: str, write_fn, *, suffix: str = "") -> None:
   """Calls write_fn(file) on a temp file next to `path`, then renames it.
 
   os.replace within one directory is atomic, so readers see either the old
@@ -158,7 +158,7 @@ class MetricsWriter:
         if keep_through is None or r["step"] <= keep_through
     ]
     payload = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
-    _atomic_write(self.jsonl_path, lambda f: f.write(payload.encode("utf-8")))
+    atomic_write(self.jsonl_path, lambda f: f.write(payload.encode("utf-8")))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Logs `metrics` (name -> scalar float/np/jax value) at `step`."""
@@ -264,7 +264,7 @@ def plot_curves(
     fig.suptitle(title)
 
   os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-  _atomic_write(png_path, lambda f: fig.savefig(f, format="png"), suffix=".png")
+  atomic_write(png_path, lambda f: fig.savefig(f, format="png"), suffix=".png")
   return png_path
 
 

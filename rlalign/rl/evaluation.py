@@ -2,7 +2,10 @@
 
 A judge is any in-graph reward (``rewards/``), named in ``train.eval_judges`` as
 ``{metric: reward}``; the default ``{"pass@1": "exact_match"}`` logs ``eval/pass@1_greedy`` and
-``eval/pass@1_sampled``. A judge that reads a role (a learned or gold judge model) gets that
+``eval/pass@1_sampled``. Each phase that trains the policy also logs, per judge,
+``eval/<metric>_win_rate_vs_start``: how often the policy's sampled completion is judged better
+than the phase's starting policy's on the same held-out prompt (:func:`win_rate`). A judge
+that reads a role (a learned or gold judge model) gets that
 role's params as an argument, like a learned reward.
 """
 from __future__ import annotations
@@ -38,6 +41,15 @@ def _score_batch(params, batch, rng, judge_params, *, model: tfm.ModelConfig,
           for metric, term in judges}
 
 
+def win_rate(candidate: np.ndarray, baseline: np.ndarray) -> float:
+  """How often the candidate's completion beats the baseline's on the same prompt, ties
+  counting half: mean(1[c > b] + 0.5 * 1[c == b]), 0.5 for two equal policies."""
+  candidate, baseline = np.asarray(candidate), np.asarray(baseline)
+  if candidate.shape != baseline.shape:
+    raise ValueError(f"win rate over different prompts: {candidate.shape} vs {baseline.shape}")
+  return float(np.mean((candidate > baseline) + 0.5 * (candidate == baseline)))
+
+
 def judge_roles(judges: Judges) -> Tuple[str, ...]:
   return tuple(dict.fromkeys(r for _, term in judges for r in term.roles))
 
@@ -70,26 +82,31 @@ def make_evaluator(model: tfm.ModelConfig, sampling: sampler.SamplingConfig,
   greedy = scorer(dataclasses.replace(sampling, temperature=0.0))
   sampled = scorer(sampling)
 
-  def means(score, params, batches, rng, judge_params) -> Dict[str, float]:
-    totals, count = {metric: 0.0 for metric, _ in judges}, 0
+  def per_row(score, params, batches, rng, judge_params) -> Dict[str, np.ndarray]:
+    rows = {metric: [] for metric, _ in judges}
     for i, batch in enumerate(batches):
       arrays = {k: v for k, v in batch.items() if k != "valid"}
       if plan is not None:
         arrays = plan.put_global_batch(arrays)
       scores = jax.device_get(score(params, arrays, jax.random.fold_in(rng, i), judge_params))
       valid = np.asarray(batch["valid"])
-      for metric in totals:
-        totals[metric] += float(np.sum(np.asarray(scores[metric])[valid]))
-      count += int(valid.sum())
-    return {metric: total / max(count, 1) for metric, total in totals.items()}
+      for metric in rows:
+        rows[metric].append(np.asarray(scores[metric], np.float64)[valid])
+    return {metric: np.concatenate(parts) for metric, parts in rows.items()}
 
   def evaluate(params, batches: Sequence[Mapping[str, np.ndarray]], rng,
-               judge_params: Optional[Mapping[str, Any]] = None) -> Dict[str, float]:
+               judge_params: Optional[Mapping[str, Any]] = None,
+               rows: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, float]:
+    """The means; with ``rows``, also each held-out prompt's sampled score, as
+    ``rows[metric]`` (for :func:`win_rate`)."""
     judge_params = dict(judge_params or {})
     out = {}
     for mode, score in (("greedy", greedy), ("sampled", sampled)):
-      for metric, value in means(score, params, batches, rng, judge_params).items():
-        out[f"eval/{metric}_{mode}"] = value
+      scores = per_row(score, params, batches, rng, judge_params)
+      for metric, values in scores.items():
+        out[f"eval/{metric}_{mode}"] = float(values.mean()) if values.size else 0.0
+        if mode == "sampled" and rows is not None:
+          rows[metric] = values
     return out
 
   return evaluate

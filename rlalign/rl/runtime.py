@@ -140,6 +140,7 @@ class Runtime:
                                             enabled=jax.process_index() == 0)
     self._weights: Dict[str, Any] = {}
     self._evaluators: Dict[Tuple[str, Tuple[str, ...]], Callable] = {}
+    self._start_rows: Dict[str, Dict[str, np.ndarray]] = {}
 
   # ---- checks -------------------------------------------------------------------------------
 
@@ -374,7 +375,7 @@ class Runtime:
       return all(r in self._weights or self.cfg.role_configs[r].weights.source != "role"
                  for r in term.roles)
 
-    def evaluate(params) -> Dict[str, float]:
+    def evaluate(params, rows: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, float]:
       judges = tuple((m, t) for m, t in self.cfg.train.eval_judges if ready(t))
       if not judges:
         return {}
@@ -385,7 +386,7 @@ class Runtime:
             self.model(policy), self.cfg.sampling, judges, pad_id=self.tokenizer.pad_id,
             plan=self.plan, judge_models={n: self.model(n) for n in names})
       return self._evaluators[key](params, self.eval_data, self.eval_rng,
-                                   {n: self.weights(n) for n in names})
+                                   {n: self.weights(n) for n in names}, rows)
     return evaluate
 
   def offline_evaluator(self, name: str, spec: offline.OfflineSpec) -> Callable:
@@ -467,7 +468,8 @@ class Runtime:
     policy = phase_cfg.role("policy")
     # The policy's samples are evaluated when the phase trains it (not in a reward model's).
     trains_policy = policy in roles and roles[policy].trained
-    policy_eval = lambda st: self._policy_eval(st, roles, frozen, policy) if trains_policy else {}
+    policy_eval = lambda st: (self._policy_eval(st, roles, frozen, policy, phase=name)
+                              if trains_policy else {})
     evaluate_at_start = False
     if make_step is not None:
       step_fn = make_step(layout)
@@ -492,8 +494,14 @@ class Runtime:
     state, rng, frozen = phases_lib.resume(checkpointer, state, data, rng,
                                            frozen if cfg.train.checkpoint_frozen else None)
     frozen = {**self.frozen(roles), **frozen}
-    if fresh and evaluate_at_start and num_steps:  # a 0-step phase evaluates in run()
-      self.writer.write(self.offsets[name], evaluate(state))
+    if fresh and num_steps and (evaluate_at_start or trains_policy):
+      # The start: held-out metrics before any update, and the starting policy's per-prompt
+      # scores that later evaluations' win rates compare against (a 0-step phase evaluates
+      # in run()).
+      self._start_rows.pop(name, None)
+      record = evaluate(state) if evaluate_at_start else policy_eval(state)
+      if record:
+        self.writer.write(self.offsets[name], record)
     buckets_ = cfg.data.prompt_buckets if phase_cfg.kind == "rl" else ()
     # RL metrics keep plain names (reward, kl, ...); offline ones are prefixed by the phase.
     phase = phases_lib.Phase(
@@ -515,10 +523,50 @@ class Runtime:
     merge = jax.jit(functools.partial(roles_lib.effective_params, role, roles=roles))
     return merge(trained, frozen)
 
-  def _policy_eval(self, state, roles, frozen, policy: str = "policy") -> Dict[str, float]:
+  def _policy_eval(self, state, roles, frozen, policy: str = "policy",
+                   phase: Optional[str] = None) -> Dict[str, float]:
+    """The policy's held-out evaluation; within ``phase``, also its win rate against the
+    phase's starting policy, whose per-prompt scores the phase's first evaluation keeps."""
     if policy not in self.cfg.role_configs or "lm" not in self.model(policy).heads:
       return {}
-    return self.evaluator(policy)(self.policy_weights(state, roles, frozen, policy))
+    rows: Dict[str, np.ndarray] = {}
+    record = self.evaluator(policy)(self.policy_weights(state, roles, frozen, policy), rows)
+    if phase is None or not rows:
+      return record
+    start = self._start_scores(phase)
+    if start is None:  # this is the phase's start
+      self._save_start_scores(phase, rows)
+      return record
+    for metric, values in rows.items():
+      if metric in start and len(start[metric]) == len(values):
+        record[f"eval/{metric}_win_rate_vs_start"] = evaluation.win_rate(values, start[metric])
+    return record
+
+  def _start_scores_path(self, phase: str) -> str:
+    return os.path.join(self.workdir, "eval_start", f"{phase}.json")
+
+  def _start_scores(self, phase: str) -> Optional[Dict[str, np.ndarray]]:
+    """The phase's starting policy's per-prompt sampled scores, kept across a resume."""
+    if phase not in self._start_rows:
+      path = self._start_scores_path(phase)
+      if not os.path.exists(path):
+        return None
+      try:
+        with open(path) as f:
+          self._start_rows[phase] = {k: np.asarray(v, np.float64)
+                                     for k, v in json.load(f).items()}
+      except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable starting scores ({e}); delete it to rescore "
+                         "from this checkpoint's policy") from None
+    return self._start_rows[phase]
+
+  def _save_start_scores(self, phase: str, rows: Mapping[str, np.ndarray]) -> None:
+    self._start_rows[phase] = {k: np.asarray(v) for k, v in rows.items()}
+    if jax.process_index() == 0:
+      path = self._start_scores_path(phase)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      data = json.dumps({k: [float(x) for x in v] for k, v in rows.items()}).encode()
+      metrics_lib.atomic_write(path, lambda f: f.write(data))
 
   def run(self, built: BuiltPhase):
     """Runs a built phase to its end; the roles it trained take their new weights. A phase of
@@ -586,8 +634,8 @@ class Runtime:
       start, end = self.offsets[name], self.offsets[name] + steps
       mine = [r for r in evals if start < r["step"] <= end]
       summary["phases"][name] = {"steps": steps, "eval": pick(mine[-1], name) if mine else {}}
-      opening = [r for r in evals if r["step"] == start and f"eval/{name}/" in "".join(r)]
-      if opening:
+      opening = [r for r in evals if r["step"] == start]
+      if opening and steps:
         summary["phases"][name]["eval_at_start"] = pick(opening[0], name)
     rl = [name for name, _ in self.schedule
           if name in self.cfg.phase_configs and self.cfg.phase_configs[name].kind == "rl"]

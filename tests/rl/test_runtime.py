@@ -4,6 +4,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from rlalign import config as config_lib
 from rlalign.rl.runtime import Runtime
@@ -147,3 +148,11 @@ def test_a_phase_of_zero_steps_evaluates_once_and_trains_nothing(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, before,
                jax.device_get(runtime.weights("policy")))
   assert not os.path.exists(tmp_path / "run" / "checkpoints" / "final" / "0")
+
+
+def test_win_rate_by_hand():
+  from rlalign.rl import evaluation
+  assert evaluation.win_rate([1, 0, 1, 0], [0, 0, 1, 1]) == (1 + 0.5 + 0.5 + 0) / 4
+  assert evaluation.win_rate([0.2, 0.2], [0.2, 0.2]) == 0.5
+  with pytest.raises(ValueError, match="different prompts"):
+    evaluation.win_rate([1, 0], [1])

@@ -43,7 +43,10 @@ def test_main_writes_metrics_tensorboard_plot_and_summary(tmp_path, cli):
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   # TFDS prints its own lines first; the summary is the JSON that closes stdout.
   assert json.loads(proc.stdout[proc.stdout.rindex("\n{\n") + 1:]) == summary
-  assert set(summary["before_rl"]) == {"eval/pass@1_greedy", "eval/pass@1_sampled"}
+  assert set(summary["before_rl"]) >= {"eval/pass@1_greedy", "eval/pass@1_sampled"}
+  # Each phase's policy against the phase's starting policy, prompt by prompt.
+  assert 0.0 <= summary["phases"]["rl"]["eval"]["eval/pass@1_win_rate_vs_start"] <= 1.0
+  assert os.path.exists(os.path.join(workdir, "eval_start", "rl.json"))
 
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   rl_records = [r for r in records if "reward" in r]
