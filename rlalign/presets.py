@@ -105,3 +105,54 @@ def with_smoke(c, arg: str, phases: Mapping[str, Dict[str, Any]]) -> ml_collecti
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; expected '' or 'smoke'")
   return c
+
+
+# The RL family's shared budget on the default task: the GRPO job's optimizer, rollouts per
+# step and steps, so the algorithms differ only in what their configs name.
+ADDITION_RL_OPTIMIZER = dict(learning_rate=5e-4, warmup_steps=10, max_grad_norm=1.0)
+ADDITION_RL_BUDGET = dict(steps=300, batch_size=256, epochs=1, minibatches=2)
+# The preference family's: the DPO job's warm start, optimizer and steps.
+PREFERENCE_WARM_START = dict(steps=800, batch_size=64,
+                             optimizer=dict(learning_rate=3e-3, warmup_steps=100))
+PREFERENCE_OPTIMIZER = dict(learning_rate=1e-4, warmup_steps=10, max_grad_norm=1.0)
+PREFERENCE_BUDGET = dict(steps=400, batch_size=64)
+
+
+def rl_phase(objective: Dict[str, Any], *, group_size: int = 8, advantage: str = "",
+             rewards: Optional[Dict[str, Any]] = None, **phase: Any) -> Dict[str, Any]:
+  """One RL phase of the shared budget: ``objective`` is ``dict(name=..., **hparams)``;
+  ``advantage`` "" takes the objective's own estimator."""
+  return dict(ADDITION_RL_BUDGET, group_size=group_size, advantage=advantage,
+              rewards=rewards or {"exact_match": 1.0}, objective=objective, **phase)
+
+
+def addition_rl(arg: str, rl: Dict[str, Any], *, roles: Optional[Dict[str, Any]] = None,
+                before: Optional[Dict[str, Dict[str, Any]]] = None,
+                smoke: Optional[Dict[str, Dict[str, Any]]] = None) -> ml_collections.ConfigDict:
+  """The default task's RL job with a phase ``rl``: the warm start, then any phases of
+  ``before`` (in order), then ``rl``; ``roles`` adds roles beside the policy and reference.
+  ``:smoke`` runs each phase for 4 steps of 4 prompts."""
+  c = ml_collections.ConfigDict()
+  addition_task(c)
+  c.roles = dict(policy_and_reference(optimizer=dict(ADDITION_RL_OPTIMIZER)), **(roles or {}))
+  phases = dict(warm_start=sft_phase(**ADDITION_WARM_START), **(before or {}), rl=rl)
+  c.phases = phases
+  c.recipe = dict(name="sequence", order=tuple(phases))
+  shrink = {name: dict(steps=4, batch_size=4 * p.get("group_size", 4)) if "group_size" in p
+            else dict(steps=4, batch_size=16) for name, p in phases.items()}
+  for name, values in (smoke or {}).items():
+    shrink[name].update(values)
+  return with_smoke(c, arg, shrink)
+
+
+def addition_preference(arg: str, phase: Dict[str, Any], config_name: str, *,
+                        name: str = "pref") -> ml_collections.ConfigDict:
+  """The preference family's job on addition pairs (``addition_pairs_task``): the warm start,
+  then one offline phase ``name`` against a reference copied as it starts."""
+  c = ml_collections.ConfigDict()
+  addition_pairs_task(c, arg, config_name)
+  c.roles = policy_and_reference(optimizer=dict(PREFERENCE_OPTIMIZER))
+  c.phases = {"warm_start": sft_phase(**PREFERENCE_WARM_START),
+              name: dict(PREFERENCE_BUDGET, **phase)}
+  c.recipe = dict(name="sequence", order=("warm_start", name))
+  return ml_collections.ConfigDict(c.to_dict())

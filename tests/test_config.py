@@ -1,25 +1,12 @@
 """Tests for rlalign.config.from_config_dict on the shipped config and broken variants."""
 
 import copy
-import importlib.util
-import pathlib
 
 import pytest
 
 from rlalign import config as config_lib
 from rlalign.objectives import grpo
-
-CONFIG_PATH = pathlib.Path(__file__).resolve().parents[1] / "configs" / "grpo_addition.py"
-
-
-def _load_config_module():
-  spec = importlib.util.spec_from_file_location("grpo_addition_config", CONFIG_PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-CONFIG_MODULE = _load_config_module()
+from tests.configs import load_config
 
 
 # Like rlalign.main, which fills in data.data_dir before converting; nothing is written there.
@@ -27,7 +14,7 @@ DATA_DIR = "/nonexistent/rlalign-test-tfds"
 
 
 def _config_dict(arg="smoke"):
-  d = copy.deepcopy(CONFIG_MODULE.get_config(arg).to_dict())
+  d = copy.deepcopy(load_config("grpo_addition", arg).to_dict())
   d["data"]["data_dir"] = DATA_DIR
   return d
 
@@ -75,7 +62,7 @@ def _assert_matches(cfg, d, path=""):
 
 @pytest.mark.parametrize("arg", ["", "smoke"])
 def test_shipped_config_converts(arg):
-  c = CONFIG_MODULE.get_config(arg)
+  c = load_config("grpo_addition", arg)
   c.data.data_dir = DATA_DIR
   cfg = config_lib.from_config_dict(c)  # the ConfigDict itself
   assert isinstance(cfg, config_lib.ExperimentConfig)
@@ -99,7 +86,7 @@ def test_smoke_config_overrides_apply():
 
 def test_get_config_rejects_unknown_argument():
   with pytest.raises(ValueError, match="'big'"):
-    CONFIG_MODULE.get_config("big")
+    load_config("grpo_addition", "big")
 
 
 def test_unknown_top_level_key_raises():

@@ -1,6 +1,7 @@
 """From a `DataConfig` to fixed-shape numpy batches.
 
-  prepare(cfg)        builds (or reuses) the TFDS dataset under cfg.data_dir.
+  prepare(cfg)        builds (or reuses) the TFDS dataset under cfg.data_dir; for
+                      task "tfds", only checks the user's prepared dataset.
   load_split(...)     random-access array_record source of one split.
   validate_split(...) encodes every record up front, so a bad prompt fails
                       before any compilation, naming its file:line (JSONL) or
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Iterator, Mapping, Tuple
 
 import grain
@@ -31,13 +33,26 @@ import tensorflow_datasets as tfds
 from rlalign.data import buckets, builders
 from rlalign.data.tokenizer import CharTokenizer
 
-TASKS = ("addition", "jsonl")
+TASKS = ("addition", "jsonl", "tfds")
 _MAX_SEED = 2**32  # grain shuffle seeds must fit in 32 bits.
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  task: str = "addition"          # "addition" | "jsonl"
+  """Where prompts come from and how long they may be; `validate()` names any bad field.
+
+  Tasks: "addition" generates its own TFDS dataset; "jsonl" converts `train_path` /
+  `test_path` to one (see `rlalign.data.builders`); "tfds" reads a TFDS dataset the user
+  already prepared under `data_dir` with file_format="array_record", found by its TFDS name
+  `tfds_name` ("my_prefs", "my_prefs/config:1.0.0"; a name, not a path) and never
+  downloaded or prepared here. Its features need a string `prompt`; the string features
+  `answer`, `demonstration`, `chosen`, `rejected`, `completion` and the bool `label` are
+  optional (empty / false when absent, as in JSONL) and other features are ignored. Its
+  `tfds_train_split` / `tfds_test_split` (any TFDS split spec, e.g. "train[:95%]") are the
+  pipeline's "train" / "test" splits.
+  """
+
+  task: str = "addition"          # "addition" | "jsonl" | "tfds"
   data_dir: str = ""              # TFDS data dir; must be set (non-empty) by the caller
   max_prompt_len: int = 12        # tokens incl. BOS
   max_answer_len: int = 6         # tokens incl. EOS
@@ -48,6 +63,11 @@ class DataConfig:
   num_test: int = 512             # addition only
   train_path: str = ""            # jsonl only
   test_path: str = ""             # jsonl only
+  # tfds only: the prepared dataset's TFDS name (under data_dir), and its splits (any TFDS
+  # split spec) read as the pipeline's train and test splits.
+  tfds_name: str = ""
+  tfds_train_split: str = "train"
+  tfds_test_split: str = "test"
   tokenizer_dir: str = ""         # a Hugging Face tokenizer directory; "" = character tokenizer
   prompt_format: str = "raw"      # "raw" text, or "chat": one user turn through the chat template
   system_prompt: str = ""         # chat only: a system turn before the user's
@@ -84,8 +104,21 @@ class DataConfig:
     buckets.validate(self.prompt_buckets, self.max_prompt_len)
     if self.task == "addition":
       self._validate_addition()
+    elif self.task == "tfds":
+      self._validate_tfds()
     elif not self.train_path:
       raise ValueError("data.train_path is required when data.task='jsonl'")
+
+  def _validate_tfds(self) -> None:
+    if not self.tfds_name:
+      raise ValueError(
+          "data.tfds_name is required when data.task='tfds' (a TFDS name like"
+          " 'my_prefs' or 'my_prefs/config:1.0.0', prepared under data.data_dir)"
+      )
+    _parse_tfds_name(self.tfds_name)
+    for name in ("tfds_train_split", "tfds_test_split"):
+      if not getattr(self, name):
+        raise ValueError(f"data.{name} must name a split of data.tfds_name")
 
   def _validate_addition(self) -> None:
     if self.max_digits < 1:
@@ -132,9 +165,160 @@ def _make_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
   )
 
 
+def _parse_tfds_name(name: str):
+  """`data.tfds_name` as TFDS parses it; local names only (no namespace, which fetches)."""
+  try:
+    dataset, _ = tfds.core.naming.parse_builder_name_kwargs(name)
+  except ValueError:
+    raise ValueError(
+        f"data.tfds_name={name!r} is not a TFDS name; expected"
+        " dataset[/config][:version] (a name under data.data_dir, not a path)"
+    ) from None
+  if dataset.namespace:
+    raise ValueError(
+        f"data.tfds_name={name!r} has a namespace ({dataset.namespace!r}:); only datasets"
+        " prepared under data.data_dir are read"
+    )
+  return dataset
+
+
+def _prepared_names(data_dir: str) -> list[str]:
+  """The dataset directories under `data_dir` (for an error message)."""
+  try:
+    return sorted(e.name for e in os.scandir(data_dir) if e.is_dir() and e.name != "downloads")
+  except OSError:
+    return []
+
+
+def _first_line(e: Exception) -> str:
+  lines = str(e).strip().splitlines()
+  return lines[0] if lines else type(e).__name__
+
+
+def _tfds_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
+  """The user's prepared dataset, checked; never downloads or prepares anything.
+
+  `tfds.builder` uses the builder's class if it is imported (registered), else reads the
+  prepared files alone (`features.json`, `dataset_info.json`), so the class is optional.
+  """
+  name, data_dir = cfg.tfds_name, cfg.data_dir
+  where = f"TFDS dataset {name!r} under data.data_dir={data_dir!r}"
+  hint = (
+      "prepare it there first (download_and_prepare with file_format='array_record');"
+      " rlalign never downloads or prepares data.task='tfds' datasets"
+  )
+  try:
+    # try_gcs=False (the default): data_dir is the only place looked at.
+    builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(
+        f"{where} is not prepared (datasets there: {_prepared_names(data_dir)}); {hint}"
+    ) from None
+  except (ValueError, AssertionError) as e:  # e.g. a version the class does not have
+    raise ValueError(f"{where} cannot be loaded: {_first_line(e)}") from None
+  if not builder.is_prepared():
+    raise ValueError(f"{where} is not prepared (nothing at {builder.data_path}); {hint}")
+  formats = builder.info.available_file_formats()
+  if tfds.core.file_adapters.FileFormat.ARRAY_RECORD not in formats:
+    raise ValueError(
+        f"{where} is stored as {sorted(f.value for f in formats)}, not array_record;"
+        " prepare it again with file_format='array_record'"
+    )
+  _tfds_fields(builder.info.features, name)  # checks the feature types
+  return builder
+
+
+def _scalar(feature, dtypes) -> bool:
+  return (isinstance(feature, tfds.features.Tensor) and tuple(feature.shape) == ()
+          and feature.np_dtype in dtypes)
+
+
+def _tfds_fields(features, name: str) -> tuple[str, ...]:
+  """The features the pipeline reads (see `encode_example`), their types checked."""
+  if not isinstance(features, tfds.features.FeaturesDict):
+    raise ValueError(
+        f"TFDS dataset {name!r} has features {type(features).__name__}; expected a"
+        " FeaturesDict with a string \"prompt\""
+    )
+  if "prompt" not in features:
+    raise ValueError(
+        f"TFDS dataset {name!r} has no \"prompt\" feature (it has"
+        f" {sorted(features.keys())}); a string \"prompt\" is required"
+    )
+  fields = []
+  for key in builders._TEXT_KEYS + ("label",):
+    if key not in features:
+      continue
+    feature = features[key]
+    want, dtypes = ("a bool scalar", (np.bool_,)) if key == "label" else (
+        "a string (tfds.features.Text)", (np.object_, np.str_, np.bytes_))
+    if not _scalar(feature, dtypes):
+      got = " ".join(repr(feature).split())  # one line, even for a nested FeaturesDict
+      raise ValueError(f"TFDS dataset {name!r}: feature \"{key}\" must be {want}, got {got}")
+    fields.append(key)
+  if ("chosen" in fields) != ("rejected" in fields):
+    given = "chosen" if "chosen" in fields else "rejected"
+    raise ValueError(
+        f"TFDS dataset {name!r}: a preference pair needs both \"chosen\" and"
+        f" \"rejected\" features, got only \"{given}\""
+    )
+  if "completion" in fields and "label" not in fields:
+    raise ValueError(
+        f"TFDS dataset {name!r} has a \"completion\" feature but no bool \"label\";"
+        " an unpaired completion needs its label (a teacher completion is"
+        " \"demonstration\")"
+    )
+  return tuple(fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fields:
+  """A random-access source reduced to `fields`, so other features never reach a batch."""
+
+  source: Any
+  fields: Tuple[str, ...]
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def _pick(self, record: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: record[k] for k in self.fields}
+
+  def __getitem__(self, index):
+    return self._pick(self.source[index])
+
+  def __getitems__(self, indices):
+    return [self._pick(r) for r in self.source.__getitems__(indices)]
+
+
+def tfds_split(cfg: DataConfig, split: str) -> str:
+  """The TFDS split (spec) read as the pipeline's `split` ("train" or "test")."""
+  return {"train": cfg.tfds_train_split, "test": cfg.tfds_test_split}.get(split, split)
+
+
+def _load_tfds_split(cfg: DataConfig, split: str) -> _Fields:
+  builder = prepare(cfg)
+  spec = tfds_split(cfg, split)
+  field = {"train": " (data.tfds_train_split)", "test": " (data.tfds_test_split)"}
+  try:
+    source = builder.as_data_source(split=spec, file_format="array_record")
+  except (ValueError, KeyError) as e:
+    message, available = _first_line(e), str(sorted(builder.info.splits.keys()))
+    raise ValueError(
+        f"split {spec!r}{field.get(split, '')} of TFDS dataset {cfg.tfds_name!r}: {message}"
+        + ("" if available in message else f" (available: {available})")
+    ) from None
+  return _Fields(source, _tfds_fields(builder.info.features, cfg.tfds_name))
+
+
 def prepare(cfg: DataConfig) -> tfds.core.DatasetBuilder:
-  """Builds the dataset for `cfg` unless already built; returns the builder."""
+  """Builds the dataset for `cfg` unless already built; returns the builder.
+
+  For data.task="tfds" nothing is built: the user's dataset must already be prepared.
+  """
   cfg.validate()
+  if cfg.task == "tfds":
+    return _tfds_builder(cfg)
   builder = _make_builder(cfg)
   # try_download_gcs=False: never look for a prebuilt copy on the network.
   builder.download_and_prepare(
@@ -145,6 +329,8 @@ def prepare(cfg: DataConfig) -> tfds.core.DatasetBuilder:
 
 def load_split(cfg: DataConfig, split: str):
   """Random-access source of `split`; records are dicts of bytes."""
+  if cfg.task == "tfds":
+    return _load_tfds_split(cfg, split)
   builder = prepare(cfg)
   available = sorted(builder.info.splits.keys())
   if split not in available:
@@ -256,7 +442,33 @@ def _where(
   line = int(example.get("line", 0))
   if cfg.task == "jsonl" and path and line:
     return f"{path}:{line}"
-  return f"{split_name} split" + ("" if index is None else f", record {index}")
+  where = f"{split_name} split" + ("" if index is None else f", record {index}")
+  if cfg.task == "tfds":  # the index counts within the TFDS split spec
+    where += f" ({cfg.tfds_name} split {tfds_split(cfg, split_name)!r})"
+  return where
+
+
+def _check_pairs(example: Mapping[str, Any]) -> None:
+  """The JSONL records' rules for completions (`builders.read_jsonl`), for TFDS records.
+
+  (A TFDS record always has its dataset's `label`, so "completion needs a label" is checked
+  on the features instead.)
+  """
+  text = {k: _text(example, k) for k in ("chosen", "rejected", "completion")}
+  for key, value in text.items():
+    if value and not value.strip():
+      raise ValueError(f"\"{key}\" is only whitespace: {builders.shorten(value)}")
+  if bool(text["chosen"]) != bool(text["rejected"]):
+    given = "chosen" if text["chosen"] else "rejected"
+    raise ValueError(
+        "a preference pair needs both \"chosen\" and \"rejected\" (an empty string"
+        f" counts as none), got only \"{given}\""
+    )
+  if text["chosen"] and text["chosen"] == text["rejected"]:
+    raise ValueError(
+        "\"chosen\" and \"rejected\" are the same (no preference):"
+        f" {builders.shorten(text['chosen'])}"
+    )
 
 
 def _encode_located(
@@ -268,6 +480,8 @@ def _encode_located(
 ) -> dict[str, np.ndarray]:
   """`encode_example`, its errors prefixed with where the record came from."""
   try:
+    if cfg.task == "tfds":  # JSONL records were checked when their dataset was built
+      _check_pairs(example)
     return encode_example(example, tokenizer, cfg)
   except ValueError as e:
     raise ValueError(f"{_where(example, cfg, split_name, index)}: {e}") from None

@@ -105,6 +105,6 @@ def tokenizer_for(cfg: DataConfig):
     return HFTokenizer.from_dir(cfg.tokenizer_dir)
   if cfg.task == "addition":
     return CharTokenizer(ADDITION_ALPHABET)
-  if cfg.task == "jsonl":
+  if cfg.task in ("jsonl", "tfds"):
     return CharTokenizer(ASCII_ALPHABET)
   raise ValueError(f"no tokenizer for data.task={cfg.task!r}")

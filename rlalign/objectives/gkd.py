@@ -119,4 +119,5 @@ def gkd_loss(hp: GKDConfig, outputs: Mapping[str, base.ModelOutputs],
 
 OBJECTIVE = base.register(base.Objective(
     name="gkd", hparams=GKDConfig, loss_fn=gkd_loss, batch="rollouts",
-    trains={"policy": ("logits", "logprobs")}, reads=("teacher",), prepare=gkd_prepare))
+    trains={"policy": ("logits", "logprobs")}, reads=("teacher",), advantage="none",
+    prepare=gkd_prepare))

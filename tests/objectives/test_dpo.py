@@ -2,7 +2,6 @@
 model through rl/offline.py (the loss is log 2 when policy == reference; an update raises the
 implicit margin on the pair it trained on)."""
 
-import importlib.util
 import math
 import os
 
@@ -18,6 +17,7 @@ from rlalign.objectives import base, dpo
 from rlalign.rl import offline, update
 from rlalign.rl import roles as roles_lib
 from rlalign.rl import state as state_lib
+from tests.configs import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -214,18 +214,9 @@ def test_offline_dpo_needs_a_reference_role():
 # ---------------------------------------------------------------- the config file
 
 
-def _config_module():
-  path = os.path.join(REPO, "configs", "dpo_jsonl.py")
-  spec = importlib.util.spec_from_file_location("dpo_jsonl_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_dpo_jsonl_config_parses_and_needs_both_files():
   from rlalign import config as config_lib
-  module = _config_module()
-  c = module.get_config("/tmp/train.jsonl,/tmp/test.jsonl")
+  c = load_config("dpo_jsonl", "/tmp/train.jsonl,/tmp/test.jsonl")
   c.data.data_dir = "/tmp/unused"
   cfg = config_lib.from_config_dict(c)
   phases = cfg.phase_configs
@@ -237,7 +228,7 @@ def test_dpo_jsonl_config_parses_and_needs_both_files():
   assert roles["reference"].weights.source == "role" and roles["reference"].weights.role == "policy"
   assert phases["dpo"].objective.hparams.beta == 0.5
   with pytest.raises(ValueError, match="train and held-out"):
-    module.get_config("/tmp/train.jsonl")
+    load_config("dpo_jsonl", "/tmp/train.jsonl")
 
 
 # ---------------------------------------------------------------- end to end, through the CLI

@@ -2,9 +2,7 @@
 against hand arithmetic, prepare with a fake critic, and one real PPO iteration."""
 
 import dataclasses
-import importlib.util
 import math
-import os
 
 import chex
 import jax
@@ -15,6 +13,7 @@ import pytest
 from rlalign import objectives
 from rlalign.objectives import advantages as adv_lib
 from rlalign.objectives import base, kl, ppo
+from tests.configs import load_config
 
 
 def _close(x, expected, tol=1e-6):
@@ -306,17 +305,10 @@ def test_ppo_config_validate_names_the_field(field, value):
   ppo.PPOConfig().validate("phases.rl.objective")
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
 @pytest.mark.parametrize("arg", ["", "smoke"])
 def test_ppo_addition_config_types_and_trains_policy_and_critic(arg):
   from rlalign import config as config_lib
-  path = os.path.join(REPO, "configs", "ppo_addition.py")
-  spec = importlib.util.spec_from_file_location("ppo_addition", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  config = load_config("ppo_addition", arg)
   config.data.data_dir = "/unused"
   cfg = config_lib.from_config_dict(config)
   cfg.validate()
@@ -328,11 +320,7 @@ def test_ppo_addition_config_types_and_trains_policy_and_critic(arg):
   assert critic.weights.source == "role" and critic.weights.role == "policy"
   assert not cfg.role_configs["reference"].trainable
   # The same task and warm start as the GRPO job.
-  spec = importlib.util.spec_from_file_location(
-      "grpo_addition", os.path.join(REPO, "configs", "grpo_addition.py"))
-  grpo_module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(grpo_module)
-  grpo_config = grpo_module.get_config(arg)
+  grpo_config = load_config("grpo_addition", arg)
   grpo_config.data.data_dir = "/unused"
   grpo_cfg = config_lib.from_config_dict(grpo_config)
   assert cfg.phase_configs["warm_start"] == grpo_cfg.phase_configs["warm_start"]

@@ -1,7 +1,6 @@
 """Bradley-Terry reward-model training: the loss by hand, and one rm-phase offline step that
 trains only the scalar-head role bound to the ``model`` slot."""
 
-import importlib.util
 import math
 import os
 
@@ -17,6 +16,7 @@ from rlalign.objectives import base, dpo, reward_model
 from rlalign.rl import offline, update
 from rlalign.rl import roles as roles_lib
 from rlalign.rl import state as state_lib
+from tests.configs import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -156,11 +156,7 @@ def test_rm_binding_rejects_a_role_without_a_scalar_head():
 
 def test_grpo_reward_model_config_parses():
   from rlalign import config as config_lib
-  path = os.path.join(REPO, "configs", "grpo_reward_model.py")
-  spec = importlib.util.spec_from_file_location("grpo_reward_model_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("/tmp/train.jsonl,/tmp/test.jsonl")
+  c = load_config("grpo_reward_model", "/tmp/train.jsonl,/tmp/test.jsonl")
   c.data.data_dir = "/tmp/unused"
   cfg = config_lib.from_config_dict(c)
   phases, roles = cfg.phase_configs, cfg.role_configs

@@ -17,6 +17,7 @@ from rlalign.parallel.mesh import MeshConfig
 from rlalign.rl import dry_run, iteration
 from rlalign.rl.state import OptimizerConfig
 from rlalign.sampling import SamplingConfig
+from tests.configs import load_config
 
 # Odd sizes, so that no array another test leaves alive has a param's shape.
 V, D, L, H, K, HD, F = 24, 48, 2, 4, 2, 8, 96
@@ -182,14 +183,8 @@ def test_split_iteration_compiles_the_update_and_samples_on_its_own_mesh():
 
 @pytest.mark.parametrize("target, devices", [("v5p-64", 32), ("8xh100", 8)])
 def test_7b_config_validates_and_its_layouts_divide(target, devices):
-  import importlib.util
   from rlalign import config as config_lib
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  spec = importlib.util.spec_from_file_location("grpo_7b", os.path.join(repo, "configs",
-                                                                         "grpo_7b.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(target)
+  config = load_config("grpo_7b", target)
   config.data.data_dir = "unused"
   cfg = config_lib.from_config_dict(config)
   assert cfg.mesh.shape(devices)["fsdp"] == devices

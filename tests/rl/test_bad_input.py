@@ -1,5 +1,4 @@
 """Bad input fails with a message naming the key or file, before anything compiles."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,15 +9,9 @@ import pytest
 from rlalign import config as config_lib
 from rlalign.profiling import count_compilations
 from rlalign import recipes
+from tests.configs import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def load_config(name, arg=""):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def smoke(tmp_path):

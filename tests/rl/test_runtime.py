@@ -1,5 +1,4 @@
 """The runtime's role bookkeeping: when copies are taken, and keys that follow names."""
-import importlib.util
 import os
 
 import jax
@@ -8,16 +7,11 @@ import pytest
 
 from rlalign import config as config_lib
 from rlalign.rl.runtime import Runtime
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.configs import load_config
 
 
 def smoke_config(tmp_path):
-  spec = importlib.util.spec_from_file_location(
-      "grpo_addition", os.path.join(REPO, "configs", "grpo_addition.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("smoke")
+  config = load_config("grpo_addition", "smoke")
   config.data.data_dir = str(tmp_path / "tfds")
   config.phases.rl.batch_size = 32  # 8 prompts over this process's 8 devices
   return config

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 import pytest
 
+from tests.configs import load_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(REPO, "configs", "grpo_addition.py") + ":smoke"
 COTRAIN_SMOKE = os.path.join(REPO, "configs", "cotrain_addition.py") + ":smoke"
@@ -128,14 +130,9 @@ def test_killed_run_resumes_to_the_same_params(tmp_path, run, kill_when, uninter
 
 def test_a_role_starts_from_an_earlier_runs_checkpoint(tmp_path, uninterrupted):
   """weights.source="checkpoint": the two-model run's verifier as a new run's reward model."""
-  import importlib.util
   from rlalign import config as config_lib
   from rlalign.rl.runtime import Runtime
-  path, _, arg = SMOKE.rpartition(":")
-  spec = importlib.util.spec_from_file_location("smoke_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  config = load_config("grpo_addition", "smoke")  # SMOKE's config
   earlier = os.path.join(uninterrupted["cotrain/workdir"], "checkpoints", "alternating")
   config.roles.reward_model = dict(
       heads=("scalar",), trainable=False,

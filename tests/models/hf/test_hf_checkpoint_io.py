@@ -1,6 +1,5 @@
 """Checkpoint I/O: bad inputs name what is wrong; sharding, heads, atomic export, config keys."""
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -15,11 +14,9 @@ from rlalign import config as config_lib
 from rlalign.models import hf
 from rlalign.models import transformer as tfm
 from rlalign.models.hf import checkpoint as ckpt_lib
+from tests.configs import load_config
 
 from hf_zoo import transformers, torch
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__)))))
 
 
 def _copy(zoo, tmp_path, family="llama", head="lm"):
@@ -250,11 +247,7 @@ def test_pre_v5_config_keys_map_like_rope_parameters(zoo):
 
 def test_grpo_hf_config_takes_the_model_from_the_checkpoint(zoo):
   path = zoo.get("gemma2").path
-  spec = importlib.util.spec_from_file_location("grpo_hf", os.path.join(REPO, "configs",
-                                                                        "grpo_hf.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(path)
+  config = load_config("grpo_hf", path)
   config.data.data_dir = "/tmp/unused"
   config.data.train_path = "/tmp/unused.jsonl"
   experiment = config_lib.from_config_dict(config)

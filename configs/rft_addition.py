@@ -1,0 +1,14 @@
+"""Rejection-sampling fine-tuning on the default task (STaR, Zelikman et al. 2022; RFT, Yuan
+et al. 2023): sample 8 completions per prompt, keep the ones the exact-match verifier accepts,
+and train on them with the SFT loss, every step. Otherwise the GRPO job's warm start,
+optimizer and budget.
+
+  python -m rlalign.main --config=configs/rft_addition.py --workdir=/tmp/rft
+
+RESULT
+"""
+from rlalign import presets
+
+
+def get_config(arg: str = ""):
+  return presets.addition_rl(arg, presets.rl_phase(dict(name="rft", threshold=1.0)))
