@@ -190,3 +190,9 @@ def masked_row_mean(per_token_values: jax.Array, mask: jax.Array) -> jax.Array:
   """Mean over each row's masked tokens, [B]; 0 for a row with none."""
   mask = mask.astype(per_token_values.dtype)
   return sequence_sum(per_token_values, mask) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+
+
+def check_tis_cap(prefix: str, cap: float) -> None:
+  """TIS's cap C: 0 (off) or >= 1; below 1 it would only shrink every on-policy weight."""
+  if not (cap == 0 or cap >= 1):
+    raise ValueError(f"{prefix}.tis_cap must be 0 (off) or >= 1, got {cap}")

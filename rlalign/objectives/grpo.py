@@ -54,8 +54,7 @@ class GRPOConfig:
         or self.loss_normalizer < 0:
       raise ValueError(f"{prefix}.loss_normalizer must be an integer >= 0 (0: the mask's "
                        f"width), got {self.loss_normalizer!r}")
-    if not self.tis_cap >= 0:
-      raise ValueError(f"{prefix}.tis_cap must be >= 0 (0: off), got {self.tis_cap}")
+    base.check_tis_cap(prefix, self.tis_cap)
 
 
 def clipped_surrogate(log_ratio: jax.Array, advantages: jax.Array, eps_low: float,

@@ -46,7 +46,8 @@ class GSPOConfig:
       value = getattr(self, name)
       if not value > 0:
         raise ValueError(f"{prefix}.{name} must be positive, got {value}")
-    for name in ("kl_coef", "tis_cap"):
+    base.check_tis_cap(prefix, self.tis_cap)
+    for name in ("kl_coef",):
       value = getattr(self, name)
       if not value >= 0:
         raise ValueError(f"{prefix}.{name} must be >= 0, got {value}")

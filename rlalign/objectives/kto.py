@@ -66,22 +66,25 @@ def kto_loss(hp: KTOConfig, outputs: Mapping[str, base.ModelOutputs],
   logp = base.sequence_sum(outputs["policy"].logprobs.astype(jnp.float32), mask)
   ref_logp = base.sequence_sum(batch["ref_logprobs"].astype(jnp.float32), mask)
   r = logp - ref_logp
-  z0 = jax.lax.stop_gradient(jnp.maximum(jnp.mean(r), 0.0))
+  # A row without a completion (a dataset mixing unpaired answers with other records) is not
+  # an example: it counts in no mean.
+  real = jnp.any(mask, axis=-1).astype(jnp.float32)
+  mean_over = lambda x, w: jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
+  z0 = jax.lax.stop_gradient(jnp.maximum(mean_over(r, real), 0.0))
   desirable = batch["labels"] > 0.5
   losses = jnp.where(desirable,
                      hp.desirable_weight * (1.0 - jax.nn.sigmoid(hp.beta * (r - z0))),
                      hp.undesirable_weight * (1.0 - jax.nn.sigmoid(hp.beta * (z0 - r))))
-  d = desirable.astype(jnp.float32)
-  mean_over = lambda x, w: jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
+  d = desirable.astype(jnp.float32) * real
   right = jnp.where(desirable, r > z0, r < z0)
   metrics = {
       "kl": z0,
       "desirable_reward": mean_over(hp.beta * r, d),
-      "undesirable_reward": mean_over(hp.beta * r, 1.0 - d),
-      "reward_accuracy": jnp.mean(right.astype(jnp.float32)),
-      "desirable_rate": jnp.mean(d),
+      "undesirable_reward": mean_over(hp.beta * r, real - d),
+      "reward_accuracy": mean_over(right.astype(jnp.float32), real),
+      "desirable_rate": mean_over(d, real),
   }
-  return jnp.mean(losses), metrics
+  return mean_over(losses, real), metrics
 
 
 OBJECTIVE = base.register(base.Objective(

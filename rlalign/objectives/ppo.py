@@ -57,7 +57,8 @@ class PPOConfig:
         raise ValueError(f"{prefix}.{name} must be in [0, 1], got {value}")
     if not self.clip_eps > 0:
       raise ValueError(f"{prefix}.clip_eps must be positive, got {self.clip_eps}")
-    for name in ("vf_clip", "vf_coef", "kl_in_reward", "kl_coef", "tis_cap"):
+    base.check_tis_cap(prefix, self.tis_cap)
+    for name in ("vf_clip", "vf_coef", "kl_in_reward", "kl_coef"):
       value = getattr(self, name)
       if not value >= 0:
         raise ValueError(f"{prefix}.{name} must be >= 0, got {value}")

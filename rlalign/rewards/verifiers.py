@@ -53,14 +53,14 @@ def overlong(rollouts: Mapping[str, jax.Array], roles=None,
              settings: OverlongSettings = OverlongSettings()) -> jax.Array:
   """DAPO's soft overlong punishment (Yu et al. 2025): min(-(|o| - (L_max - L_buf)) / L_buf, 0).
 
-  0 for completions up to L_max - L_buf tokens, falling linearly to -1 at L_max; a term to add
-  with weight 1 beside the task reward.
+  0 for completions up to L_max - L_buf tokens, falling linearly to -1 at L_max and -1 beyond
+  it; a term to add with weight 1 beside the task reward.
   """
   del roles
   length = jnp.sum(rollouts["completion_mask"], axis=1).astype(jnp.float32)
   max_length = settings.max_length or rollouts["completion_mask"].shape[1]
   excess = length - (max_length - settings.buffer)
-  return jnp.minimum(-excess / settings.buffer, 0.0)
+  return jnp.clip(-excess / settings.buffer, -1.0, 0.0)
 
 
 @base.host("exact_match_text")

@@ -62,6 +62,9 @@ class RLConfig:
   # batch is filled up with uninformative groups when too few differ, and that is counted).
   dynamic_sampling: bool = False
   oversample: int = 2
+  # The reward terms whose weighted sum decides whether a group is informative (DAPO: the
+  # accuracy, not shaping terms such as overlong); () uses every term.
+  informative_rewards: Tuple[str, ...] = ()
 
   @property
   def prompts_per_step(self) -> int:
@@ -93,6 +96,13 @@ class RLConfig:
       needed = max(needed, 2)  # a group's variance needs two samples
       if self.oversample < 1:
         raise ValueError(f"{prefix}.oversample must be >= 1, got {self.oversample}")
+      if self.estimator.min_group_size < 2:
+        raise ValueError(f"{prefix}.dynamic_sampling keeps groups by their reward variance: it "
+                         f"needs a group-relative advantage, not {self.advantage!r}")
+      unknown = set(self.informative_rewards) - {t.name for t in self.rewards}
+      if unknown:
+        raise ValueError(f"{prefix}.informative_rewards names {sorted(unknown)}, which are not "
+                         f"among {prefix}.rewards")
     if self.group_size < needed:
       raise ValueError(f"{prefix}.group_size must be >= {needed} for advantage "
                        f"{self.advantage!r}{' with dynamic sampling' if self.dynamic_sampling else ''}"
@@ -232,17 +242,21 @@ def greedy_baseline(params, batch: Batch, rng: jax.Array, trained, frozen,
 def select_informative_groups(rollouts: Batch, scores: Mapping[str, jax.Array],
                               spec: IterationSpec):
   """DAPO's dynamic sampling with static shapes: of the ``oversample * prompts_per_step``
-  sampled groups, keep ``prompts_per_step``, those whose rewards differ first (in sampling
-  order). When fewer differ, the rest of the batch is uninformative groups, whose
-  group-relative advantages are 0; ``dynamic_sampling/unfilled`` counts those steps."""
+  sampled groups, keep ``prompts_per_step``, those whose ``rl.informative_rewards`` differ
+  first (in sampling order). When fewer differ, the rest of the batch is uninformative groups,
+  marked in ``rollouts["informative"]`` so that they carry no loss; ``dynamic_sampling/
+  unfilled`` counts those steps."""
   rl = spec.rl
   G, keep = rl.group_size, rl.prompts_per_step
-  total = reward_base.combine(rl.rewards, scores).reshape(-1, G)
-  informative = jnp.any(total != total[:, :1], axis=1)
+  terms = tuple(t for t in rl.rewards
+                if not rl.informative_rewards or t.name in rl.informative_rewards)
+  decisive = reward_base.combine(terms, scores).reshape(-1, G)
+  informative = jnp.any(decisive != decisive[:, :1], axis=1)
   groups = jnp.argsort(~informative, stable=True)[:keep]
   rows = (groups[:, None] * G + jnp.arange(G)).reshape(-1)
   take = lambda tree: jax.tree.map(lambda x: x[rows], dict(tree))
   n = jnp.sum(informative).astype(jnp.float32)
+  total = reward_base.combine(rl.rewards, scores)
   metrics = {
       "dynamic_sampling/informative_groups": n,
       "dynamic_sampling/kept_informative_fraction": jnp.minimum(n, keep) / keep,
@@ -251,7 +265,9 @@ def select_informative_groups(rollouts: Batch, scores: Mapping[str, jax.Array],
       "dynamic_sampling/sampled_tokens": jnp.sum(rollouts["completion_mask"]).astype(
           jnp.float32),
   }
-  return take(rollouts), take(scores), metrics
+  kept = take(rollouts)
+  kept["informative"] = jnp.repeat(informative[groups], G)
+  return kept, take(scores), metrics
 
 
 def role_views(names: Sequence[str], trained: Mapping[str, Any], frozen: Mapping[str, Any],
@@ -322,7 +338,8 @@ def _learn(state, rollouts, scores, rng, frozen, spec: IterationSpec):
       "prompt_tokens": rollouts["prompt_tokens"],
       "prompt_mask": rollouts["prompt_mask"],
       "completion_tokens": rollouts["completion_tokens"],
-      "mask": mask,
+      # Filler groups of dynamic sampling carry no loss (nor KL, nor a token count).
+      "mask": mask & rollouts["informative"][:, None] if "informative" in rollouts else mask,
       "sampler_logprobs": rollouts["logprobs"],
       "old_logprobs": rollouts["logprobs"],
       "rewards": total,
@@ -355,7 +372,8 @@ def _learn(state, rollouts, scores, rng, frozen, spec: IterationSpec):
       "reward": total.mean(),
       "response_length": lengths.mean(),
       "tokens": lengths.sum(),
-      "zero_variance_groups": adv_lib.zero_variance_fraction(total, rl.group_size),
+      **({"zero_variance_groups": adv_lib.zero_variance_fraction(total, rl.group_size)}
+         if rl.group_size > 1 else {}),
       "completed": rollouts["completion_stopped"].astype(jnp.float32).mean(),
   })
   for name, value in scores.items():
@@ -369,12 +387,13 @@ def rl_step(state, batch, rng, frozen, spec: IterationSpec):
   """The fused iteration: sample, score, advantages and updates in one program."""
   rng = jax.random.fold_in(rng, state["step"])
   sample_rng, learn_rng = jax.random.split(rng)
+  greedy_rng = jax.random.split(rng, 3)[2]  # a key of its own, unlike any the sampler folds
   trained = state_lib.params_of(state)
   params = policy_params(trained, frozen, spec)
   rollouts = rollout(params, batch, sample_rng, spec)
   if spec.rl.estimator.greedy_baseline:
-    rollouts["baseline_rewards"] = greedy_baseline(
-        params, batch, jax.random.fold_in(sample_rng, 1), trained, frozen, spec)
+    rollouts["baseline_rewards"] = greedy_baseline(params, batch, greedy_rng, trained, frozen,
+                                                   spec)
   return learn(state, rollouts, score(rollouts, trained, frozen, spec), learn_rng, frozen, spec)
 
 

@@ -63,6 +63,7 @@ class PhaseConfig:
   rescore_old_logprobs: bool = False
   dynamic_sampling: bool = False  # DAPO: keep the groups whose rewards differ (RLConfig)
   oversample: int = 2             # prompts sampled per trained prompt, with dynamic_sampling
+  informative_rewards: Tuple[str, ...] = ()  # the rewards deciding a group's informativeness
 
   @property
   def kind(self) -> str:
@@ -90,7 +91,8 @@ class PhaseConfig:
                     advantage=self.advantage or self.objective.objective.advantage,
                     rewards=self.rewards, response_buckets=self.response_buckets,
                     rescore_old_logprobs=self.rescore_old_logprobs,
-                    dynamic_sampling=self.dynamic_sampling, oversample=self.oversample)
+                    dynamic_sampling=self.dynamic_sampling, oversample=self.oversample,
+                    informative_rewards=self.informative_rewards)
 
   def validate(self, prefix: str) -> None:
     if self.steps < 0:

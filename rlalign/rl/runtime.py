@@ -140,7 +140,7 @@ class Runtime:
                                             enabled=jax.process_index() == 0)
     self._weights: Dict[str, Any] = {}
     self._evaluators: Dict[Tuple[str, Tuple[str, ...]], Callable] = {}
-    self._start_rows: Dict[str, Dict[str, np.ndarray]] = {}
+    self._start_rows: Dict[str, Optional[Dict[str, np.ndarray]]] = {}
 
   # ---- checks -------------------------------------------------------------------------------
 
@@ -468,8 +468,9 @@ class Runtime:
     policy = phase_cfg.role("policy")
     # The policy's samples are evaluated when the phase trains it (not in a reward model's).
     trains_policy = policy in roles and roles[policy].trained
-    policy_eval = lambda st: (self._policy_eval(st, roles, frozen, policy, phase=name)
-                              if trains_policy else {})
+    policy_eval = lambda st, start=False: (
+        self._policy_eval(st, roles, frozen, policy, phase=name, start=start)
+        if trains_policy else {})
     evaluate_at_start = False
     if make_step is not None:
       step_fn = make_step(layout)
@@ -498,8 +499,9 @@ class Runtime:
       # The start: held-out metrics before any update, and the starting policy's per-prompt
       # scores that later evaluations' win rates compare against (a 0-step phase evaluates
       # in run()).
-      self._start_rows.pop(name, None)
-      record = evaluate(state) if evaluate_at_start else policy_eval(state)
+      record = policy_eval(state, start=True)
+      if evaluate_at_start:
+        record.update(held_out(state, frozen))
       if record:
         self.writer.write(self.offsets[name], record)
     buckets_ = cfg.data.prompt_buckets if phase_cfg.kind == "rl" else ()
@@ -524,22 +526,26 @@ class Runtime:
     return merge(trained, frozen)
 
   def _policy_eval(self, state, roles, frozen, policy: str = "policy",
-                   phase: Optional[str] = None) -> Dict[str, float]:
-    """The policy's held-out evaluation; within ``phase``, also its win rate against the
-    phase's starting policy, whose per-prompt scores the phase's first evaluation keeps."""
+                   phase: Optional[str] = None, start: bool = False) -> Dict[str, float]:
+    """The policy's held-out evaluation. Within ``phase``, ``start`` keeps the starting
+    policy's per-prompt scores (in the workdir, for a resume); later evaluations log their win
+    rate against them as ``eval/<phase>/<metric>_win_rate_vs_start``."""
     if policy not in self.cfg.role_configs or "lm" not in self.model(policy).heads:
       return {}
     rows: Dict[str, np.ndarray] = {}
     record = self.evaluator(policy)(self.policy_weights(state, roles, frozen, policy), rows)
     if phase is None or not rows:
       return record
-    start = self._start_scores(phase)
-    if start is None:  # this is the phase's start
+    if start:
       self._save_start_scores(phase, rows)
       return record
+    baseline = self._start_scores(phase)
+    if baseline is None:
+      return record  # resumed without the start's scores: no baseline rather than a wrong one
     for metric, values in rows.items():
-      if metric in start and len(start[metric]) == len(values):
-        record[f"eval/{metric}_win_rate_vs_start"] = evaluation.win_rate(values, start[metric])
+      if metric in baseline and len(baseline[metric]) == len(values):
+        record[f"eval/{phase}/{metric}_win_rate_vs_start"] = evaluation.win_rate(
+            values, baseline[metric])
     return record
 
   def _start_scores_path(self, phase: str) -> str:
@@ -550,6 +556,8 @@ class Runtime:
     if phase not in self._start_rows:
       path = self._start_scores_path(phase)
       if not os.path.exists(path):
+        log(f"{path} is missing: phase {phase!r} logs no win rate against its start")
+        self._start_rows[phase] = None
         return None
       try:
         with open(path) as f:

@@ -17,7 +17,7 @@ from rlalign.rl import iteration
 from rlalign.rl import state as state_lib
 
 from rlalign.models import transformer as tfm
-from rlalign.sampling import SamplingConfig
+from rlalign.sampling import SamplingConfig, sampler
 from tests.rl.test_iteration import MODEL, PROBLEMS, TOKENIZER, fresh_state, make_batch
 
 
@@ -50,6 +50,7 @@ def test_select_informative_groups_keeps_varied_groups_in_order():
   kept, kept_scores, metrics = iteration.select_informative_groups(rollouts, scores, spec)
   np.testing.assert_array_equal(kept["completion_tokens"][:, 0], [2, 3, 6, 7])
   np.testing.assert_array_equal(kept_scores["exact_match"], [0, 1, 1, 0])
+  assert kept["informative"].all()
   assert float(metrics["dynamic_sampling/informative_groups"]) == 2
   assert float(metrics["dynamic_sampling/unfilled"]) == 0
   assert float(metrics["dynamic_sampling/kept_informative_fraction"]) == 1
@@ -62,8 +63,40 @@ def test_select_informative_groups_fills_and_counts_a_short_batch():
   rollouts, scores = fake_rollouts([1, 1, 0, 0, 0, 1, 1, 1])
   kept, _, metrics = iteration.select_informative_groups(rollouts, scores, spec)
   np.testing.assert_array_equal(kept["completion_tokens"][:, 0], [4, 5, 0, 1])
+  np.testing.assert_array_equal(kept["informative"], [True, True, False, False])
   assert float(metrics["dynamic_sampling/unfilled"]) == 1
   assert float(metrics["dynamic_sampling/kept_informative_fraction"]) == 0.5
+
+
+def test_informativeness_reads_only_the_named_rewards():
+  """DAPO keeps groups by accuracy: a group all wrong but of differing lengths is filler."""
+  spec = spec_with(group_size=2, prompts=1, dynamic=True, oversample=2)
+  spec = dataclasses.replace(spec, rl=dataclasses.replace(
+      spec.rl, rewards=(RewardTerm("exact_match"), RewardTerm("overlong")),
+      informative_rewards=("exact_match",)))
+  rollouts, scores = fake_rollouts([0, 0, 1, 0])
+  scores["overlong"] = jnp.asarray([0.0, -0.5, 0.0, 0.0])  # group 0 differs in length only
+  kept, _, metrics = iteration.select_informative_groups(rollouts, scores, spec)
+  np.testing.assert_array_equal(kept["completion_tokens"][:, 0], [2, 3])
+  assert float(metrics["dynamic_sampling/informative_groups"]) == 1
+  every_term = dataclasses.replace(spec, rl=dataclasses.replace(spec.rl, informative_rewards=()))
+  _, _, metrics = iteration.select_informative_groups(rollouts, scores, every_term)
+  assert float(metrics["dynamic_sampling/informative_groups"]) == 2
+
+
+def test_filler_groups_carry_no_loss():
+  """With every group uninformative the update has no token to learn from: params stay."""
+  spec = spec_with(group_size=2, prompts=2, dynamic=True, oversample=2)
+  state = fresh_state(spec)
+  before = jax.tree.map(np.asarray, state["roles"]["policy"]["params"])
+  rollouts, scores = fake_rollouts([1, 1, 0, 0, 1, 1, 0, 0], width=4)
+  rollouts.update(prompt_mask=jnp.ones((8, 2), bool), logprobs=jnp.full((8, 4), -1.0),
+                  completion_stopped=jnp.ones(8, bool),
+                  completion_tokens=rollouts["completion_tokens"] % 16)
+  state, metrics = jax.jit(lambda s: iteration.learn(s, rollouts, scores, jax.random.key(0), {},
+                                                     spec))(state)
+  assert float(metrics["dynamic_sampling/unfilled"]) == 1
+  jax.tree.map(np.testing.assert_array_equal, before, state["roles"]["policy"]["params"])
 
 
 def test_dynamic_sampling_step_reads_oversampled_prompts_and_compiles_once():
@@ -79,15 +112,21 @@ def test_dynamic_sampling_step_reads_oversampled_prompts_and_compiles_once():
   assert compiles.count == 1
   for key in ("informative_groups", "unfilled", "kept_informative_fraction"):
     assert f"dynamic_sampling/{key}" in metrics
-  # Throughput counts every sampled token: at least the kept rows' tokens.
-  assert metrics["tokens"] >= metrics["response_length"] * spec.rl.batch_size
+  # Throughput counts every sampled token, kept or not.
+  assert metrics["tokens"] == metrics["dynamic_sampling/sampled_tokens"]
 
 
 def test_dynamic_sampling_validation():
   with pytest.raises(ValueError, match="oversample"):
     dataclasses.replace(spec_with(dynamic=True).rl, oversample=0).validate()
+  with pytest.raises(ValueError, match="group-relative advantage"):
+    iteration.RLConfig(batch_size=8, group_size=2, advantage="batch_norm",
+                       dynamic_sampling=True).validate()
+  with pytest.raises(ValueError, match="informative_rewards"):
+    iteration.RLConfig(batch_size=8, group_size=2, dynamic_sampling=True,
+                       informative_rewards=("nope",)).validate()
   with pytest.raises(ValueError, match="group_size must be >= 2"):
-    iteration.RLConfig(batch_size=4, group_size=1, advantage="none",
+    iteration.RLConfig(batch_size=4, group_size=1, advantage="group_norm",
                        dynamic_sampling=True).validate()
   iteration.RLConfig(batch_size=4, group_size=1, advantage="none").validate()
 
@@ -116,11 +155,12 @@ def test_remax_baseline_is_the_greedy_completions_reward():
   batch = make_batch(PROBLEMS[:4])
   rng = jax.random.key(2)
   _, metrics = iteration.make_rl_step(spec)(state, batch, rng, {})
-  greedy = iteration.rollout(params, jax.tree.map(jnp.asarray, batch), rng, spec, greedy=True)
-  again = iteration.rollout(params, jax.tree.map(jnp.asarray, batch), jax.random.key(9), spec,
-                            greedy=True)
-  np.testing.assert_array_equal(greedy["completion_tokens"], again["completion_tokens"])
-  expected = reward_base.score_in_graph(spec.rewards, greedy, {})["overlong"].mean()
+  # The policy's greedy completions, straight from the sampler at temperature 0.
+  out = sampler.sample(params, jnp.asarray(batch["prompt_tokens"]),
+                       jnp.asarray(batch["prompt_mask"]), jax.random.key(9), MODEL,
+                       dataclasses.replace(spec.sampling, temperature=0.0), 0)
+  expected = verifiers.overlong({"completion_mask": out.mask}, None,
+                                spec.rewards[0].settings).mean()
   assert float(expected) != 0
   assert float(metrics["baseline_reward"]) == pytest.approx(float(expected))
 

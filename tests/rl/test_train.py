@@ -47,7 +47,7 @@ def test_main_writes_metrics_tensorboard_plot_and_summary(tmp_path, cli):
   assert json.loads(proc.stdout[proc.stdout.rindex("\n{\n") + 1:]) == summary
   assert set(summary["before_rl"]) >= {"eval/pass@1_greedy", "eval/pass@1_sampled"}
   # Each phase's policy against the phase's starting policy, prompt by prompt.
-  assert 0.0 <= summary["phases"]["rl"]["eval"]["eval/pass@1_win_rate_vs_start"] <= 1.0
+  assert 0.0 <= summary["phases"]["rl"]["eval"]["eval/rl/pass@1_win_rate_vs_start"] <= 1.0
   assert os.path.exists(os.path.join(workdir, "eval_start", "rl.json"))
 
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
