@@ -15,7 +15,8 @@ No KL term. Otherwise the GRPO job's warm start, optimizer and budget.
 
   python -m rlalign.main --config=configs/dapo_addition.py --workdir=/tmp/dapo
 
-RESULT
+Measured on 2 shared CPU cores (125 s wall, warm start included): held-out greedy pass@1 0.180
+after the warm start -> 1.000 after RL, sampled (T=1) 0.291 -> 0.996.
 """
 from rlalign import presets
 

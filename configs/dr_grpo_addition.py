@@ -7,7 +7,8 @@ are the GRPO job's (``presets.addition_rl``).
 
   python -m rlalign.main --config=configs/dr_grpo_addition.py --workdir=/tmp/dr_grpo
 
-RESULT
+Measured on 2 shared CPU cores (82 s wall, warm start included): held-out greedy pass@1 0.180
+after the warm start -> 0.998 after RL, sampled (T=1) 0.291 -> 0.994.
 """
 from rlalign import presets
 

@@ -8,7 +8,10 @@ generalised JSD (beta 0.5). The student never sees a reward: exact match is only
 
   python -m rlalign.main --config=configs/gkd_addition.py --workdir=/tmp/gkd
 
-RESULT
+Measured on 2 shared CPU cores (187 s wall, all three phases): the teacher reaches held-out
+greedy pass@1 0.992 (sampled 0.988); the student goes from 0.180 after the warm start to 0.992
+after 300 distillation steps (sampled 0.291 -> 0.984), its JSD to the teacher falling from
+0.050 to 0.0004.
 """
 from rlalign import presets
 

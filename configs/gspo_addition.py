@@ -6,7 +6,8 @@ the GRPO job's warm start, optimizer and budget.
 
   python -m rlalign.main --config=configs/gspo_addition.py --workdir=/tmp/gspo
 
-RESULT
+Measured on 2 shared CPU cores (85 s wall, warm start included): held-out greedy pass@1 0.180
+after the warm start -> 0.996 after RL, sampled (T=1) 0.291 -> 0.994.
 """
 from rlalign import presets
 

@@ -6,7 +6,9 @@ h, tau 0.1. The DPO job's data, warm start, optimizer and budget (``presets.addi
   python -m rlalign.main --config=configs/ipo_jsonl.py:/tmp/pairs/train.jsonl,/tmp/pairs/test.jsonl \
       --workdir=/tmp/ipo
 
-RESULT
+Measured on 2 shared CPU cores (93 s wall): held-out pair accuracy 0.283 -> 0.994, held-out
+greedy pass@1 0.191 -> 0.895, sampled 0.297 -> 0.666, gold win rate against the starting policy
+0.685 (0.5: no change).
 """
 from rlalign import presets
 

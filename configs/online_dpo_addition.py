@@ -7,7 +7,8 @@ reference copied when the phase starts. Groups whose samples all score the same 
 
   python -m rlalign.main --config=configs/online_dpo_addition.py --workdir=/tmp/online_dpo
 
-RESULT
+Measured on 2 shared CPU cores (90 s wall, warm start included): held-out greedy pass@1 0.180
+after the warm start -> 0.998 after RL, sampled (T=1) 0.291 -> 0.955.
 """
 from rlalign import presets
 

@@ -5,7 +5,8 @@ optimizer and budget.
 
   python -m rlalign.main --config=configs/rft_addition.py --workdir=/tmp/rft
 
-RESULT
+Measured on 2 shared CPU cores (79 s wall, warm start included): held-out greedy pass@1 0.180
+after the warm start -> 1.000 after RL, sampled (T=1) 0.291 -> 0.996.
 """
 from rlalign import presets
 

@@ -6,7 +6,8 @@ with one minibatch so that the weights normalise over the whole batch.
 
   python -m rlalign.main --config=configs/rwr_addition.py --workdir=/tmp/rwr
 
-RESULT
+Measured on 2 shared CPU cores (82 s wall, warm start included): held-out greedy pass@1 0.180
+after the warm start -> 1.000 after RL, sampled (T=1) 0.291 -> 0.994.
 """
 from rlalign import presets
 

@@ -8,7 +8,8 @@ carry-free problems' share.
 
   python -m rlalign.main --config=configs/sft_addition.py --workdir=/tmp/sft
 
-RESULT
+Measured on 2 shared CPU cores (52 s wall): held-out greedy pass@1 0.000 -> 0.166, sampled
+0.000 -> 0.279.
 """
 import ml_collections
 

@@ -8,7 +8,11 @@ warm start, optimizer and budget.
       --config=configs/simpo_jsonl.py:/tmp/pairs/train.jsonl,/tmp/pairs/test.jsonl \
       --workdir=/tmp/simpo
 
-RESULT
+Measured on 2 shared CPU cores (95 s wall): held-out pair accuracy 0.283 -> 0.996, held-out
+greedy pass@1 0.191 -> 0.072, sampled 0.297 -> 0.059, gold win rate against the starting policy
+0.381 (0.5: no change). The preference is learned but the policy gets worse under the gold
+judge: the chosen answers' mean log-probability falls from -1.97 to -13.3 in 100 steps (no
+reference anchors it) and recovers only to -4.98.
 """
 from rlalign import presets
 

@@ -500,10 +500,11 @@ class Runtime:
       # scores that later evaluations' win rates compare against (a 0-step phase evaluates
       # in run()).
       record = policy_eval(state, start=True)
+      # Only a pairs phase logs its start: its held-out pair metrics exist nowhere else, and
+      # its policy is the one the phase before it ended with. Any other phase's start would
+      # overwrite, at the shared step, the last evaluation of the phase before it.
       if evaluate_at_start:
-        record.update(held_out(state, frozen))
-      if record:
-        self.writer.write(self.offsets[name], record)
+        self.writer.write(self.offsets[name], {**record, **held_out(state, frozen)})
     buckets_ = cfg.data.prompt_buckets if phase_cfg.kind == "rl" else ()
     # RL metrics keep plain names (reward, kl, ...); offline ones are prefixed by the phase.
     phase = phases_lib.Phase(
