@@ -90,7 +90,7 @@ def test_objective_compiles_once_and_trains_its_roles(name):
                                {r: binding.roles[r].optimizer for r in trained})
   rng = jax.random.key(0)
   with count_compilations() as compiles:
-    for start in (0, 4, 2):
+    for start in (0, 4):
       state, metrics = step(state, encoded(PROBLEMS[start:start + 4]), rng, frozen)
     jax.block_until_ready(state)
   assert compiles.count == 1, f"{name} compiled {compiles.count} times"
