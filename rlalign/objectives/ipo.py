@@ -43,7 +43,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from rlalign.objectives import base
+from rlalign.objectives import base, dpo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,17 +68,9 @@ def ipo_loss(hp: IPOConfig, outputs: Mapping[str, base.ModelOutputs],
   chosen_reward, rejected_reward = base.split_pairs(log_ratio)
   margin = chosen_reward - rejected_reward
   losses = jnp.square(margin - 1.0 / (2.0 * hp.tau))
-  frac = lambda x: jnp.mean(x.astype(jnp.float32))
-  metrics = {
-      "reward_accuracy": frac(margin > 0),
-      "margin": jnp.mean(margin),
-      "chosen_reward": jnp.mean(chosen_reward),
-      "rejected_reward": jnp.mean(rejected_reward),
-      "pref_accuracy": frac(chosen_logp > rejected_logp),
-      "chosen_logprob": jnp.mean(chosen_logp),
-      "rejected_logprob": jnp.mean(rejected_logp),
-  }
-  return jnp.mean(losses), metrics
+  terms = {"margin": margin, "chosen_reward": chosen_reward, "rejected_reward": rejected_reward,
+           "chosen_logprob": chosen_logp, "rejected_logprob": rejected_logp}
+  return jnp.mean(losses), dpo.dpo_metrics(terms)
 
 
 OBJECTIVE = base.register(base.Objective(

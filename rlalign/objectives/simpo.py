@@ -40,7 +40,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from rlalign.objectives import base
+from rlalign.objectives import base, dpo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,17 +71,9 @@ def simpo_loss(hp: SimPOConfig, outputs: Mapping[str, base.ModelOutputs],
   logits = margin - hp.gamma
   eps = hp.label_smoothing
   losses = -(1.0 - eps) * jax.nn.log_sigmoid(logits) - eps * jax.nn.log_sigmoid(-logits)
-  frac = lambda x: jnp.mean(x.astype(jnp.float32))
-  metrics = {
-      "reward_accuracy": frac(margin > 0),
-      "margin": jnp.mean(margin),
-      "chosen_reward": jnp.mean(chosen_reward),
-      "rejected_reward": jnp.mean(rejected_reward),
-      "pref_accuracy": frac(chosen_logp > rejected_logp),
-      "chosen_logprob": jnp.mean(chosen_logp),
-      "rejected_logprob": jnp.mean(rejected_logp),
-  }
-  return jnp.mean(losses), metrics
+  terms = {"margin": margin, "chosen_reward": chosen_reward, "rejected_reward": rejected_reward,
+           "chosen_logprob": chosen_logp, "rejected_logprob": rejected_logp}
+  return jnp.mean(losses), dpo.dpo_metrics(terms)
 
 
 OBJECTIVE = base.register(base.Objective(
