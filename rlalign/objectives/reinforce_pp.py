@@ -27,8 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from rlalign.objectives import advantages as adv_lib
-from rlalign.objectives import base, kl
-from rlalign.objectives.grpo import clipped_surrogate
+from rlalign.objectives import base, grpo, kl
 from rlalign.objectives.ppo import masked_whiten, token_rewards
 
 
@@ -72,24 +71,11 @@ def reinforce_pp_prepare(hp: ReinforcePPConfig, batch: Mapping[str, jax.Array],
 
 def reinforce_pp_loss(hp: ReinforcePPConfig, outputs: Mapping[str, base.ModelOutputs],
                       batch: Mapping[str, jax.Array]):
-  policy = outputs["policy"]
-  mask = batch["mask"]
-  pg, was_clipped = clipped_surrogate(policy.logprobs - batch["old_logprobs"],
-                                      base.per_token(batch["advantages"]), hp.clip_eps,
-                                      hp.clip_eps)
-  per_token = pg - hp.entropy_coef * policy.entropy
-  kl_tokens = kl.estimate(hp.kl_estimator, policy.logprobs, batch["ref_logprobs"])
-  if hp.kl_coef:
-    per_token = per_token + hp.kl_coef * kl_tokens
-  loss = base.aggregate(per_token, mask, hp.aggregation)
-  mean = lambda x: base.aggregate(x.astype(jnp.float32), mask, "token")
-  metrics = {
-      "pg_loss": mean(pg),
-      "kl": mean(kl_tokens),
-      "entropy": mean(policy.entropy),
-      "clip_frac": mean(was_clipped),
-  }
-  return loss, metrics
+  """PPO's clipped surrogate on the whitened per-token returns: GRPO's loss, whose
+  ``per_token`` advantages ``prepare`` has replaced."""
+  return grpo.grpo_loss(grpo.GRPOConfig(
+      clip_eps=hp.clip_eps, kl_coef=hp.kl_coef, kl_estimator=hp.kl_estimator,
+      entropy_coef=hp.entropy_coef, aggregation=hp.aggregation), outputs, batch)
 
 
 OBJECTIVE = base.register(base.Objective(
