@@ -17,7 +17,9 @@ import typing
 from typing import Any, Mapping, Tuple
 
 from rlalign import objectives, recipes, rewards
+from rlalign.rewards import transforms as reward_transforms
 from rlalign.rewards.base import RewardTerm
+from rlalign.rewards.transforms import TransformSpec
 from rlalign.rl.experiment import (ExperimentConfig, LoopConfig, RecipeConfig,
                                    SamplerLayoutConfig, to_dict)
 from rlalign.rl.phases import ObjectiveConfig, PhaseConfig
@@ -59,7 +61,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
   if tp == Tuple[RewardTerm, ...]:
     return _rewards_from(value, path)
   if tp == Tuple[Tuple[str, RewardTerm], ...]:
-    return tuple((metric, _reward_from(metric_value, path, metric))
+    # A judge's scores are keyed by its metric, so its source stays the reward's name.
+    return tuple((metric, _reward_from(metric_value, path, metric, named_source=False))
                  for metric, metric_value in _as_dict(value, path).items())
   if dataclasses.is_dataclass(tp):
     return _dataclass_from(tp, value, path)
@@ -162,10 +165,11 @@ def _recipe_from(value: Any, path: str) -> RecipeConfig:
   return RecipeConfig(name, _dataclass_from(recipe.settings, given, path))
 
 
-def _reward_from(value: Any, path: str, key: str, name: str = "") -> RewardTerm:
+def _reward_from(value: Any, path: str, key: str, name: str = "",
+                 named_source: bool = True) -> RewardTerm:
   """A reward term from ``weight``, ``"name"`` or ``{"name"?, "weight"?, **settings}``."""
   where = f"{path}.{key}"
-  weight = 1.0
+  weight, transforms = 1.0, ()
   if isinstance(value, str) and name:
     raise ConfigError(f"{where}: expected a weight or a mapping of settings, got str {value!r}")
   if isinstance(value, str):
@@ -176,13 +180,39 @@ def _reward_from(value: Any, path: str, key: str, name: str = "") -> RewardTerm:
     given = _as_dict(value, where)
     name = given.pop("name", name)
     weight = _convert(given.pop("weight", 1.0), float, f"{where}.weight")
+    transforms = _transforms_from(given.pop("transforms", ()), f"{where}.transforms")
   if not name:
     raise ConfigError(f"{where}: name the reward, e.g. {{'name': 'exact_match'}}")
   try:
     reward = rewards.get(name)
   except KeyError as e:
     raise ConfigError(f"{where}: {e.args[0]}") from None
-  return RewardTerm(name, weight, _dataclass_from(reward.settings, given, where))
+  # The key is the source's name: {"rm_a": {"name": "reward_model", ...}} logs reward/rm_a.
+  source = key if named_source and key != name else ""
+  return RewardTerm(name, weight, _dataclass_from(reward.settings, given, where), source,
+                    transforms)
+
+
+def _transforms_from(value: Any, path: str) -> Tuple[TransformSpec, ...]:
+  """``("group_norm", {"name": "clip", "low": 0.0}, ...)``, applied in order."""
+  if isinstance(value, (str, Mapping)) or hasattr(value, "to_dict"):
+    value = (value,)
+  if not isinstance(value, (list, tuple)):
+    raise ConfigError(f"{path}: expected a sequence of transforms, got {type(value).__name__}")
+  specs = []
+  for i, item in enumerate(value):
+    if isinstance(item, TransformSpec):
+      specs.append(item)
+      continue
+    where = f"{path}[{i}]"
+    given = {"name": item} if isinstance(item, str) else _as_dict(item, where)
+    name = given.pop("name", None)
+    try:
+      transform = reward_transforms.get(name)
+    except KeyError as e:
+      raise ConfigError(f"{where}.name: {e.args[0]}") from None
+    specs.append(TransformSpec(name, _dataclass_from(transform.settings, given, where)))
+  return tuple(specs)
 
 
 def _rewards_from(value: Any, path: str) -> Tuple[RewardTerm, ...]:

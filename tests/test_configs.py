@@ -9,8 +9,8 @@ from rlalign.data import addition
 from tests.configs import CONFIG_DIR, load_config
 
 # How each config's argument is made: "" none, "pairs" / "unpaired" JSONL files written by
-# rlalign.data.addition, or None for configs that need outside files (a Hugging Face
-# checkpoint, a TPU target) and have tests of their own.
+# rlalign.data.addition (":x" appends ",x" to them), or None for configs that need outside
+# files (a Hugging Face checkpoint, a TPU target) and have tests of their own.
 ARGS = {
     "grpo_addition": "", "ppo_addition": "", "cotrain_addition": "", "sft_addition": "",
     "dr_grpo_addition": "", "dapo_addition": "", "gspo_addition": "", "rloo_addition": "",
@@ -19,6 +19,7 @@ ARGS = {
     "iterative_dpo_addition": "",
     "dpo_jsonl": "pairs", "ipo_jsonl": "pairs", "simpo_jsonl": "pairs", "orpo_jsonl": "pairs",
     "grpo_reward_model": "pairs", "kto_jsonl": "unpaired",
+    "overoptimisation_addition": "pairs:proxy",
     "grpo_hf": None, "grpo_7b": None, "grpo_jsonl": None,
 }
 
@@ -43,7 +44,22 @@ def test_config_loads_and_validates(name, data_files, tmp_path):
     config.data.data_dir = str(tmp_path)  # the launcher's default: under the workdir
     return config_lib.from_config_dict(config)
 
-  cfg = typed(data_files[ARGS[name]] if ARGS[name] else "")
+  kind, _, suffix = ARGS[name].partition(":")
+  cfg = typed(data_files[kind] + (f",{suffix}" if suffix else "") if kind else "")
   assert cfg.phases, name
   if not ARGS[name]:  # every self-contained config has a seconds-long :smoke variant
     assert all(p.steps <= 4 for _, p in typed("smoke").phases)
+
+
+@pytest.mark.parametrize("variant", ["ensemble", "lsc"])
+def test_overoptimisation_variants_differ_only_in_the_rl_reward(variant, data_files, tmp_path):
+  def typed(arg):
+    config = load_config("overoptimisation_addition", arg)
+    config.data.data_dir = str(tmp_path)
+    return config_lib.from_config_dict(config)
+  base, other = typed(data_files["pairs"] + ",proxy"), typed(data_files["pairs"] + f",{variant}")
+  before_rl = lambda cfg: {n: p for n, p in cfg.phases if n != "rl"}
+  assert base.roles == other.roles and before_rl(base) == before_rl(other)
+  rl, rl_other = base.phase_configs["rl"], other.phase_configs["rl"]
+  assert rl.monitors == rl_other.monitors and rl.rewards != rl_other.rewards
+  assert all(p.steps <= 4 for _, p in typed(data_files["pairs"] + f",{variant},smoke").phases)

@@ -120,3 +120,31 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float, la
   _, adv = jax.lax.scan(backward, (zeros, zeros), (rewards.T, values.T, mask.T), reverse=True)
   adv = adv.T
   return adv, (adv + values) * mask
+
+
+def process_advantages(step_rewards: jax.Array, steps: jax.Array, mask: jax.Array,
+                       group_size: int, eps: float = 1e-6) -> jax.Array:
+  """Per-token advantages from step rewards (process supervision, Shao et al. 2024, §4.1.3).
+
+  Each step's reward is normalised by the mean and std of every step reward in its prompt's
+  group (all steps of all G completions), and token t's advantage is the sum of the
+  normalised rewards of the steps that end at or after t.
+
+  Args:
+    step_rewards: [B, T] the reward of each step, at the step's last token (zero elsewhere).
+    steps: [B, T] where the steps end.
+    mask: [B, T] the completion's real tokens.
+    group_size: G consecutive rows per prompt.
+
+  Returns:
+    [B, T] advantages, zero past the completion.
+  """
+  B, T = step_rewards.shape
+  r = step_rewards.reshape(-1, group_size * T)
+  s = steps.reshape(-1, group_size * T).astype(jnp.float32)
+  n = jnp.maximum(s.sum(axis=1, keepdims=True), 1.0)
+  mean = (r * s).sum(axis=1, keepdims=True) / n
+  std = jnp.sqrt((((r - mean) * s) ** 2).sum(axis=1, keepdims=True) / n)
+  normed = (((r - mean) / (std + eps)) * s).reshape(B, T)
+  to_go = jnp.flip(jnp.cumsum(jnp.flip(normed, axis=1), axis=1), axis=1)
+  return to_go * mask

@@ -46,7 +46,7 @@ from rlalign import registry
 Metrics = Dict[str, jax.Array]
 
 # What a loss (or ``prepare``) may ask a model for.
-FIELDS = ("logprobs", "entropy", "values", "scores", "hidden", "logits")
+FIELDS = ("logprobs", "entropy", "values", "scores", "hidden", "logits", "step_scores")
 BATCH_KINDS = ("rollouts", "demonstrations", "pairs", "scored")
 
 
@@ -58,6 +58,9 @@ class ModelOutputs(NamedTuple):
   scores: Optional[jax.Array] = None    # [B] scalar head at the row's last real token
   hidden: Optional[jax.Array] = None    # [B, T, d] final hidden states before each token
   logits: Optional[jax.Array] = None    # [B, T, V] next-token logits (distillation)
+  # [B, T] scalar head just after each completion token: a process reward model's score of
+  # the completion up to and including token t.
+  step_scores: Optional[jax.Array] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +83,10 @@ class Objective:
   pairs_layout: bool = False
   # The advantage estimator a rollout phase uses unless its config names one.
   advantage: str = "group_norm"
+  # The loss reads [B, T] per-token advantages as given (``per_token``), so step rewards of
+  # a process reward model can train it; False where prepare replaces them (PPO's GAE) or
+  # the ratio is per sequence (GSPO).
+  token_advantages: bool = False
 
   @property
   def shuffles_pairs(self) -> bool:

@@ -99,4 +99,4 @@ def grpo_loss(hp: GRPOConfig, outputs: Mapping[str, base.ModelOutputs],
 
 OBJECTIVE = base.register(base.Objective(
     name="grpo", hparams=GRPOConfig, loss_fn=grpo_loss,
-    needs_reference=lambda hp: hp.kl_coef > 0))
+    needs_reference=lambda hp: hp.kl_coef > 0, token_advantages=True))

@@ -72,7 +72,8 @@ def reinforce_loss(hp: ReinforceConfig, outputs: Mapping[str, base.ModelOutputs]
 
 RLOO = base.register(base.Objective(
     name="rloo", hparams=ReinforceConfig, loss_fn=reinforce_loss,
-    needs_reference=lambda hp: hp.kl_coef > 0, advantage="leave_one_out"))
+    needs_reference=lambda hp: hp.kl_coef > 0, advantage="leave_one_out",
+    token_advantages=True))
 
 REMAX = base.register(base.Objective(
     name="remax", hparams=ReinforceConfig, loss_fn=reinforce_loss,

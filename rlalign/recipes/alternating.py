@@ -60,7 +60,7 @@ class AlternatingSettings:
       raise ValueError(f"phases.{self.verifier_phase}.batch_size ({ver.batch_size}) must equal "
                        f"phases.{self.generator_phase}.batch_size ({gen.batch_size}): the "
                        "verifier trains on each iteration's rollouts")
-    if self.label_reward not in [t.name for t in gen.rewards]:
+    if self.label_reward not in [t.key for t in gen.rewards]:
       raise ValueError(f"{prefix}.label_reward {self.label_reward!r} is not one of "
                        f"phases.{self.generator_phase}.rewards")
     if not 0.0 <= self.ema < 1.0:

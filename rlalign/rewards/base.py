@@ -20,13 +20,15 @@ them all), so a new reward is one new file.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Sequence, Tuple, Type
+import functools
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Type
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlalign import registry
+from rlalign.rewards import transforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,14 +52,26 @@ class Reward:
   in_graph: bool
   settings: Type[Any] = NoSettings
   roles_of: Callable[[Any], Tuple[str, ...]] = lambda settings: ()
+  # A per-token reward returns (values [B, N], steps [B, N]): a score at the end of each step
+  # of the completion (a process reward model), which becomes per-token advantages.
+  per_token: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class RewardTerm:
-  """One weighted reward of a run, with its typed settings."""
+  """One weighted reward of a run: a registered reward with its typed settings, the source
+  name its scores are logged and combined under (``source``; the reward's name by default, so
+  one reward can appear twice, say two reward models), and the transforms applied to its
+  scores before weighting (``rewards/transforms.py``)."""
   name: str
   weight: float = 1.0
   settings: Any = NoSettings()
+  source: str = ""
+  transforms: Tuple[Any, ...] = ()  # transforms.TransformSpec, applied in order
+
+  @property
+  def key(self) -> str:
+    return self.source or self.name
 
   @property
   def reward(self) -> Reward:
@@ -67,25 +81,65 @@ class RewardTerm:
   def roles(self) -> Tuple[str, ...]:
     return tuple(self.reward.roles_of(self.settings))
 
+  def resolve(self, tokenizer: Any) -> "RewardTerm":
+    """The term with settings that name text (a judge's template) turned into token ids."""
+    if hasattr(self.settings, "resolve"):
+      return dataclasses.replace(self, settings=self.settings.resolve(tokenizer))
+    return self
+
+
+def check_terms(terms: Sequence[RewardTerm], prefix: str, group_size: int = 0) -> None:
+  """Each term's reward exists and its settings and transforms are valid; sources are unique.
+  ``group_size`` > 0 checks that groupwise transforms (group_norm) have groups to work on."""
+  seen = set()
+  for term in terms:
+    where = f"{prefix}.{term.key}"
+    if term.key in seen:
+      raise ValueError(f"{where}: two reward terms share the source {term.key!r}; name them "
+                       f"apart, e.g. {{'{term.key}_2': {{'name': {term.name!r}, ...}}}}")
+    seen.add(term.key)
+    term.reward  # raises for an unknown name
+    if hasattr(term.settings, "validate"):
+      term.settings.validate(where)
+    if term.reward.per_token and term.transforms:
+      raise ValueError(f"{where}: {term.name!r} scores steps, which take no transforms (the "
+                       "step rewards are normalised within each group as they become "
+                       "per-token advantages)")
+    for i, spec in enumerate(term.transforms):
+      spec.transform  # raises for an unknown name
+      if hasattr(spec.settings, "validate"):
+        spec.settings.validate(f"{where}.transforms[{i}]")
+      if spec.transform.groupwise and 0 < group_size < 2:
+        raise ValueError(f"{where}.transforms[{i}]: {spec.name!r} normalises within a prompt's "
+                         f"group, which needs group_size >= 2, got {group_size}")
+
+
+def resolve_terms(terms: Sequence[RewardTerm], tokenizer: Any) -> Tuple[RewardTerm, ...]:
+  return tuple(term.resolve(tokenizer) for term in terms)
+
 
 _REGISTRY: registry.Registry[Reward] = registry.Registry("reward")
 
 
 def _register(name: str, in_graph: bool, settings: Type[Any] = NoSettings,
-              roles_of: Callable[[Any], Tuple[str, ...]] = lambda settings: ()):
+              roles_of: Callable[[Any], Tuple[str, ...]] = lambda settings: (),
+              per_token: bool = False):
   def wrap(fn):
-    _REGISTRY.register(name, Reward(name, fn, in_graph, settings, roles_of))
+    _REGISTRY.register(name, Reward(name, fn, in_graph, settings, roles_of, per_token))
     return fn
   return wrap
 
 
 def in_graph(name: str, settings: Type[Any] = NoSettings,
-             roles_of: Callable[[Any], Tuple[str, ...]] = lambda settings: ()):
+             roles_of: Callable[[Any], Tuple[str, ...]] = lambda settings: (),
+             per_token: bool = False):
   """Registers ``fn(rollouts, roles, settings) -> jax.Array[B]``.
 
   ``roles_of(settings)`` names the roles whose params the reward reads (say, a reward model).
+  With ``per_token`` the function returns ``(values [B, N], steps [B, N])`` instead: scores
+  at the ends of the completion's steps (see ``rewards/process.py``).
   """
-  return _register(name, True, settings, roles_of)
+  return _register(name, True, settings, roles_of, per_token)
 
 
 def host(name: str):
@@ -108,8 +162,42 @@ def score_in_graph(terms: Sequence[RewardTerm], rollouts: Mapping[str, jax.Array
     reward = term.reward
     if reward.in_graph:
       views = {name: roles[name] for name in term.roles}
-      scores[term.name] = reward.fn(rollouts, views, term.settings).astype(jnp.float32)
+      out = reward.fn(rollouts, views, term.settings)
+      if reward.per_token:
+        values, steps = out
+        scores[term.key] = {"values": values.astype(jnp.float32), "steps": steps.astype(bool)}
+      else:
+        scores[term.key] = out.astype(jnp.float32)
   return scores
+
+
+def as_sequence(term: RewardTerm, value: Any) -> jax.Array:
+  """[B] one score per completion: a per-token term's steps reduced by its settings'
+  ``sequence_aggregate`` (the minimum by default)."""
+  if not isinstance(value, Mapping):
+    return jnp.asarray(value, jnp.float32)
+  from rlalign.rewards import process  # the step aggregates live with the step rewards
+  how = getattr(term.settings, "sequence_aggregate", "min")
+  return process.aggregate_steps(value["values"], value["steps"], how)
+
+
+def sequence_scores(terms: Sequence[RewardTerm], scores: Mapping[str, Any]
+                    ) -> Dict[str, jax.Array]:
+  """Every source's [B] scores, per-token ones reduced (for metrics and group selection)."""
+  by_key = {t.key: t for t in terms}
+  return {k: as_sequence(by_key[k], v) if k in by_key else v for k, v in scores.items()}
+
+
+def combine_steps(terms: Sequence[RewardTerm], scores: Mapping[str, Any]
+                  ) -> Optional[Tuple[jax.Array, jax.Array]]:
+  """The weighted sum of the per-token terms' step rewards [B, N] and where any step ends,
+  or None when no term is per-token."""
+  parts = [(t.weight, scores[t.key]) for t in terms if isinstance(scores[t.key], Mapping)]
+  if not parts:
+    return None
+  values = sum(w * v["values"] for w, v in parts)
+  steps = functools.reduce(jnp.logical_or, [v["steps"] for _, v in parts])
+  return values, steps
 
 
 def score_host(terms: Sequence[RewardTerm], prompts: Sequence[str], completions: Sequence[str],
@@ -121,12 +209,26 @@ def score_host(terms: Sequence[RewardTerm], prompts: Sequence[str], completions:
     value = np.asarray(term.reward.fn(list(prompts), list(completions), list(answers)),
                        np.float32)
     if value.shape != (len(prompts),):
-      raise ValueError(f"host reward {term.name!r} returned shape {value.shape}, "
+      raise ValueError(f"host reward {term.key!r} returned shape {value.shape}, "
                        f"expected ({len(prompts)},)")
-    scores[term.name] = value
+    scores[term.key] = value
   return scores
 
 
-def combine(terms: Sequence[RewardTerm], scores: Mapping[str, jax.Array]) -> jax.Array:
-  """The weighted sum of per-source rewards that the advantage estimator sees."""
-  return sum(t.weight * jnp.asarray(scores[t.name], jnp.float32) for t in terms)
+def combine(terms: Sequence[RewardTerm], scores: Mapping[str, jax.Array], *,
+            group_size: int = 1,
+            reference: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
+  """The weighted sum of per-source rewards that the advantage estimator sees, each source
+  transformed first (GDPO's per-source normalisation, LSC, clipping). ``group_size`` is the
+  number of consecutive rows sampled from one prompt; ``reference`` maps a source to the
+  per-row reference reward r_ref(x) that LSC needs."""
+  total = 0.0
+  for t in terms:
+    if isinstance(scores[t.key], Mapping):  # step rewards: per-token advantages instead
+      continue
+    value = jnp.asarray(scores[t.key], jnp.float32)
+    context = transforms.Context(group_size, (reference or {}).get(t.key))
+    for spec in t.transforms:
+      value = transforms.apply(spec, value, context)
+    total = total + t.weight * value
+  return total

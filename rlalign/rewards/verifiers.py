@@ -29,6 +29,21 @@ def exact_match(rollouts: Mapping[str, jax.Array], roles=None, settings=None) ->
   return (jnp.all(same, axis=1) & has_answer).astype(jnp.float32)
 
 
+@base.in_graph("answer_digits")
+def answer_digits(rollouts: Mapping[str, jax.Array], roles=None, settings=None) -> jax.Array:
+  """Partial credit: the fraction of the reference answer's positions (its stop token
+  included) that the completion matches, position by position; 1 exactly when
+  ``exact_match`` is 1. A graded gold judge for proxy-vs-gold studies."""
+  del roles, settings
+  answer, answer_mask = rollouts["answer_tokens"], rollouts["answer_mask"]
+  completion = jnp.where(rollouts["completion_mask"], rollouts["completion_tokens"], -1)
+  width = answer.shape[1]
+  if completion.shape[1] < width:
+    completion = jnp.pad(completion, ((0, 0), (0, width - completion.shape[1])), constant_values=-1)
+  right = (completion[:, :width] == answer) & answer_mask
+  return right.sum(axis=1) / jnp.maximum(answer_mask.sum(axis=1), 1)
+
+
 @base.in_graph("stopped")
 def stopped(rollouts: Mapping[str, jax.Array], roles=None, settings=None) -> jax.Array:
   """1 if the completion ended with a stop token within the budget (a format reward)."""

@@ -334,7 +334,8 @@ def _compile_learn(spec, plan, state_sh, state, batch, rng, frozen, rm) -> Progr
       return iteration.rollout(params, batch, rng, spec)
   rollouts = jax.eval_shape(rollout, state["roles"]["policy"]["params"], batch, rng)
   score = jax.ShapeDtypeStruct((spec.rl.batch_size,), np.float32)
-  scores = {r.name: score for r in spec.rewards}
+  scores = {r.key: score for r in spec.rewards}
+  scores.update({iteration.MONITOR + r.key: score for r in spec.rl.monitors})
   # Rollouts and scores reach ``learn`` in the learner's batch layout.
   rollouts, scores = _with_shardings((rollouts, scores), plan.batch((rollouts, scores)))
   learn = iteration.jit_with_rules(functools.partial(iteration.learn, spec=spec), plan,

@@ -37,7 +37,7 @@ def _score_batch(params, batch, rng, judge_params, *, model: tfm.ModelConfig,
   rollouts = {**batch, "completion_tokens": out.tokens, "completion_mask": out.mask,
               "completion_stopped": jnp.any(jnp.isin(out.tokens, stop) & out.mask, axis=1)}
   views = {name: reward_base.RoleModel(judge_models[name], p) for name, p in judge_params.items()}
-  return {metric: reward_base.score_in_graph((term,), rollouts, views)[term.name]
+  return {metric: reward_base.score_in_graph((term,), rollouts, views)[term.key]
           for metric, term in judges}
 
 

@@ -127,10 +127,10 @@ class ExperimentConfig:
           raise ValueError(f"{prefix}: objective {phase.objective.name!r} trains role "
                            f"{role!r}, but roles.{role}.trainable is False")
       if phase.kind == "rl":
-        for term in phase.rewards:
+        for term in phase.rewards + phase.monitors:
           for role in term.roles:
             if role not in roles:
-              raise ValueError(f"{prefix}.rewards.{term.name} reads role {role!r}, which is "
+              raise ValueError(f"{prefix}.rewards.{term.key} reads role {role!r}, which is "
                                f"not declared in roles ({sorted(roles)})")
       if phase.adapter.lora_rank and self.sampler_layout.separate and phase.kind == "rl":
         raise ValueError(f"{prefix}.adapter.lora_rank > 0 with sampler_layout.separate is not "
@@ -153,11 +153,14 @@ def to_dict(cfg: Any) -> Any:
   if isinstance(cfg, RecipeConfig):
     return {"name": cfg.name, **(to_dict(cfg.settings) if cfg.settings is not None else {})}
   if isinstance(cfg, reward_base.RewardTerm):
-    return {"name": cfg.name, "weight": cfg.weight, **to_dict(cfg.settings)}
+    out = {"name": cfg.name, "weight": cfg.weight, **to_dict(cfg.settings)}
+    if cfg.transforms:
+      out["transforms"] = [{"name": t.name, **to_dict(t.settings)} for t in cfg.transforms]
+    return out
   if dataclasses.is_dataclass(cfg):
     return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
   if isinstance(cfg, tuple) and cfg and all(isinstance(v, reward_base.RewardTerm) for v in cfg):
-    return {term.name: to_dict(term) for term in cfg}
+    return {term.key: to_dict(term) for term in cfg}
   if isinstance(cfg, tuple) and cfg and all(
       isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str)
       and (dataclasses.is_dataclass(v[1])) for v in cfg):

@@ -26,11 +26,14 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
+from rlalign.diagnostics import diversity, pass_at_k
 from rlalign.models import lora as lora_lib
 from rlalign.models import transformer as tfm
 from rlalign.objectives import advantages as adv_lib
 from rlalign.objectives import base as obj_base
 from rlalign.rewards import base as reward_base
+from rlalign.rewards import host_pool
+from rlalign.rewards import transforms as reward_transforms
 from rlalign.rl import roles as roles_lib
 from rlalign.rl import state as state_lib
 from rlalign.rl import update
@@ -65,6 +68,12 @@ class RLConfig:
   # The reward terms whose weighted sum decides whether a group is informative (DAPO: the
   # accuracy, not shaping terms such as overlong); () uses every term.
   informative_rewards: Tuple[str, ...] = ()
+  # Rewards scored on the same rollouts and logged as monitor/<source>, never trained on: a
+  # gold judge beside a learned proxy shows reward hacking as it happens.
+  monitors: Tuple[reward_base.RewardTerm, ...] = ()
+  # How host rewards (Python on decoded text) run: worker processes, a per-call timeout and
+  # the fallback a failed row gets, so no reward can hang or end the run.
+  host_rewards: host_pool.HostRewardSettings = host_pool.HostRewardSettings()
 
   @property
   def prompts_per_step(self) -> int:
@@ -82,7 +91,12 @@ class RLConfig:
 
   @property
   def reward_roles(self) -> Tuple[str, ...]:
-    return tuple(dict.fromkeys(r for term in self.rewards for r in term.roles))
+    return tuple(dict.fromkeys(r for term in self.rewards + self.monitors for r in term.roles))
+
+  @property
+  def lsc_terms(self) -> Tuple[reward_base.RewardTerm, ...]:
+    """Reward terms whose lsc transform needs the reference's rewards each step."""
+    return tuple(t for t in self.rewards if reward_transforms.lsc_settings(t.transforms))
 
   def validate(self, prefix: str = "rl") -> None:
     for name in ("batch_size", "group_size", "epochs", "minibatches"):
@@ -99,7 +113,7 @@ class RLConfig:
       if self.estimator.min_group_size < 2:
         raise ValueError(f"{prefix}.dynamic_sampling keeps groups by their reward variance: it "
                          f"needs a group-relative advantage, not {self.advantage!r}")
-      unknown = set(self.informative_rewards) - {t.name for t in self.rewards}
+      unknown = set(self.informative_rewards) - {t.key for t in self.rewards}
       if unknown:
         raise ValueError(f"{prefix}.informative_rewards names {sorted(unknown)}, which are not "
                          f"among {prefix}.rewards")
@@ -120,10 +134,19 @@ class RLConfig:
                        f"lengths, got {widths}")
     if not self.rewards:
       raise ValueError(f"{prefix}.rewards must name at least one reward")
-    for term in self.rewards:
-      term.reward  # raises for an unknown name
-      if hasattr(term.settings, "validate"):
-        term.settings.validate(f"{prefix}.rewards.{term.name}")
+    reward_base.check_terms(self.rewards, f"{prefix}.rewards", self.group_size)
+    reward_base.check_terms(self.monitors, f"{prefix}.monitors")
+    self.host_rewards.validate(f"{prefix}.host_rewards")
+    for term in self.monitors:
+      if term.transforms:
+        raise ValueError(f"{prefix}.monitors.{term.key}: a monitor is logged as scored; it "
+                         "takes no transforms")
+    if self.estimator.greedy_baseline:
+      for term in self.rewards:
+        if any(s.transform.groupwise for s in term.transforms):
+          raise ValueError(f"{prefix}.rewards.{term.key}: advantage {self.advantage!r} scores "
+                           "one greedy completion per prompt, which a groupwise transform "
+                           "cannot normalise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +185,7 @@ class IterationSpec:
 
   @property
   def fused(self) -> bool:
-    return all(t.reward.in_graph for t in self.rewards)
+    return all(t.reward.in_graph for t in self.rewards + self.rl.monitors)
 
   def check(self) -> None:
     """Roles the objective and the rewards need exist, before anything is traced."""
@@ -180,13 +203,22 @@ class IterationSpec:
         raise ValueError(f"objective {objective.name!r} trains on one pair per prompt: it needs "
                          f"group_size >= 2 (got {self.rl.group_size}) and minibatches "
                          f"({self.binding.minibatches}) dividing the {pairs} prompts per step")
-    for term in self.rewards:
+    for term in self.rewards + self.rl.monitors:
       for role in term.roles:
         if role not in self.binding.roles:
-          raise ValueError(f"reward {term.name!r} reads role {role!r}, which this run does not "
+          raise ValueError(f"reward {term.key!r} reads role {role!r}, which this run does not "
                            f"have; roles: {sorted(self.binding.roles)}")
-        update.check_heads(role, self.binding.roles[role].model, ("scores",),
-                           f"reward {term.name!r}")
+        heads = getattr(term.settings, "heads_needed", ("scores",))
+        update.check_heads(role, self.binding.roles[role].model, heads, f"reward {term.key!r}")
+    stepwise = [t.key for t in self.rewards if t.reward.per_token]
+    if stepwise and not objective.token_advantages:
+      raise ValueError(f"reward {stepwise[0]!r} scores steps, which train through per-token "
+                       f"advantages; objective {objective.name!r} does not read them (grpo, "
+                       "rloo do)")
+    if self.rl.lsc_terms and self.reference is None:
+      raise ValueError(f"reward {self.rl.lsc_terms[0].key!r}: the lsc transform compares with "
+                       "the reference policy's samples, and this run has no reference role; "
+                       f"roles: {sorted(self.binding.roles)}")
 
 
 def single_policy_spec(model: tfm.ModelConfig, sampling: sampler.SamplingConfig, rl: RLConfig,
@@ -209,14 +241,16 @@ def policy_params(trained: Mapping[str, Any], frozen: Mapping[str, Any], spec: I
 
 
 def rollout(params, batch: Batch, rng: jax.Array, spec: IterationSpec, *,
-            greedy: bool = False) -> Dict[str, jax.Array]:
+            greedy: bool = False, group_size: int = 0,
+            model: Optional[tfm.ModelConfig] = None) -> Dict[str, jax.Array]:
   """Samples ``group_size`` completions of every prompt; each group is contiguous. ``greedy``
-  samples one greedy completion per prompt instead (ReMax's baseline)."""
-  G = 1 if greedy else spec.rl.group_size
+  samples one greedy completion per prompt instead (ReMax's baseline). ``group_size`` and
+  ``model`` default to the run's (another role samples with its own model)."""
+  G = 1 if greedy else (group_size or spec.rl.group_size)
   sampling = dataclasses.replace(spec.sampling, temperature=0.0) if greedy else spec.sampling
   repeat = lambda x: jnp.repeat(x, G, axis=0)
   prompt_tokens, prompt_mask = repeat(batch["prompt_tokens"]), repeat(batch["prompt_mask"])
-  out = sampler.sample(params, prompt_tokens, prompt_mask, rng, spec.model, sampling,
+  out = sampler.sample(params, prompt_tokens, prompt_mask, rng, model or spec.model, sampling,
                        spec.pad_id)
   stop = jnp.asarray(spec.sampling.stop_tokens or (-1,), jnp.int32)
   return {
@@ -232,11 +266,40 @@ def rollout(params, batch: Batch, rng: jax.Array, spec: IterationSpec, *,
 
 
 def greedy_baseline(params, batch: Batch, rng: jax.Array, trained, frozen,
-                    spec: IterationSpec) -> jax.Array:
+                    spec: IterationSpec, reference: Optional[Mapping[str, jax.Array]] = None
+                    ) -> jax.Array:
   """[prompts * G]: the reward of each prompt's greedy completion, repeated over its group."""
+  G = spec.rl.group_size
   greedy = rollout(params, batch, rng, spec, greedy=True)
-  rewards = reward_base.combine(spec.rewards, score(greedy, trained, frozen, spec))
-  return jnp.repeat(rewards, spec.rl.group_size, axis=0)
+  per_prompt = {k: v[::G] for k, v in (reference or {}).items()}
+  rewards = reward_base.combine(spec.rewards, score(greedy, trained, frozen, spec, rng),
+                                reference=per_prompt)
+  return jnp.repeat(rewards, G, axis=0)
+
+
+def reference_rewards(batch: Batch, rng: jax.Array, trained, frozen,
+                      spec: IterationSpec) -> Dict[str, jax.Array]:
+  """[prompts * G] per lsc source: r_ref(x), the quantile of the source's reward over
+  ``samples`` completions of each prompt sampled from the reference policy, repeated over the
+  prompt's group. One rollout of the reference serves every lsc source."""
+  terms = spec.rl.lsc_terms
+  if not terms:
+    return {}
+  settings = {t.key: reward_transforms.lsc_settings(t.transforms) for t in terms}
+  m = max(s.samples for s in settings.values())
+  ref = spec.reference
+  params = roles_lib.effective_params(ref, trained, frozen, spec.binding.roles)
+  sampled = rollout(params, batch, rng, spec, group_size=m,
+                    model=spec.binding.roles[ref].model)
+  views = role_views(tuple(dict.fromkeys(r for t in terms for r in t.roles)), trained, frozen,
+                     spec.binding.roles)
+  scores = reward_base.score_in_graph(terms, {**sampled, "rng": rng}, views)
+  out = {}
+  for key, s in settings.items():
+    per_prompt = scores[key].reshape(-1, m)[:, :s.samples]
+    r_ref = reward_transforms.reference_quantile(per_prompt, s)
+    out[key] = jax.lax.stop_gradient(jnp.repeat(r_ref, spec.rl.group_size, axis=0))
+  return out
 
 
 def select_informative_groups(rollouts: Batch, scores: Mapping[str, jax.Array],
@@ -249,14 +312,15 @@ def select_informative_groups(rollouts: Batch, scores: Mapping[str, jax.Array],
   rl = spec.rl
   G, keep = rl.group_size, rl.prompts_per_step
   terms = tuple(t for t in rl.rewards
-                if not rl.informative_rewards or t.name in rl.informative_rewards)
-  decisive = reward_base.combine(terms, scores).reshape(-1, G)
+                if not rl.informative_rewards or t.key in rl.informative_rewards)
+  context = dict(group_size=G, reference=rollouts.get("reference_rewards"))
+  decisive = reward_base.combine(terms, scores, **context).reshape(-1, G)
   informative = jnp.any(decisive != decisive[:, :1], axis=1)
   groups = jnp.argsort(~informative, stable=True)[:keep]
   rows = (groups[:, None] * G + jnp.arange(G)).reshape(-1)
   take = lambda tree: jax.tree.map(lambda x: x[rows], dict(tree))
   n = jnp.sum(informative).astype(jnp.float32)
-  total = reward_base.combine(rl.rewards, scores)
+  total = reward_base.combine(rl.rewards, scores, **context)
   metrics = {
       "dynamic_sampling/informative_groups": n,
       "dynamic_sampling/kept_informative_fraction": jnp.minimum(n, keep) / keep,
@@ -277,11 +341,19 @@ def role_views(names: Sequence[str], trained: Mapping[str, Any], frozen: Mapping
           for name in names}
 
 
+MONITOR = "monitor/"  # the prefix of a monitor's scores, beside the rewards' own
+
+
 def score(rollouts: Batch, trained: Mapping[str, Any], frozen: Mapping[str, Any],
-          spec: IterationSpec) -> Dict[str, jax.Array]:
-  """Every in-graph reward, per source; learned ones read their roles' params."""
+          spec: IterationSpec, rng: Optional[jax.Array] = None) -> Dict[str, jax.Array]:
+  """Every in-graph reward and monitor, per source (monitors under ``monitor/<source>``);
+  learned ones read their roles' params, and ``rng`` is the key of those that sample."""
   views = role_views(spec.rl.reward_roles, trained, frozen, spec.binding.roles)
-  return reward_base.score_in_graph(spec.rewards, rollouts, views)
+  if rng is not None:
+    rollouts = {**rollouts, "rng": rng}
+  scores = reward_base.score_in_graph(spec.rewards, rollouts, views)
+  monitors = reward_base.score_in_graph(spec.rl.monitors, rollouts, views)
+  return {**scores, **{MONITOR + k: v for k, v in monitors.items()}}
 
 
 COMPLETION_KEYS = ("completion_tokens", "completion_mask", "logprobs")
@@ -322,6 +394,8 @@ def _learn_at_widths(state, rollouts, scores, rng, frozen, spec: IterationSpec):
   def at_width(width):
     def branch(state, rollouts, scores, rng, frozen):
       cut = {k: (v[:, :width] if k in COMPLETION_KEYS else v) for k, v in rollouts.items()}
+      # Per-token scores (step rewards) are [B, N] like the completions.
+      scores = jax.tree.map(lambda v: v[:, :width] if v.ndim == 2 else v, dict(scores))
       return _learn(state, cut, scores, rng, frozen, spec)
     return branch
 
@@ -332,7 +406,8 @@ def _learn_at_widths(state, rollouts, scores, rng, frozen, spec: IterationSpec):
 
 def _learn(state, rollouts, scores, rng, frozen, spec: IterationSpec):
   rl = spec.rl
-  total = reward_base.combine(rl.rewards, scores)
+  total = reward_base.combine(rl.rewards, scores, group_size=rl.group_size,
+                              reference=rollouts.get("reference_rewards"))
   mask = rollouts["completion_mask"]
   data = {
       "prompt_tokens": rollouts["prompt_tokens"],
@@ -350,6 +425,11 @@ def _learn(state, rollouts, scores, rng, frozen, spec: IterationSpec):
     data["advantages"] = estimator.fn(total, rl.group_size, baseline)
   else:
     data["advantages"] = estimator.fn(total, rl.group_size)
+  stepwise = reward_base.combine_steps(rl.rewards, scores)
+  if stepwise is not None:  # a process reward: its steps add per-token advantages
+    step_rewards, steps = stepwise
+    data["advantages"] = obj_base.per_token(data["advantages"]) + adv_lib.process_advantages(
+        step_rewards, steps & data["mask"], data["mask"], rl.group_size)
   score_role = update.scorer(state_lib.params_of(state), frozen, spec.binding, data)
   if rl.rescore_old_logprobs:
     data["old_logprobs"] = score_role("policy", ("logprobs",)).logprobs
@@ -376,11 +456,34 @@ def _learn(state, rollouts, scores, rng, frozen, spec: IterationSpec):
          if rl.group_size > 1 else {}),
       "completed": rollouts["completion_stopped"].astype(jnp.float32).mean(),
   })
-  for name, value in scores.items():
-    metrics[f"reward/{name}"] = value.mean()
+  # KL(pi_old || reference) of whole sequences, estimated on the samples: the x-axis of
+  # proxy-vs-gold curves (Gao et al. 2023 plot against its square root).
+  drift = (data["old_logprobs"] - data["ref_logprobs"]) * data["mask"]
+  metrics["kl_sequence"] = drift.sum(axis=1).mean()
+  for name, value in reward_base.sequence_scores(rl.rewards, scores).items():
+    metrics[name if name.startswith(MONITOR) else f"reward/{name}"] = value.mean()
+  for name, value in rollouts.get("reference_rewards", {}).items():
+    metrics[f"reward/{name}/reference"] = value.mean()
+  metrics.update(sample_diagnostics(rollouts, scores, rl.group_size))
   if "exact_match" in scores:
     metrics["accuracy"] = scores["exact_match"].mean()
   return state, metrics
+
+
+def sample_diagnostics(rollouts: Batch, scores: Mapping[str, jax.Array], group_size: int
+                       ) -> Metrics:
+  """What the mean reward hides: distinct-1/2 of each prompt's group (diversity collapses
+  under reward hacking) and, where exact match is scored (as a reward or a monitor), the
+  unbiased pass@k for k = 1, 2, 4, ... up to the group size."""
+  tokens, mask = rollouts["completion_tokens"], rollouts["completion_mask"]
+  prompts = tokens.shape[0] // group_size
+  out = {f"diversity/distinct_{n}": diversity.distinct_n(tokens, mask, n, groups=prompts)
+         for n in (1, 2)}
+  correct = scores.get("exact_match", scores.get(MONITOR + "exact_match"))
+  if correct is not None and group_size > 1:
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k < group_size] + [group_size]
+    out.update(pass_at_k.pass_at_ks(correct.reshape(prompts, group_size) > 0.5, ks))
+  return out
 
 
 def rl_step(state, batch, rng, frozen, spec: IterationSpec):
@@ -391,10 +494,15 @@ def rl_step(state, batch, rng, frozen, spec: IterationSpec):
   trained = state_lib.params_of(state)
   params = policy_params(trained, frozen, spec)
   rollouts = rollout(params, batch, sample_rng, spec)
+  score_rng, reference_rng = jax.random.split(jax.random.fold_in(greedy_rng, 1))
+  if spec.rl.lsc_terms:
+    rollouts["reference_rewards"] = reference_rewards(batch, reference_rng, trained, frozen,
+                                                      spec)
   if spec.rl.estimator.greedy_baseline:
     rollouts["baseline_rewards"] = greedy_baseline(params, batch, greedy_rng, trained, frozen,
-                                                   spec)
-  return learn(state, rollouts, score(rollouts, trained, frozen, spec), learn_rng, frozen, spec)
+                                                   spec, rollouts.get("reference_rewards"))
+  scores = score(rollouts, trained, frozen, spec, score_rng)
+  return learn(state, rollouts, scores, learn_rng, frozen, spec)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -442,13 +550,28 @@ def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], st
       lambda trained, batch, rng, frozen: rollout(policy_params(trained, frozen, spec), batch,
                                                   rng, spec),
       sampler_plan, **sample_kw)
-  score_jit = jit_with_rules(functools.partial(score, spec=spec), plan)
+  score_jit = jit_with_rules(
+      lambda rollouts, trained, frozen, rng: score(rollouts, trained, frozen, spec, rng), plan)
   learn_kw = dict(out_shardings=(layout.state, plan.replicated)) if layout else {}
   learn_jit = jit_with_rules(functools.partial(learn, spec=spec), plan, donate_argnums=(0,),
                              **learn_kw)
 
+  reference_jit = jit_with_rules(functools.partial(reference_rewards, spec=spec), plan)
+  pool = None
+  if not spec.fused:
+    pool = host_pool.HostRewardPool(spec.rl.host_rewards)
+    pool.start()  # the workers import while the first step compiles
+  # Monitors score under their own prefix, in the same call as the rewards.
+  host_terms = spec.rewards + tuple(dataclasses.replace(t, source=MONITOR + t.key)
+                                    for t in spec.rl.monitors)
+
   def step(state, batch, rng, frozen):
-    sample_rng, learn_rng = jax.random.split(jax.random.fold_in(rng, state["step"]))
+    step_rng = jax.random.fold_in(rng, state["step"])
+    sample_rng, learn_rng = jax.random.split(step_rng)
+    # The same keys as the fused step's, so both layouts score alike.
+    score_rng, reference_rng = jax.random.split(
+        jax.random.fold_in(jax.random.split(step_rng, 3)[2], 1))
+    learner_batch = batch
     trained, extra = state_lib.params_of(state), {}
     sampled = trained
     if separate:
@@ -461,13 +584,17 @@ def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], st
     rollouts = sample_jit(sampled, batch, sample_rng, {} if separate else frozen)
     if separate:  # rollouts move to the learner's layout
       rollouts = jax.device_put(rollouts, plan.batch(rollouts))
-    scores = dict(score_jit(rollouts, trained, frozen))
+    if spec.rl.lsc_terms:
+      rollouts["reference_rewards"] = reference_jit(learner_batch, reference_rng, trained,
+                                                    frozen)
+    scores = dict(score_jit(rollouts, trained, frozen, score_rng))
     if not spec.fused:
       host = {k: _to_host(rollouts[k])
               for k in ("prompt_tokens", "completion_tokens", "answer_tokens")}
       texts = {k: [decode(row) for row in v] for k, v in host.items()}
-      host_scores = reward_base.score_host(spec.rewards, texts["prompt_tokens"],
-                                           texts["completion_tokens"], texts["answer_tokens"])
+      host_scores, host_metrics = pool.score(host_terms, texts["prompt_tokens"],
+                                             texts["completion_tokens"], texts["answer_tokens"])
+      extra.update(host_metrics)
       if plan is not None:
         scores.update(plan.put_global_batch(host_scores))
       else:

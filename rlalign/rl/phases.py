@@ -22,6 +22,7 @@ from rlalign import checkpoint as ckpt_lib
 from rlalign import metrics as metrics_lib
 from rlalign.objectives import base as obj_base
 from rlalign.rewards import base as reward_base
+from rlalign.rewards import host_pool
 from rlalign.rl.iteration import RLConfig
 from rlalign.rl.roles import AdapterConfig
 from rlalign.rl.state import OptimizerConfig
@@ -64,6 +65,9 @@ class PhaseConfig:
   dynamic_sampling: bool = False  # DAPO: keep the groups whose rewards differ (RLConfig)
   oversample: int = 2             # prompts sampled per trained prompt, with dynamic_sampling
   informative_rewards: Tuple[str, ...] = ()  # the rewards deciding a group's informativeness
+  # Scored and logged as monitor/<source> beside the rewards, never trained on (RLConfig).
+  monitors: Tuple[reward_base.RewardTerm, ...] = ()
+  host_rewards: host_pool.HostRewardSettings = host_pool.HostRewardSettings()
 
   @property
   def kind(self) -> str:
@@ -92,7 +96,8 @@ class PhaseConfig:
                     rewards=self.rewards, response_buckets=self.response_buckets,
                     rescore_old_logprobs=self.rescore_old_logprobs,
                     dynamic_sampling=self.dynamic_sampling, oversample=self.oversample,
-                    informative_rewards=self.informative_rewards)
+                    informative_rewards=self.informative_rewards, monitors=self.monitors,
+                    host_rewards=self.host_rewards)
 
   def validate(self, prefix: str) -> None:
     if self.steps < 0:

@@ -33,6 +33,7 @@ from rlalign.models import lora as lora_lib
 from rlalign.models import transformer as tfm
 from rlalign.parallel import mesh as mesh_lib
 from rlalign.parallel.sharding import ShardingPlan
+from rlalign.rewards import base as reward_base
 from rlalign.rl import evaluation, iteration, offline, phases as phases_lib
 from rlalign.rl import roles as roles_lib
 from rlalign.rl import state as state_lib
@@ -66,6 +67,18 @@ def _with_stop_token(cfg: ExperimentConfig, eos_id: int) -> ExperimentConfig:
                                                                stop_tokens=stops + (eos_id,)))
 
 
+def _with_resolved_rewards(cfg: ExperimentConfig, tokenizer) -> ExperimentConfig:
+  """Every reward, monitor and judge with the text of its settings (a judge's template) in
+  token ids, so a template the tokenizer cannot express fails before anything compiles."""
+  resolve = lambda terms: reward_base.resolve_terms(terms, tokenizer)
+  phases = tuple((name, dataclasses.replace(p, rewards=resolve(p.rewards),
+                                            monitors=resolve(p.monitors)))
+                 for name, p in cfg.phases)
+  judges = tuple((metric, term.resolve(tokenizer)) for metric, term in cfg.train.eval_judges)
+  return dataclasses.replace(cfg, phases=phases,
+                             train=dataclasses.replace(cfg.train, eval_judges=judges))
+
+
 @dataclasses.dataclass
 class BuiltPhase:
   """A phase ready to run: its loop, its state (resumed), frozen roles, data, RNG, checkpoints."""
@@ -96,6 +109,8 @@ class Runtime:
     self.workdir = workdir
     self.tokenizer = tok_lib.tokenizer_for(cfg.data)
     cfg = _with_stop_token(cfg, self.tokenizer.eos_id)
+    declared = cfg  # config.json keeps the settings as written, not their token ids
+    cfg = _with_resolved_rewards(cfg, self.tokenizer)
     self.cfg = cfg
     self.schedule = list(schedule)
     self._check_fits()
@@ -123,7 +138,7 @@ class Runtime:
     self.eval_data = pipeline.eval_batches(cfg.data, self.tokenizer, "test",
                                            cfg.train.eval_batch_size)
     with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(experiment.to_dict(cfg), f, indent=2)
+      json.dump(experiment.to_dict(declared), f, indent=2)
 
     # Keys by name: declaring another role or phase changes no other one's randomness.
     self.eval_rng = named_key(cfg.seed, "eval", "held-out", self.plan)
@@ -290,7 +305,7 @@ class Runtime:
     if phase.kind == "rl" or phase.objective.objective.needs_reference(phase.objective.hparams):
       wanted.append(phase.role("reference"))
     if phase.kind == "rl":
-      wanted += [r for term in phase.rewards for r in term.roles]
+      wanted += [r for term in phase.rewards + phase.monitors for r in term.roles]
     for name in list(dict.fromkeys(wanted)) + list(extra):
       if name not in roles:
         continue

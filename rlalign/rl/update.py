@@ -59,6 +59,8 @@ def model_outputs(params, batch: Batch, cfg: tfm.ModelConfig,
     last = jnp.max(jnp.where(mask, jnp.arange(tokens.shape[1]), 0), axis=-1)
     out["scores"] = tfm.scalar_output(
         params, jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0])
+  if "step_scores" in fields:
+    out["step_scores"] = tfm.scalar_output(params, hidden[:, P:])
   if "hidden" in fields:
     out["hidden"] = before
   return obj_base.ModelOutputs(**out)
@@ -101,7 +103,8 @@ class Binding:
 
 
 def check_heads(role: str, model: tfm.ModelConfig, fields, who: str) -> None:
-  needs = {"lm": {"logprobs", "entropy", "logits"}, "scalar": {"values", "scores"}}
+  needs = {"lm": {"logprobs", "entropy", "logits"},
+           "scalar": {"values", "scores", "step_scores"}}
   for head, wanted in needs.items():
     if wanted & set(fields) and head not in model.heads:
       raise ValueError(f"{who} needs {sorted(wanted & set(fields))} from role {role!r}, whose "

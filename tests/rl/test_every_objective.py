@@ -30,7 +30,8 @@ HPARAMS = {"rft": dict(threshold=-100.0)}
 
 
 def model_for(fields):
-  heads = tuple(h for h, wanted in (("lm", LM_FIELDS), ("scalar", {"values", "scores"}))
+  heads = tuple(h for h, wanted in (("lm", LM_FIELDS),
+                                    ("scalar", {"values", "scores", "step_scores"}))
                 if wanted & set(fields))
   return tfm.ModelConfig(**{**MODEL.__dict__, "heads": heads})
 
@@ -50,7 +51,20 @@ def binding_for(objective):
   return update.Binding(objective, hparams, roles, {}), reference
 
 
-def encoded(problems):
+def encoded(problems, step_labels=False):
+  """A batch of every offline kind; with ``step_labels``, a scored batch's labels are per
+  step (a PRM's): the row's verdict at its last completion token, -1 elsewhere."""
+  batch = _encoded(problems)
+  if step_labels:
+    mask = batch["completion_mask"]
+    last = mask.sum(axis=1) - 1
+    labels = np.full(mask.shape, -1.0, np.float32)
+    labels[np.arange(len(last)), last] = batch["labels"]
+    batch["labels"] = labels
+  return batch
+
+
+def _encoded(problems):
   rows = []
   for i, (prompt, answer) in enumerate(problems):
     wrong = answer[::-1] + "9" if len(answer) < 3 else answer[1:]
@@ -91,7 +105,8 @@ def test_objective_compiles_once_and_trains_its_roles(name):
   rng = jax.random.key(0)
   with count_compilations() as compiles:
     for start in (0, 4):
-      state, metrics = step(state, encoded(PROBLEMS[start:start + 4]), rng, frozen)
+      state, metrics = step(state, encoded(PROBLEMS[start:start + 4], step_labels=any(
+          "step_scores" in f for f in objective.trains.values())), rng, frozen)
     jax.block_until_ready(state)
   assert compiles.count == 1, f"{name} compiled {compiles.count} times"
   assert np.isfinite(float(metrics["loss"])), metrics

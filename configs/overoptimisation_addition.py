@@ -1,0 +1,82 @@
+"""Reward over-optimisation, reproduced (Gao et al. 2023): RL against a proxy reward model
+trained on a limited number of gold-labelled pairs, with the gold judge watching.
+
+The argument is the pair files and a variant: ``train.jsonl,test.jsonl,VARIANT[,smoke]``.
+
+  python -m rlalign.data.addition --pairs_out=/tmp/oo_pairs --num_train=2000
+  for v in proxy ensemble lsc; do
+    python -m rlalign.main --config=configs/overoptimisation_addition.py:\
+/tmp/oo_pairs/train.jsonl,/tmp/oo_pairs/test.jsonl,$v --workdir=/tmp/oo_$v
+  done
+  python -m rlalign.eval.proxy_gold --run=proxy=/tmp/oo_proxy --run=ensemble=/tmp/oo_ensemble \
+      --run=lsc=/tmp/oo_lsc --out=/tmp/oo_report
+
+The task: reversed-digit addition from 2,000 preference pairs ("chosen" the correct sum,
+"rejected" mostly a sloppy teacher's carry mistake). The gold reward is a scoring program the
+loop never sees: ``answer_digits``, the fraction of the answer's positions (stop included) the
+completion gets right, logged as ``monitor/gold``. Every variant runs the same phases:
+
+  warm_start      sft of the policy on the sloppy teacher's demonstrations
+  rm_0 .. rm_2    three Bradley-Terry reward models on the pairs: the warm-started backbone
+                  with a fresh scalar head, each phase reading the pairs in its own order
+  rl              GRPO for 200 steps; what it trains on is the variant:
+    proxy         rm_0's score
+    ensemble      mean - 1 * std of rm_0..rm_2 (the disagreement penalty, Coste et al. 2024)
+    lsc           rm_0's score through log sigmoid(r - r_ref(x)), r_ref(x) the 0.85 quantile
+                  of rm_0's scores of 4 reference samples of the prompt (Wang et al. 2024)
+
+Every variant also logs rm_0's raw score as ``monitor/proxy``, so the three share a y-axis,
+and ``kl_sequence`` for the x-axis. The RM phases report held-out pair accuracy as
+``eval/rm_<i>/accuracy``.
+
+Measured: see the README's "Reward over-optimisation" section (figures from proxy_gold.json).
+"""
+import ml_collections
+
+from rlalign import presets
+
+VARIANTS = {
+    "proxy": {"rm": {"name": "reward_model", "role": "rm_0"}},
+    "ensemble": {"ensemble": {"name": "reward_ensemble", "roles": ("rm_0", "rm_1", "rm_2"),
+                              "aggregate": "mean_minus_std", "std_coef": 1.0}},
+    "lsc": {"rm": {"name": "reward_model", "role": "rm_0",
+                   "transforms": ({"name": "lsc", "quantile": 0.85, "samples": 4},)}},
+}
+RM_OPTIMIZER = dict(learning_rate=3e-4, warmup_steps=10, max_grad_norm=1.0)
+
+
+def get_config(arg: str = ""):
+  parts = arg.split(",")
+  smoke = parts[-1] == "smoke"
+  if smoke:
+    parts = parts[:-1]
+  if len(parts) != 3 or parts[2] not in VARIANTS:
+    raise ValueError("overoptimisation_addition.py needs train.jsonl,test.jsonl,VARIANT with "
+                     f"VARIANT one of {sorted(VARIANTS)} (then ',smoke' for a test run), got "
+                     f"{arg!r}")
+  train, test, variant = parts
+  c = ml_collections.ConfigDict()
+  presets.addition_pairs_task(c, f"{train},{test}", "overoptimisation_addition.py")
+  c.train.update(log_every=2, eval_every=50)
+  rms = {f"rm_{i}": dict(heads=("scalar",), weights=dict(source="role", role="policy"),
+                         trainable=True, optimizer=dict(RM_OPTIMIZER)) for i in range(3)}
+  c.roles = dict(**presets.policy_and_reference(optimizer=dict(presets.ADDITION_RL_OPTIMIZER)),
+                 **rms)
+  rm_phases = {name: dict(steps=300, batch_size=64, objective=dict(name="bradley_terry"),
+                          slots=dict(model=name)) for name in rms}
+  rl = presets.grpo_phase(steps=200, batch_size=256, group_size=8, minibatches=2,
+                          rewards=VARIANTS[variant])
+  rl["monitors"] = {"proxy": {"name": "reward_model", "role": "rm_0"},
+                    "gold": {"name": "answer_digits"}, "exact_match": 1.0}
+  c.phases = dict(warm_start=presets.sft_phase(steps=800, batch_size=64,
+                                               optimizer=dict(learning_rate=3e-3,
+                                                              warmup_steps=100)),
+                  **rm_phases, rl=rl)
+  c.recipe = dict(name="sequence", order=("warm_start", *rm_phases, "rl"))
+  c = ml_collections.ConfigDict(c.to_dict())
+  if smoke:
+    presets.shrink_for_smoke(c)
+    for name in c.phases:
+      c.phases[name].update(steps=2, batch_size=16)
+    c.phases.rl.update(batch_size=16, group_size=4, minibatches=1)
+  return c

@@ -1,0 +1,220 @@
+"""Generative verifiers: a language-model role asked whether a completion is right, in-graph.
+
+``generative_verifier``  one forward pass over the verifier's template, reward P(Yes)
+                         renormalised over {Yes, No}: sigmoid(logit_yes - logit_no)
+``judge_score``          the verifier writes its judgement, and the reward is the digit after
+                         "Score:" in its text, parsed on token ids inside the program
+
+The template is text in the reward's settings, tokenised once when the run starts
+(``resolve``), so a template the tokenizer cannot express fails before anything compiles:
+
+  [prefix] prompt [middle] completion [suffix]  -> the verifier reads this, left-packed
+
+The completion enters without its stop token (a verifier should not see an end of text in
+the middle of its question). A verdict word that is several tokens (a character tokenizer's
+"Yes") is judged by its first token; the two first tokens must differ.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from rlalign.models import transformer as tfm
+from rlalign.rewards import base
+from rlalign.sampling import sampler
+
+Rollouts = Mapping[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+  """The verifier's prompt around the policy's prompt and completion, as text and ids."""
+  prefix: str = ""
+  middle: str = "\nAnswer: "
+  suffix: str = "\nIs the answer correct? Yes or No: "
+  # Filled by ``resolve`` from the run's tokenizer.
+  prefix_ids: Tuple[int, ...] = ()
+  middle_ids: Tuple[int, ...] = ()
+  suffix_ids: Tuple[int, ...] = ()
+  stop_ids: Tuple[int, ...] = ()
+
+  def resolve_template(self, tokenizer: Any) -> "Template":
+    encode = lambda text: tuple(int(i) for i in tokenizer.encode(text)) if text else ()
+    return dataclasses.replace(self, prefix_ids=encode(self.prefix),
+                               middle_ids=encode(self.middle), suffix_ids=encode(self.suffix),
+                               stop_ids=(int(tokenizer.eos_id),))
+
+  def check_resolved(self, who: str) -> None:
+    if self.suffix and not self.suffix_ids:
+      raise ValueError(f"{who}: the template has not been tokenised (resolve(tokenizer))")
+
+
+def judge_input(rollouts: Rollouts, template: Template) -> Tuple[jax.Array, jax.Array]:
+  """The verifier's tokens and mask [B, T], left-packed: every pad (of the prompt's left
+  padding, the completion's right padding and its stop token) moves to the front, so the
+  last column is the template's last token and positions run unbroken over the real ones."""
+  B = rollouts["prompt_tokens"].shape[0]
+
+  def const(ids):
+    return (jnp.broadcast_to(jnp.asarray(ids, jnp.int32), (B, len(ids))),
+            jnp.ones((B, len(ids)), bool))
+
+  completion = rollouts["completion_tokens"]
+  keep = rollouts["completion_mask"].astype(bool)
+  if template.stop_ids:
+    keep = keep & ~jnp.isin(completion, jnp.asarray(template.stop_ids, jnp.int32))
+  parts = [const(template.prefix_ids),
+           (rollouts["prompt_tokens"], rollouts["prompt_mask"].astype(bool)),
+           const(template.middle_ids), (completion, keep), const(template.suffix_ids)]
+  tokens = jnp.concatenate([p[0].astype(jnp.int32) for p in parts], axis=1)
+  mask = jnp.concatenate([p[1] for p in parts], axis=1)
+  order = jnp.argsort(mask, axis=1, stable=True)  # pads (False) first, real tokens in order
+  return (jnp.take_along_axis(tokens, order, axis=1),
+          jnp.take_along_axis(mask, order, axis=1))
+
+
+def _first_token(tokenizer: Any, word: str, who: str) -> int:
+  ids = tokenizer.encode(word)
+  if not ids:
+    raise ValueError(f"{who}: {word!r} encodes to no token")
+  return int(ids[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifierSettings:
+  role: str = "verifier"
+  template: Template = Template()
+  yes: str = "Yes"
+  no: str = "No"
+  yes_id: int = -1  # filled by ``resolve``: the first token of each verdict
+  no_id: int = -1
+
+  heads_needed = ("logits",)
+
+  def validate(self, prefix: str) -> None:
+    if not self.role:
+      raise ValueError(f"{prefix}.role must name the verifier's role")
+    if not self.template.suffix:
+      raise ValueError(f"{prefix}.template.suffix must ask the question the verdict answers")
+    if not self.yes or not self.no:
+      raise ValueError(f"{prefix}.yes and {prefix}.no must be non-empty")
+
+  def resolve(self, tokenizer: Any) -> "VerifierSettings":
+    who = f"generative verifier of role {self.role!r}"
+    yes, no = _first_token(tokenizer, self.yes, who), _first_token(tokenizer, self.no, who)
+    if yes == no:
+      raise ValueError(f"{who}: {self.yes!r} and {self.no!r} start with the same token {yes}; "
+                       "choose verdicts whose first tokens differ")
+    return dataclasses.replace(self, template=self.template.resolve_template(tokenizer),
+                               yes_id=yes, no_id=no)
+
+
+def verdict_logits(params, model: tfm.ModelConfig, tokens: jax.Array, mask: jax.Array
+                   ) -> jax.Array:
+  """The verifier's next-token logits after the last (real) column, [B, V]."""
+  hidden, _ = tfm.forward(params, tokens, tfm.positions_from_mask(mask), mask, model)
+  return tfm.lm_logits(params, hidden[:, -1], model)
+
+
+@base.in_graph("generative_verifier", settings=VerifierSettings, roles_of=lambda s: (s.role,))
+def generative_verifier(rollouts: Rollouts, roles: Mapping[str, base.RoleModel],
+                        settings: VerifierSettings) -> jax.Array:
+  """P(Yes | template) / (P(Yes) + P(No)) from one forward pass of the verifier role."""
+  settings.template.check_resolved("generative_verifier")
+  view = roles[settings.role]
+  tokens, mask = judge_input(rollouts, settings.template)
+  logits = verdict_logits(view.params, view.model, tokens, mask)
+  return jax.nn.sigmoid(logits[:, settings.yes_id] - logits[:, settings.no_id])
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeScoreSettings:
+  role: str = "verifier"
+  template: Template = Template(suffix="\nRate the answer from 0 to 9. ")
+  marker: str = "Score:"   # the verdict is the first digit after it (one space may come first)
+  max_score: int = 9       # reward = digit / max_score
+  max_new_tokens: int = 16
+  temperature: float = 0.0  # 0: the verifier's greedy judgement
+  fallback: float = 0.0     # the reward when no score can be read
+  marker_ids: Tuple[int, ...] = ()  # filled by ``resolve``
+  digit_ids: Tuple[int, ...] = ()   # the ids of "0".."9", each one token
+  space_ids: Tuple[int, ...] = ()
+
+  heads_needed = ("logits",)
+
+  def validate(self, prefix: str) -> None:
+    if not self.role:
+      raise ValueError(f"{prefix}.role must name the verifier's role")
+    if not self.marker:
+      raise ValueError(f"{prefix}.marker must be the text before the score")
+    if not 1 <= self.max_score <= 9:
+      raise ValueError(f"{prefix}.max_score must be in [1, 9] (one digit), got {self.max_score}")
+    if self.max_new_tokens <= 0:
+      raise ValueError(f"{prefix}.max_new_tokens must be positive, got {self.max_new_tokens}")
+    if self.temperature < 0:
+      raise ValueError(f"{prefix}.temperature must be >= 0, got {self.temperature}")
+
+  def resolve(self, tokenizer: Any) -> "JudgeScoreSettings":
+    who = f"judge_score of role {self.role!r}"
+    digits = []
+    for d in "0123456789":
+      ids = tokenizer.encode(d)
+      if len(ids) != 1:
+        raise ValueError(f"{who}: the digit {d!r} is {len(ids)} tokens in this tokenizer; the "
+                         "in-graph parser reads one-token digits")
+      digits.append(int(ids[0]))
+    space = tuple(int(i) for i in tokenizer.encode(" ")) if self._has_space(tokenizer) else ()
+    return dataclasses.replace(self, template=self.template.resolve_template(tokenizer),
+                               marker_ids=tuple(int(i) for i in tokenizer.encode(self.marker)),
+                               digit_ids=tuple(digits), space_ids=space[:1])
+
+  @staticmethod
+  def _has_space(tokenizer: Any) -> bool:
+    try:
+      return len(tokenizer.encode(" ")) == 1
+    except ValueError:  # a character tokenizer without a space
+      return False
+
+
+def parse_score(tokens: jax.Array, mask: jax.Array, settings: JudgeScoreSettings
+                ) -> Tuple[jax.Array, jax.Array]:
+  """The digit after the first ``marker`` in each row of generated ids, [B] floats, and
+  whether one was found, [B] bools. One space token may sit between marker and digit."""
+  B, N = tokens.shape
+  marker = jnp.asarray(settings.marker_ids, jnp.int32)
+  L = marker.shape[0]
+  padded = jnp.pad(jnp.where(mask, tokens, -1), ((0, 0), (0, L + 2)), constant_values=-1)
+  starts = jnp.arange(N)
+  windows = padded[:, starts[:, None] + jnp.arange(L)[None, :]]          # [B, N, L]
+  hit = jnp.all(windows == marker, axis=-1)                                  # [B, N]
+  first = jnp.argmax(hit, axis=1)
+  found_marker = jnp.any(hit, axis=1)
+  after = jnp.take_along_axis(padded, (first + L)[:, None], axis=1)[:, 0]
+  after2 = jnp.take_along_axis(padded, (first + L + 1)[:, None], axis=1)[:, 0]
+  if settings.space_ids:
+    after = jnp.where(after == settings.space_ids[0], after2, after)
+  digits = jnp.asarray(settings.digit_ids, jnp.int32)
+  is_digit = after[:, None] == digits[None, :]                               # [B, 10]
+  found = found_marker & jnp.any(is_digit, axis=1)
+  value = jnp.argmax(is_digit, axis=1).astype(jnp.float32)
+  return value, found
+
+
+@base.in_graph("judge_score", settings=JudgeScoreSettings, roles_of=lambda s: (s.role,))
+def judge_score(rollouts: Rollouts, roles: Mapping[str, base.RoleModel],
+                settings: JudgeScoreSettings) -> jax.Array:
+  """The verifier role generates its judgement in-graph; the reward is its score / max_score,
+  clipped to [0, 1], or ``fallback`` where no score follows the marker."""
+  settings.template.check_resolved("judge_score")
+  view = roles[settings.role]
+  tokens, mask = judge_input(rollouts, settings.template)
+  config = sampler.SamplingConfig(max_new_tokens=settings.max_new_tokens,
+                                  temperature=settings.temperature,
+                                  stop_tokens=settings.template.stop_ids)
+  rng = rollouts.get("rng", jax.random.PRNGKey(0))
+  out = sampler.sample(view.params, tokens, mask, rng, view.model, config)
+  value, found = parse_score(out.tokens, out.mask, settings)
+  return jnp.where(found, jnp.clip(value / settings.max_score, 0.0, 1.0), settings.fallback)
