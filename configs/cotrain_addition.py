@@ -27,14 +27,7 @@ from rlalign import presets
 def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
   presets.addition_task(c)
-  optimizer = dict(learning_rate=5e-4, warmup_steps=10, max_grad_norm=1.0)
-  c.roles = dict(
-      generator=dict(optimizer=optimizer),
-      reference=dict(weights=dict(source="role", role="generator"), trainable=False),
-      # The warm-started backbone with a fresh scalar head, taken when the loop starts.
-      verifier=dict(weights=dict(source="role", role="generator"), heads=("scalar",),
-                    optimizer=dict(learning_rate=1e-3, warmup_steps=10, max_grad_norm=1.0)),
-  )
+  c.roles = presets.generator_and_verifier("verifier")
   generator = {"policy": "generator"}
   c.phases = dict(
       warm_start=dict(presets.sft_phase(**presets.ADDITION_WARM_START), slots=generator),

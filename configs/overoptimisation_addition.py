@@ -24,23 +24,45 @@ completion gets right, logged as ``monitor/gold``. Every variant runs the same p
     ensemble      mean - 1 * std of rm_0..rm_2 (the disagreement penalty, Coste et al. 2024)
     lsc           rm_0's score through log sigmoid(r - r_ref(x)), r_ref(x) the 0.85 quantile
                   of rm_0's scores of 4 reference samples of the prompt (Wang et al. 2024)
+    proxy_centred, lsc_centred
+                  the same two with group-centred advantages (no division by the group's
+                  std, which would undo LSC's saturation)
 
 Every variant also logs rm_0's raw score as ``monitor/proxy``, so the three share a y-axis,
 and ``kl_sequence`` for the x-axis. The RM phases report held-out pair accuracy as
 ``eval/rm_<i>/accuracy``.
 
-Measured: see the README's "Reward over-optimisation" section (figures from proxy_gold.json).
+Measured (2 shared CPU cores, 6-11 minutes a run; RM held-out pair accuracy 0.744, 0.744,
+0.742; gold 0.726 at the RL start; peaks from a 5-point moving average):
+
+  variant         peak gold   KL at peak   gold after 200 steps   KL after
+  proxy           0.774       2.41         0.302                  26.4
+  ensemble        0.770       1.06         0.332                  25.0
+  lsc             0.771       2.51         0.298                  26.7
+  proxy_centred   0.762       1.13         0.397                  19.0
+  lsc_centred     0.765       0.86         0.699                   6.7
+
+Gold rises, peaks and falls while the proxy climbs to its plateau (3.6-3.75). The ensemble's
+members barely disagree on the policy's samples after the first steps, and LSC only helps
+without the std division; the README discusses both.
 """
 import ml_collections
 
 from rlalign import presets
 
+PROXY = {"rm": {"name": "reward_model", "role": "rm_0"}}
+LSC = {"rm": {"name": "reward_model", "role": "rm_0",
+              "transforms": ({"name": "lsc", "quantile": 0.85, "samples": 4},)}}
+# variant: (rewards, advantage estimator)
 VARIANTS = {
-    "proxy": {"rm": {"name": "reward_model", "role": "rm_0"}},
-    "ensemble": {"ensemble": {"name": "reward_ensemble", "roles": ("rm_0", "rm_1", "rm_2"),
-                              "aggregate": "mean_minus_std", "std_coef": 1.0}},
-    "lsc": {"rm": {"name": "reward_model", "role": "rm_0",
-                   "transforms": ({"name": "lsc", "quantile": 0.85, "samples": 4},)}},
+    "proxy": (PROXY, "group_norm"),
+    "ensemble": ({"ensemble": {"name": "reward_ensemble", "roles": ("rm_0", "rm_1", "rm_2"),
+                               "aggregate": "mean_minus_std", "std_coef": 1.0}}, "group_norm"),
+    "lsc": (LSC, "group_norm"),
+    # LSC works by flattening the reward once a completion beats the reference; dividing by
+    # the group's std (GRPO) scales that flat part back up, so these two centre only.
+    "proxy_centred": (PROXY, "group_mean"),
+    "lsc_centred": (LSC, "group_mean"),
 }
 RM_OPTIMIZER = dict(learning_rate=3e-4, warmup_steps=10, max_grad_norm=1.0)
 
@@ -64,8 +86,10 @@ def get_config(arg: str = ""):
                  **rms)
   rm_phases = {name: dict(steps=300, batch_size=64, objective=dict(name="bradley_terry"),
                           slots=dict(model=name)) for name in rms}
+  rewards, advantage = VARIANTS[variant]
   rl = presets.grpo_phase(steps=200, batch_size=256, group_size=8, minibatches=2,
-                          rewards=VARIANTS[variant])
+                          rewards=rewards)
+  rl["advantage"] = advantage
   rl["monitors"] = {"proxy": {"name": "reward_model", "role": "rm_0"},
                     "gold": {"name": "answer_digits"}, "exact_match": 1.0}
   c.phases = dict(warm_start=presets.sft_phase(steps=800, batch_size=64,

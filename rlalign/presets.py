@@ -31,6 +31,18 @@ def policy_and_reference(optimizer: Dict[str, Any], **policy: Any) -> Dict[str, 
               reference=dict(weights=dict(source="role", role="policy"), trainable=False))
 
 
+def generator_and_verifier(verifier: str = "verifier") -> Dict[str, Any]:
+  """The alternating recipe's roles on the default task: a generator, its frozen reference,
+  and a verifier that is the warm-started backbone with a fresh scalar head, taken when the
+  loop starts."""
+  return dict(
+      generator=dict(optimizer=dict(ADDITION_RL_OPTIMIZER)),
+      reference=dict(weights=dict(source="role", role="generator"), trainable=False),
+      **{verifier: dict(weights=dict(source="role", role="generator"), heads=("scalar",),
+                        optimizer=dict(learning_rate=1e-3, warmup_steps=10,
+                                       max_grad_norm=1.0))})
+
+
 def sft_phase(steps: int, batch_size: int, optimizer: Dict[str, Any]) -> Dict[str, Any]:
   """Supervised fine-tuning on the dataset's demonstrations."""
   return dict(steps=steps, batch_size=batch_size, objective=dict(name="sft"),

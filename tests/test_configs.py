@@ -16,7 +16,7 @@ ARGS = {
     "dr_grpo_addition": "", "dapo_addition": "", "gspo_addition": "", "rloo_addition": "",
     "reinforce_pp_addition": "", "remax_addition": "", "tis_addition": "", "rft_addition": "",
     "rwr_addition": "", "gkd_addition": "", "online_dpo_addition": "",
-    "iterative_dpo_addition": "",
+    "iterative_dpo_addition": "", "prm_addition": "",
     "dpo_jsonl": "pairs", "ipo_jsonl": "pairs", "simpo_jsonl": "pairs", "orpo_jsonl": "pairs",
     "grpo_reward_model": "pairs", "kto_jsonl": "unpaired",
     "overoptimisation_addition": "pairs:proxy",

@@ -58,7 +58,7 @@ def plot(runs: Mapping[str, Mapping[str, np.ndarray]], out_png: str, window: int
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
   for i, (label, c) in enumerate(runs.items()):
     color = f"C{i}"
     axes[0].plot(c["sqrt_kl"], c["proxy"], color=color, alpha=0.35, lw=1)
@@ -67,8 +67,11 @@ def plot(runs: Mapping[str, Mapping[str, np.ndarray]], out_png: str, window: int
     axes[1].plot(c["sqrt_kl"], smooth(c["gold"], window), color=color, label=label)
     s = summarise(c, window)
     axes[1].plot([s["sqrt_kl_at_peak"]], [s["peak_gold"]], "o", color=color)
+    steps = c["step"] - c["step"][0]
+    axes[2].plot(steps, smooth(c["gold"], window), color=color, label=label)
   axes[0].set(title=f"proxy ({proxy})", xlabel="sqrt(KL(pi || reference)) per sequence")
   axes[1].set(title=f"gold ({gold}); dots: peaks", xlabel="sqrt(KL(pi || reference)) per sequence")
+  axes[2].set(title="gold by RL step", xlabel="RL steps")
   for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend()

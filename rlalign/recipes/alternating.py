@@ -8,9 +8,11 @@ own state (a running accuracy of the verifier on completions it has not seen) ar
 checkpoint, ``<workdir>/checkpoints/alternating``.
 
 This is the skeleton the generator-verifier co-training recipes fill in: they change where the
-labels come from and how the verifier's scores feed back into the generator's reward.
+labels come from and how the verifier's scores feed back into the generator's reward. With
+``labels="monte_carlo"`` the verifier is a process reward model trained on Math-Shepherd's step
+labels of the generator's own samples, and the generator can take that PRM as a reward.
 
-  configs/cotrain_addition.py
+  configs/cotrain_addition.py, configs/prm_addition.py
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from rlalign.recipes import base
+from rlalign.rewards import process
 from rlalign.rl import iteration, offline
 from rlalign.rl import state as state_lib
 from rlalign.rl.experiment import ExperimentConfig
@@ -38,6 +41,14 @@ class AlternatingSettings:
   verifier_phase: str = "verify"      # an objective on scored examples (labels)
   label_reward: str = "exact_match"   # the generator reward whose verdicts are the labels
   ema: float = 0.9                    # of the verifier's accuracy, kept as recipe state
+  # "reward": one label per completion, ``label_reward``'s verdict (an outcome verifier).
+  # "monte_carlo": Math-Shepherd's step labels for a process reward model (objective prm):
+  # from each step's prefix, ``mc_samples`` continuations by the generator before its update,
+  # judged by exact match; hard (any right) or ``mc_soft`` (the fraction right).
+  labels: str = "reward"
+  mc_samples: int = 4
+  mc_soft: bool = False
+  step_delimiter: str = ""            # the text ending a step; "" makes every token a step
 
   def validate(self, prefix: str, cfg: ExperimentConfig) -> None:
     phases = cfg.phase_configs
@@ -63,19 +74,38 @@ class AlternatingSettings:
     if self.label_reward not in [t.key for t in gen.rewards]:
       raise ValueError(f"{prefix}.label_reward {self.label_reward!r} is not one of "
                        f"phases.{self.generator_phase}.rewards")
+    if self.labels not in ("reward", "monte_carlo"):
+      raise ValueError(f"{prefix}.labels must be 'reward' or 'monte_carlo', got "
+                       f"{self.labels!r}")
+    per_step = any("step_scores" in f for f in ver.objective.objective.trains.values())
+    if (self.labels == "monte_carlo") != per_step:
+      raise ValueError(f"{prefix}.labels={self.labels!r} but the verifier phase's objective "
+                       f"{ver.objective.name!r} trains on "
+                       f"{'step' if per_step else 'completion'} labels; monte_carlo labels "
+                       "train a process reward model (objective prm)")
+    if self.mc_samples < 1:
+      raise ValueError(f"{prefix}.mc_samples must be >= 1, got {self.mc_samples}")
     if not 0.0 <= self.ema < 1.0:
       raise ValueError(f"{prefix}.ema must be in [0, 1), got {self.ema}")
 
 
 def alternating_step(state, batch, rng, frozen, *, generator: iteration.IterationSpec,
-                     verifier: offline.OfflineSpec, settings: AlternatingSettings):
+                     verifier: offline.OfflineSpec, settings: AlternatingSettings,
+                     delimiter: int = process.EVERY_TOKEN):
   """One iteration: sample, the generator's RL update, then the verifier's on the samples."""
   rng = jax.random.fold_in(rng, state["step"])
   sample_rng, generator_rng, verifier_rng = jax.random.split(rng, 3)
   trained = state_lib.params_of(state)
-  rollouts = iteration.rollout(iteration.policy_params(trained, frozen, generator), batch,
-                               sample_rng, generator)
+  policy = iteration.policy_params(trained, frozen, generator)
+  rollouts = iteration.rollout(policy, batch, sample_rng, generator)
   scores = iteration.score(rollouts, trained, frozen, generator)
+  if settings.labels == "monte_carlo":
+    labels = process.monte_carlo_step_labels(
+        policy, generator.model, rollouts, jax.random.fold_in(verifier_rng, 1),
+        delimiter=delimiter, samples=settings.mc_samples, sampling=generator.sampling,
+        soft=settings.mc_soft, pad_id=generator.pad_id)
+  else:
+    labels = scores[settings.label_reward]
 
   def only(names):
     return {"step": state["step"], "roles": {n: state["roles"][n] for n in names}}
@@ -86,12 +116,12 @@ def alternating_step(state, batch, rng, frozen, *, generator: iteration.Iteratio
               "prompt_mask": rollouts["prompt_mask"],
               "completion_tokens": rollouts["completion_tokens"],
               "mask": rollouts["completion_mask"],
-              "labels": scores[settings.label_reward]}
+              "labels": labels}
   ver_state, ver_metrics = offline.learn(only(verifier.binding.trained_roles), examples,
                                          verifier_rng, frozen, verifier)
   # Metrics come from the first update's forward pass: the verifier has not seen these yet.
-  ema = (settings.ema * state["recipe"]["verifier_accuracy"]
-         + (1 - settings.ema) * ver_metrics["accuracy"])
+  accuracy = ver_metrics["step_accuracy" if settings.labels == "monte_carlo" else "accuracy"]
+  ema = settings.ema * state["recipe"]["verifier_accuracy"] + (1 - settings.ema) * accuracy
   state = {"step": state["step"] + 1,
            "roles": {**state["roles"], **gen_state["roles"], **ver_state["roles"]},
            "recipe": {"verifier_accuracy": ema}}
@@ -115,13 +145,16 @@ def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   schedule = [(name, phases[name].steps) for name in settings.before]
   runtime = Runtime(cfg, workdir, schedule + [(CHECKPOINT, gen_cfg.steps)])
   policy = gen_cfg.role("policy")
+  # The runtime's config has the rewards' text in token ids (a PRM's delimiter, a template).
+  gen_cfg = runtime.cfg.phase_configs[settings.generator_phase]
   runtime.evaluate_initial(policy)
   for name in settings.before:
     runtime.run_phase(name)
 
   gen_roles = runtime.role_specs(gen_cfg)
   ver_roles = runtime.role_specs(ver_cfg)
-  generator = iteration.IterationSpec(cfg.sampling, gen_cfg.rl(),
+  # runtime.cfg's sampling also stops at the tokenizer's EOS.
+  generator = iteration.IterationSpec(runtime.cfg.sampling, gen_cfg.rl(),
                                       runtime.binding(gen_cfg, gen_roles),
                                       runtime.tokenizer.pad_id)
   if not generator.fused:
@@ -132,10 +165,12 @@ def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   verifier = offline.OfflineSpec(runtime.binding(ver_cfg, ver_roles),
                                  reference if reference in ver_roles else None)
   verifier.check()
+  delimiter = process.resolve_delimiter(runtime.tokenizer, settings.step_delimiter,
+                                        "recipe.step_delimiter")
   built = runtime.build_phase(
       CHECKPOINT, gen_cfg, roles={**gen_roles, **ver_roles},
       make_step=lambda layout: make_step(layout, generator=generator, verifier=verifier,
-                                         settings=settings),
+                                         settings=settings, delimiter=delimiter),
       extra_state=lambda: {"recipe": {"verifier_accuracy": jnp.float32(0.5)}})
   runtime.run(built)
   return runtime.finish(f"alternating {gen_cfg.role('policy')} ({gen_cfg.objective.name}) and "

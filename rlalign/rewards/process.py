@@ -30,11 +30,16 @@ from rlalign.rewards import verifiers
 from rlalign.sampling import sampler
 
 AGGREGATES = ("min", "mean", "last")
+EVERY_TOKEN = -1  # the delimiter id that makes every token a step (a token-level PRM)
+UNRESOLVED = -2
 
 
 def step_ends(tokens: jax.Array, mask: jax.Array, delimiter: int) -> jax.Array:
-  """[B, N] bools: the completion's delimiters and its last real token."""
+  """[B, N] bools: the completion's delimiters and its last real token (every real token
+  with ``delimiter == EVERY_TOKEN``)."""
   mask = mask.astype(bool)
+  if delimiter == EVERY_TOKEN:
+    return mask
   last = jnp.sum(mask, axis=1) - 1
   is_last = (jnp.arange(tokens.shape[1])[None, :] == last[:, None]) & (last[:, None] >= 0)
   return mask & ((tokens == delimiter) | is_last)
@@ -67,8 +72,8 @@ def _single_token(tokenizer: Any, text: str, who: str) -> int:
 @dataclasses.dataclass(frozen=True)
 class ProcessRewardSettings:
   role: str = "prm"
-  delimiter: str = "\n"            # the text that ends a step: one token
-  delimiter_id: int = -1           # filled by ``resolve``, or set directly
+  delimiter: str = "\n"            # the text that ends a step: one token; "" every token
+  delimiter_id: int = UNRESOLVED   # filled by ``resolve``, or set directly
   output: str = "probability"      # sigmoid of the head (a PRM trained by ``prm``) or "logit"
   sequence_aggregate: str = "min"  # min | mean | last
 
@@ -84,10 +89,16 @@ class ProcessRewardSettings:
                        f"{self.sequence_aggregate!r}")
 
   def resolve(self, tokenizer: Any) -> "ProcessRewardSettings":
-    if self.delimiter_id >= 0:
+    if self.delimiter_id != UNRESOLVED:
       return self
     who = f"process_reward_model of role {self.role!r}"
-    return dataclasses.replace(self, delimiter_id=_single_token(tokenizer, self.delimiter, who))
+    return dataclasses.replace(self,
+                               delimiter_id=resolve_delimiter(tokenizer, self.delimiter, who))
+
+
+def resolve_delimiter(tokenizer: Any, text: str, who: str) -> int:
+  """The token id of a step delimiter, or EVERY_TOKEN for ""."""
+  return _single_token(tokenizer, text, who) if text else EVERY_TOKEN
 
 
 def step_scores(params, model: tfm.ModelConfig, rollouts: Mapping[str, jax.Array]) -> jax.Array:
@@ -104,7 +115,7 @@ def step_scores(params, model: tfm.ModelConfig, rollouts: Mapping[str, jax.Array
 def process_reward_model(rollouts: Mapping[str, jax.Array], roles: Mapping[str, base.RoleModel],
                          settings: ProcessRewardSettings) -> Tuple[jax.Array, jax.Array]:
   """Each step's PRM score at its last token, and where the steps end."""
-  if settings.delimiter_id < 0:
+  if settings.delimiter_id == UNRESOLVED:
     raise ValueError("process_reward_model: the delimiter has not been tokenised "
                      "(resolve(tokenizer)) and no delimiter_id is set")
   view = roles[settings.role]

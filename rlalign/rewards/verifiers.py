@@ -44,6 +44,24 @@ def answer_digits(rollouts: Mapping[str, jax.Array], roles=None, settings=None) 
   return right.sum(axis=1) / jnp.maximum(answer_mask.sum(axis=1), 1)
 
 
+@dataclasses.dataclass(frozen=True)
+class LengthSettings:
+  normalize: bool = True  # divide by the rollouts' width (max_new_tokens): a value in [0, 1]
+
+  def validate(self, prefix: str = "reward") -> None:
+    del prefix
+
+
+@base.in_graph("length", settings=LengthSettings)
+def length(rollouts: Mapping[str, jax.Array], roles=None,
+           settings: LengthSettings = LengthSettings()) -> jax.Array:
+  """The completion's length in tokens (its stop token included), as a fraction of the budget
+  by default: a length penalty with a negative weight."""
+  del roles
+  n = jnp.sum(rollouts["completion_mask"], axis=1).astype(jnp.float32)
+  return n / rollouts["completion_mask"].shape[1] if settings.normalize else n
+
+
 @base.in_graph("stopped")
 def stopped(rollouts: Mapping[str, jax.Array], roles=None, settings=None) -> jax.Array:
   """1 if the completion ended with a stop token within the budget (a format reward)."""

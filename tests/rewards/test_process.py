@@ -82,14 +82,19 @@ def test_prm_scores_each_step_as_a_forward_pass_of_its_prefix():
   settings = process.ProcessRewardSettings(role="prm", delimiter_id=DELIM)
   values, steps = process.process_reward_model(
       r, {"prm": base.RoleModel(PRM_MODEL, prm_params)}, settings)
+  # Separately: each step's prefix alone, left-padded to one width (one compile), scored at
+  # its last token.
+  width = r["prompt_tokens"].shape[1] + r["completion_tokens"].shape[1]
+  last_score = jax.jit(lambda t, m: tfm.sequence_scores(prm_params, t, m, PRM_MODEL))
   for row in range(r["prompt_tokens"].shape[0]):
     prompt = np.asarray(r["prompt_tokens"][row])[np.asarray(r["prompt_mask"][row])]
     completion = np.asarray(r["completion_tokens"][row])[np.asarray(r["completion_mask"][row])]
     for t in np.flatnonzero(np.asarray(steps[row])):
-      tokens = jnp.asarray(np.concatenate([prompt, completion[:t + 1]]))[None]
-      hidden, _ = tfm.forward(prm_params, tokens, jnp.arange(tokens.shape[1])[None],
-                              jnp.ones_like(tokens, bool), PRM_MODEL)
-      expected = jax.nn.sigmoid(tfm.scalar_output(prm_params, hidden[0, -1]))
+      real = np.concatenate([prompt, completion[:t + 1]])
+      tokens = np.zeros((1, width), np.int32)
+      tokens[0, width - len(real):] = real
+      mask = np.arange(width)[None] >= width - len(real)  # a sampled token may be id 0
+      expected = jax.nn.sigmoid(last_score(tokens, mask)[0])
       np.testing.assert_allclose(values[row, t], expected, rtol=1e-5, atol=1e-6)
   assert np.asarray(steps)[:, 1].all()
   assert float(jnp.sum(jnp.where(steps, 0.0, values) ** 2)) == 0.0
@@ -117,19 +122,24 @@ def test_monte_carlo_labels_match_a_row_by_row_greedy_rollout():
   greedy = SamplingConfig(max_new_tokens=4, temperature=0.0, stop_tokens=(EOS,))
   rows = range(r["prompt_tokens"].shape[0])
 
-  def continue_greedily(row, t):
+  width = r["prompt_tokens"].shape[1] + r["completion_tokens"].shape[1]
+  sample = jax.jit(lambda t, m: sampler.sample(policy, t, m, jax.random.key(0), POLICY, greedy))
+
+  def continue_greedily(row, t):  # one prefix at a time, left-padded to one width
     prompt = r["prompt_tokens"][row][r["prompt_mask"][row]]
     completion = r["completion_tokens"][row][r["completion_mask"][row]]
     prefix = np.concatenate([prompt, completion[:t + 1]])
-    out = sampler.sample(policy, jnp.asarray(prefix)[None], jnp.ones((1, len(prefix)), bool),
-                         jax.random.key(0), POLICY, greedy)
+    tokens = np.zeros((1, width), np.int32)
+    tokens[0, width - len(prefix):] = prefix
+    mask = np.zeros((1, width), bool)
+    mask[0, width - len(prefix):] = True
+    out = sample(tokens, mask)
     return list(completion[:t + 1]) + list(np.asarray(out.tokens[0])[np.asarray(out.mask[0])])
 
   # Make row 0's answer exactly what greedy continuation of its first step writes, so some
   # labels are 1.
   answer = continue_greedily(0, 1)
-  width = r["answer_tokens"].shape[1]
-  assert len(answer) <= width + 4
+  assert len(answer) <= r["answer_tokens"].shape[1] + 4
   r["answer_tokens"] = np.concatenate([r["answer_tokens"], np.zeros((len(rows), 4), np.int32)], 1)
   r["answer_mask"] = np.concatenate([r["answer_mask"], np.zeros((len(rows), 4), bool)], 1)
   r["answer_tokens"][0], r["answer_mask"][0] = 0, False

@@ -137,3 +137,16 @@ def test_overlong_penalty_by_hand():
   np.testing.assert_allclose(got, [0.0, 0.0, -0.25, -0.5])
   with pytest.raises(ValueError, match="buffer"):
     v.OverlongSettings(max_length=2, buffer=4).validate()
+
+
+def test_length_and_answer_digits_by_hand():
+  mask = jnp.asarray([[1, 1, 1, 0], [1, 0, 0, 0]], bool)
+  np.testing.assert_allclose(verifiers.length({"completion_mask": mask}), [0.75, 0.25])
+  np.testing.assert_allclose(
+      verifiers.length({"completion_mask": mask}, None, verifiers.LengthSettings(False)), [3, 1])
+  ans, ans_mask = _answers([[5, 7, EOS], [4, EOS]], 3)
+  comp = jnp.asarray([[5, 8, EOS, PAD], [4, EOS, PAD, PAD]], jnp.int32)
+  comp_mask = jnp.asarray([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
+  got = verifiers.answer_digits({"completion_tokens": comp, "completion_mask": comp_mask,
+                                 "answer_tokens": ans, "answer_mask": ans_mask})
+  np.testing.assert_allclose(got, [2 / 3, 1.0])

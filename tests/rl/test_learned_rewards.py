@@ -81,16 +81,19 @@ def test_generative_verifier_is_p_yes_over_yes_and_no_row_by_row():
   frozen = frozen_roles()
   scores = iteration.score(rollouts, {"policy": policy}, frozen, spec)
   template = VERIFIER_SETTINGS.template
+  width = 32
+  verdict = jax.jit(lambda t, m: jax.nn.softmax(tfm.lm_logits(
+      frozen["verifier"], tfm.forward(frozen["verifier"], t, tfm.positions_from_mask(m), m,
+                                      VERIFIER)[0][:, -1], VERIFIER)))
   for row in range(rollouts["prompt_tokens"].shape[0]):
     prompt = np.asarray(rollouts["prompt_tokens"][row])[np.asarray(rollouts["prompt_mask"][row])]
     completion = np.asarray(rollouts["completion_tokens"][row])[
         np.asarray(rollouts["completion_mask"][row])]
     completion = completion[completion != 2]  # the verifier never sees the stop token
-    tokens = np.concatenate([prompt, template.middle_ids, completion, template.suffix_ids])
-    tokens = jnp.asarray(tokens, jnp.int32)[None]
-    hidden, _ = tfm.forward(frozen["verifier"], tokens, jnp.arange(tokens.shape[1])[None],
-                            jnp.ones_like(tokens, bool), VERIFIER)
-    p = jax.nn.softmax(tfm.lm_logits(frozen["verifier"], hidden[0, -1], VERIFIER))
+    real = np.concatenate([prompt, template.middle_ids, completion, template.suffix_ids])
+    tokens = np.zeros((1, width), np.int32)  # each row alone, left-padded to one width
+    tokens[0, width - len(real):] = real
+    p = verdict(tokens, np.arange(width)[None] >= width - len(real))[0]
     np.testing.assert_allclose(scores["generative_verifier"][row], p[YES] / (p[YES] + p[NO]),
                                rtol=1e-5, atol=1e-6)
 
