@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from orbax.checkpoint import options as ocp_options
 
 STATE_ITEM = "state"
@@ -76,9 +77,12 @@ class Checkpointer:
     save_every: `should_save(step)` is true when step % save_every == 0.
     max_to_keep: newest checkpoints retained; older ones are deleted after
       each successful save.
+    read_only: only read: create, clean up and delete nothing, so another run
+      may still be saving into `directory` (its unfinished save survives).
   """
 
-  def __init__(self, directory: str, *, save_every: int, max_to_keep: int = 2):
+  def __init__(self, directory: str, *, save_every: int, max_to_keep: int = 2,
+               read_only: bool = False):
     if save_every < 1:
       raise ValueError(f"save_every must be >= 1, got {save_every}")
     if max_to_keep < 1:
@@ -102,16 +106,24 @@ class Checkpointer:
         enable_async_checkpointing=False,
         create=True,
     )
+    self.read_only = read_only
+    if read_only:
+      options = ocp.CheckpointManagerOptions(
+          read_only=True, enable_async_checkpointing=False, create=False)
     # Explicit handlers (not just item names): a fresh manager otherwise
     # cannot read item metadata before its first save, e.g. when resuming.
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=options,
-        item_handlers={
-            STATE_ITEM: ocp.StandardCheckpointHandler(),
-            DATA_ITEM: ocp.JsonCheckpointHandler(),
-        },
-    )
+    handlers = {
+        STATE_ITEM: ocp.StandardCheckpointHandler(),
+        DATA_ITEM: ocp.JsonCheckpointHandler(),
+    }
+    verbosity = absl_logging.get_verbosity()
+    if read_only:  # Orbax warns that a read-only manager's directory is read-only
+      absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options, item_handlers=handlers)
+    finally:
+      absl_logging.set_verbosity(verbosity)
 
   def step_dir(self, step: int) -> str:
     """Directory of a finalized checkpoint (Orbax's default step naming)."""
@@ -142,6 +154,8 @@ class Checkpointer:
     or `force`, and never over an existing checkpoint for that step (so a
     final forced save that coincides with a periodic one is a no-op).
     """
+    if self.read_only:
+      raise RuntimeError(f"checkpoint directory {self.directory} was opened read-only")
     if not (force or self.should_save(step)):
       return False
     if step in self._manager.all_steps():

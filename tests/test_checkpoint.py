@@ -209,3 +209,17 @@ def test_restore_subtree_reads_one_role_into_given_shardings(tmp_path):
     ckpt.restore_subtree(3, ("roles", "judge", "params"), target)
   with pytest.raises(ValueError, match=r"roles/policy/params differs from the expected tree"):
     ckpt.restore_subtree(3, ("roles", "policy", "params"), target)
+
+
+def test_read_only_leaves_a_save_in_progress_and_refuses_to_save(tmp_path):
+  with Checkpointer(str(tmp_path), save_every=2) as ckpt:
+    ckpt.save(2, make_state(2), {"pos": 2})
+  # Another run saving step 4 right now: its tmp directory must survive a reader.
+  shutil.copytree(tmp_path / "2", tmp_path / f"4{TMP_SUFFIX}")
+  reader = Checkpointer(str(tmp_path), save_every=1, read_only=True)
+  assert reader.latest_step() == 2
+  restored, data_state = reader.restore(abstract(make_state(2)))
+  assert_trees_equal(restored, make_state(2)) and data_state == {"pos": 2}
+  with pytest.raises(RuntimeError, match="read-only"):
+    reader.save(6, make_state(6), {"pos": 6}, force=True)
+  assert sorted(os.listdir(tmp_path)) == ["2", f"4{TMP_SUFFIX}"]

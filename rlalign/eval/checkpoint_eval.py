@@ -44,7 +44,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from rlalign import checkpoint as ckpt_lib
 from rlalign import config as config_lib
@@ -190,29 +189,9 @@ def parse_judges(spec: str) -> Tuple[reward_base.RewardTerm, ...]:
 # ---- the weights --------------------------------------------------------------------------
 
 
-class _ReadOnlyCheckpointer(ckpt_lib.Checkpointer):
-  """A Checkpointer that never creates, cleans or deletes anything: the run may still be
-  saving into the directory, and the usual cleanup of unfinished saves would remove its
-  save in progress."""
-
-  def __init__(self, directory: str):  # pylint: disable=super-init-not-called
-    from absl import logging as absl_logging
-    self.directory = os.path.abspath(directory)
-    self.save_every = 1
-    verbosity = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns that the directory is read-only
-    try:
-      self._manager = ocp.CheckpointManager(
-          self.directory,
-          options=ocp.CheckpointManagerOptions(read_only=True, enable_async_checkpointing=False,
-                                               create=False),
-          item_handlers={ckpt_lib.STATE_ITEM: ocp.StandardCheckpointHandler(),
-                         ckpt_lib.DATA_ITEM: ocp.JsonCheckpointHandler()})
-    finally:
-      absl_logging.set_verbosity(verbosity)
-
-  def save(self, *args, **kwargs):
-    raise RuntimeError("a read-only checkpointer does not save")
+def _read_only(directory: str) -> ckpt_lib.Checkpointer:
+  """The run may still be saving there: read without cleaning up its save in progress."""
+  return ckpt_lib.Checkpointer(directory, save_every=1, read_only=True)
 
 
 def _plan(cfg: ExperimentConfig, role: Optional[str]) -> ShardingPlan:
@@ -254,7 +233,7 @@ class PhaseCheckpoint:
       have = sorted(os.listdir(root)) if os.path.isdir(root) else []
       raise EvalError(f"--phase: no checkpoint directory {directory}; the run's phases with "
                       f"checkpoints: {have}")
-    checkpointer = _ReadOnlyCheckpointer(directory)
+    checkpointer = _read_only(directory)
     steps = checkpointer.all_steps()
     if not steps:
       raise EvalError(f"--phase={phase}: no finished checkpoint in {directory}")

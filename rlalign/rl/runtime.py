@@ -274,7 +274,11 @@ class Runtime:
     return jax.device_put(out, self.param_shardings(name))
 
   def _checkpoint_weights(self, name: str, directory: str, saved_as: str):
-    ckpt = ckpt_lib.Checkpointer(directory, save_every=1)
+    # Read-only: the earlier run may still be saving, and opening it to write would clean
+    # up its save in progress.
+    if not os.path.isdir(directory):
+      raise FileNotFoundError(f"roles.{name}.weights.path: no checkpoint directory {directory}")
+    ckpt = ckpt_lib.Checkpointer(directory, save_every=1, read_only=True)
     step = ckpt.latest_step()
     if step is None:
       raise FileNotFoundError(f"roles.{name}.weights.path: no checkpoint in {directory}")
