@@ -59,7 +59,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
   if tp is RecipeConfig:
     return _recipe_from(value, path)
   if tp == Tuple[RewardTerm, ...]:
-    return _rewards_from(value, path)
+    return rewards_from(value, path)
   if tp == Tuple[Tuple[str, RewardTerm], ...]:
     # A judge's scores are keyed by its metric, so its source stays the reward's name.
     return tuple((metric, _reward_from(metric_value, path, metric, named_source=False))
@@ -215,7 +215,7 @@ def _transforms_from(value: Any, path: str) -> Tuple[TransformSpec, ...]:
   return tuple(specs)
 
 
-def _rewards_from(value: Any, path: str) -> Tuple[RewardTerm, ...]:
+def rewards_from(value: Any, path: str) -> Tuple[RewardTerm, ...]:
   """``{"reward": weight}`` or ``{"reward": {"weight": w, **settings}}``, one entry a reward."""
   if isinstance(value, (list, tuple)) and all(isinstance(v, RewardTerm) for v in value):
     return tuple(value)

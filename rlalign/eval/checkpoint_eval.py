@@ -57,6 +57,7 @@ from rlalign.parallel.sharding import ShardingPlan
 from rlalign.rewards import base as reward_base
 from rlalign.rewards import host_pool
 from rlalign.rl.experiment import ExperimentConfig
+from rlalign.rl import runtime as runtime_lib
 from rlalign.rl.layout import jit_with_rules
 from rlalign.sampling import sampler
 
@@ -179,7 +180,7 @@ def parse_judges(spec: str) -> Tuple[reward_base.RewardTerm, ...]:
     raise EvalError("--judges names no judge")
   try:
     # The config's own parser: typed settings, and errors that name the key at fault.
-    terms = config_lib._rewards_from(value, "judges")  # pylint: disable=protected-access
+    terms = config_lib.rewards_from(value, "judges")
     reward_base.check_terms(terms, "judges")
   except (ValueError, KeyError) as e:
     raise EvalError(f"--{e.args[0] if e.args else e}") from None
@@ -553,11 +554,9 @@ def _evaluate(settings: EvalSettings, out_dir: str, cfg: ExperimentConfig, confi
               tokenizer, terms: Sequence[reward_base.RewardTerm], judge_roles: Sequence[str],
               pool: Optional[host_pool.HostRewardPool]) -> Dict[str, Any]:
   group = settings.samples
-  stops = cfg.sampling.stop_tokens
-  if tokenizer.eos_id not in stops:
-    stops += (tokenizer.eos_id,)
+  cfg = runtime_lib.with_stop_token(cfg, tokenizer.eos_id)
   sampling = dataclasses.replace(
-      cfg.sampling, stop_tokens=stops,
+      cfg.sampling,
       max_new_tokens=settings.max_new_tokens or cfg.sampling.max_new_tokens,
       temperature=(cfg.sampling.temperature if settings.temperature is None
                    else settings.temperature))

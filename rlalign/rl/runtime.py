@@ -59,7 +59,8 @@ def named_key(seed: int, kind: str, name: str, plan: ShardingPlan) -> jax.Array:
       data.shape, plan.replicated, lambda index: data[index]))
 
 
-def _with_stop_token(cfg: ExperimentConfig, eos_id: int) -> ExperimentConfig:
+def with_stop_token(cfg: ExperimentConfig, eos_id: int) -> ExperimentConfig:
+  """``cfg`` whose sampling also stops at the tokenizer's EOS."""
   stops = cfg.sampling.stop_tokens
   if eos_id in stops:
     return cfg
@@ -108,7 +109,7 @@ class Runtime:
     cfg.validate()
     self.workdir = workdir
     self.tokenizer = tok_lib.tokenizer_for(cfg.data)
-    cfg = _with_stop_token(cfg, self.tokenizer.eos_id)
+    cfg = with_stop_token(cfg, self.tokenizer.eos_id)
     declared = cfg  # config.json keeps the settings as written, not their token ids
     cfg = _with_resolved_rewards(cfg, self.tokenizer)
     self.cfg = cfg
