@@ -22,6 +22,9 @@ completion gets right, logged as ``monitor/gold``. Every variant runs the same p
   rl              GRPO for 200 steps; what it trains on is the variant:
     proxy         rm_0's score
     ensemble      mean - 1 * std of rm_0..rm_2 (the disagreement penalty, Coste et al. 2024)
+    ensemble_bagged
+                  the same, each rm_i trained on its own bootstrap resample of the pairs
+                  (bradley_terry bootstrap=True, bootstrap_seed=i)
     lsc           rm_0's score through log sigmoid(r - r_ref(x)), r_ref(x) the 0.85 quantile
                   of rm_0's scores of 4 reference samples of the prompt (Wang et al. 2024)
     proxy_centred, lsc_centred
@@ -51,13 +54,16 @@ import ml_collections
 from rlalign import presets
 
 PROXY = {"rm": {"name": "reward_model", "role": "rm_0"}}
+ENSEMBLE = {"ensemble": {"name": "reward_ensemble", "roles": ("rm_0", "rm_1", "rm_2"),
+                         "aggregate": "mean_minus_std", "std_coef": 1.0}}
 LSC = {"rm": {"name": "reward_model", "role": "rm_0",
               "transforms": ({"name": "lsc", "quantile": 0.85, "samples": 4},)}}
 # variant: (rewards, advantage estimator)
 VARIANTS = {
     "proxy": (PROXY, "group_norm"),
-    "ensemble": ({"ensemble": {"name": "reward_ensemble", "roles": ("rm_0", "rm_1", "rm_2"),
-                               "aggregate": "mean_minus_std", "std_coef": 1.0}}, "group_norm"),
+    "ensemble": (ENSEMBLE, "group_norm"),
+    # The same penalty over members that each trained on a bootstrap resample of the pairs.
+    "ensemble_bagged": (ENSEMBLE, "group_norm"),
     "lsc": (LSC, "group_norm"),
     # LSC works by flattening the reward once a completion beats the reference; dividing by
     # the group's std (GRPO) scales that flat part back up, so these two centre only.
@@ -84,8 +90,11 @@ def get_config(arg: str = ""):
                          trainable=True, optimizer=dict(RM_OPTIMIZER)) for i in range(3)}
   c.roles = dict(**presets.policy_and_reference(optimizer=dict(presets.ADDITION_RL_OPTIMIZER)),
                  **rms)
-  rm_phases = {name: dict(steps=300, batch_size=64, objective=dict(name="bradley_terry"),
-                          slots=dict(model=name)) for name in rms}
+  bagged = dict(bootstrap=True) if variant == "ensemble_bagged" else {}
+  rm_phases = {name: dict(steps=300, batch_size=64, slots=dict(model=name),
+                          objective=dict(name="bradley_terry", **bagged,
+                                         **(dict(bootstrap_seed=i) if bagged else {})))
+               for i, name in enumerate(rms)}
   rewards, advantage = VARIANTS[variant]
   rl = presets.grpo_phase(steps=200, batch_size=256, group_size=8, minibatches=2,
                           rewards=rewards)

@@ -9,6 +9,8 @@ task-agnostic:
                  neither).
   completion, label: one unpaired completion and whether it is good (for
                  KTO and pointwise verifiers; "" and False if none).
+  step_labels:   float32 [steps], one label in [0, 1] per step of the
+                 completion (for process reward models; empty if none).
 JSONL records also keep `line`, their 1-based line in the source file, so
 errors found later (a completion too long to encode) can name `path:line`.
 
@@ -37,11 +39,13 @@ _TEXT_KEYS = ("prompt", "answer", "demonstration", "chosen", "rejected", "comple
 _RESPONSE_KEYS = ("chosen", "rejected", "completion")  # completions; never only whitespace
 _MAX_NESTING = 32  # deepest JSON nesting a line may have; records are flat anyway
 _SHORT = 60  # characters of a value that an error message echoes
+_NO_STEPS = np.zeros((0,), np.float32)
 
 
 def _features(*, with_line: bool) -> tfds.features.FeaturesDict:
   features = {k: tfds.features.Text() for k in _TEXT_KEYS}
   features["label"] = tfds.features.Scalar(np.bool_)
+  features["step_labels"] = tfds.features.Tensor(shape=(None,), dtype=np.float32)
   if with_line:
     features["line"] = tfds.features.Scalar(np.int64)
   return tfds.features.FeaturesDict(features)
@@ -123,13 +127,14 @@ class AdditionPrompts(_LocalBuilder):
   """
 
   name = "rlalign_addition"
-  VERSION = tfds.core.Version("1.4.0")
+  VERSION = tfds.core.Version("1.5.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release.",
       "1.1.0": "Operands uniform over values, not digit counts.",
       "1.2.0": "Operands zero-padded to max_digits.",
       "1.3.0": "Empty chosen/rejected features.",
       "1.4.0": "Empty completion/label features.",
+      "1.5.0": "Empty step_labels feature.",
   }
 
   def _split_generators(self, dl_manager):
@@ -146,7 +151,8 @@ class AdditionPrompts(_LocalBuilder):
         split, num, c.max_digits, c.carry_drop, c.seed
     )
     for index, problem in enumerate(problems):
-      yield index, {**dict.fromkeys(_TEXT_KEYS, ""), "label": False, **problem}
+      yield index, {**dict.fromkeys(_TEXT_KEYS, ""), "label": False,
+                    "step_labels": _NO_STEPS, **problem}
 
 
 class _DuplicateKey(Exception):
@@ -226,16 +232,42 @@ def _parse_jsonl_line(path: str, lineno: int, line: str) -> dict[str, Any]:
       )
   _check_both(where, "a preference pair", "chosen", bool(example["chosen"]),
               "rejected", bool(example["rejected"]))
+  steps = _step_labels(where, record)
   _check_both(where, "an unpaired example", "completion", bool(example["completion"]),
-              "label", "label" in record)
+              "label", "label" in record or steps is not None)
+  if steps is not None and "label" not in record:
+    label = bool(np.all(steps > 0.5))  # a solution is right when every step is
   if example["chosen"] and example["chosen"] == example["rejected"]:
     raise ValueError(
         f"{where}: \"chosen\" and \"rejected\" are the same (no preference):"
         f" {shorten(example['chosen'])}"
     )
   example["label"] = bool(label)
+  example["step_labels"] = [] if steps is None else steps.tolist()
   example["line"] = lineno
   return example
+
+
+def _step_labels(where: str, record: dict[str, Any]) -> np.ndarray | None:
+  """A record's "step_labels": a non-empty list of numbers in [0, 1] (or bools), one per
+  step of its completion; how the completion splits into steps is the pipeline's
+  `data.step_delimiter`, checked when the record is encoded."""
+  if "step_labels" not in record:
+    return None
+  value = record["step_labels"]
+  if not isinstance(value, list) or not value:
+    raise ValueError(
+        f"{where}: \"step_labels\" must be a non-empty list with one label per step,"
+        f" got {shorten(json.dumps(value))}"
+    )
+  for i, x in enumerate(value):
+    if (not isinstance(x, (bool, int, float)) or isinstance(x, float) and x != x
+        or not 0 <= x <= 1):
+      raise ValueError(
+          f"{where}: \"step_labels\"[{i}] must be a number in [0, 1] (or true/false),"
+          f" got {shorten(json.dumps(x))}"
+      )
+  return np.asarray(value, np.float32)
 
 
 def _check_both(where: str, what: str, a: str, has_a: bool, b: str, has_b: bool) -> None:
@@ -255,8 +287,9 @@ def read_jsonl(path: str, data: bytes | None = None) -> list[dict[str, Any]]:
     data: the file's bytes if already read (avoids reading it twice).
 
   Returns:
-    One dict per non-blank line: every text key, "label" (False if none)
-    and "line" (the 1-based line number).
+    One dict per non-blank line: every text key, "label" (False if none),
+    "step_labels" (a list of floats, [] if none) and "line" (the 1-based
+    line number).
   """
   if data is None:
     data = _read_bytes(path)
@@ -330,18 +363,22 @@ class JsonlPrompts(_LocalBuilder):
   "prompt" and optional strings "answer", "demonstration", the preference
   pair "chosen" / "rejected" (default "", both or neither, and different),
   and an unpaired labelled completion: "completion" with "label" true or
-  false (both or neither). Completions are never only whitespace, and no key
+  false (both or neither). "step_labels", a list of one label in [0, 1] per
+  step of "completion", trains process reward models; with it, "label" may
+  be left out (it is then whether every step is good). Completions are
+  never only whitespace, and no key
   may appear twice. Other keys are ignored. Each record keeps its line number.
   The test split exists only if `test_path` is set.
   Needs `config=JsonlConfig.create(train_path, test_path)`.
   """
 
   name = "rlalign_jsonl_prompts"
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release.",
       "1.1.0": "Preference pairs: chosen and rejected.",
       "1.2.0": "Source line numbers (line); unpaired completion and label.",
+      "1.3.0": "Per-step labels of the completion (step_labels).",
   }
   _WITH_LINE = True
 
@@ -360,4 +397,6 @@ class JsonlPrompts(_LocalBuilder):
     }
 
   def _generate_examples(self, examples: list[dict[str, Any]]):
-    yield from enumerate(examples)
+    for index, example in enumerate(examples):
+      yield index, {**example,
+                    "step_labels": np.asarray(example["step_labels"], np.float32)}

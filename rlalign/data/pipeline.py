@@ -17,6 +17,9 @@ preference pair and the unpaired `completion` RIGHT-padded `[a1..am, EOS, PAD..]
 to `max_answer_len`. `labels` [] float32 is the unpaired completion's label
 (1 good, 0 bad; 0 with an all-false `completion_mask` where there is none), so
 batches feed the "scored" offline kind (`rlalign.rl.offline.to_sequences`).
+`step_labels` [max_answer_len] float32 holds a record's per-step labels at the
+token that ends each step of its completion (each `data.step_delimiter`, and
+the EOS), -1 elsewhere: the positions a process reward model scores.
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ class DataConfig:
   # RL prompts are cut to the smallest of these lengths that holds a batch's longest prompt
   # (one compilation per bucket); () keeps every batch at max_prompt_len.
   prompt_buckets: Tuple[int, ...] = ()
+  # The text that ends a step of a completion with "step_labels" (one token); a completion's
+  # last step ends at its EOS. Match the process reward's ``delimiter``.
+  step_delimiter: str = "\n"
 
   def validate(self) -> None:
     """Raises ValueError naming the first bad field."""
@@ -102,6 +108,8 @@ class DataConfig:
           " chat template)"
       )
     buckets.validate(self.prompt_buckets, self.max_prompt_len)
+    if not self.step_delimiter:
+      raise ValueError("data.step_delimiter must be the (one-token) text that ends a step")
     if self.task == "addition":
       self._validate_addition()
     elif self.task == "tfds":
@@ -262,6 +270,17 @@ def _tfds_fields(features, name: str) -> tuple[str, ...]:
         f"TFDS dataset {name!r}: a preference pair needs both \"chosen\" and"
         f" \"rejected\" features, got only \"{given}\""
     )
+  if "step_labels" in features:
+    feature = features["step_labels"]
+    if not (isinstance(feature, tfds.features.Tensor) and len(feature.shape) == 1
+            and feature.np_dtype in (np.float32, np.float64)):
+      got = " ".join(repr(feature).split())
+      raise ValueError(f"TFDS dataset {name!r}: feature \"step_labels\" must be a float "
+                       f"vector (one label per step), got {got}")
+    if "completion" not in fields:
+      raise ValueError(f"TFDS dataset {name!r} has \"step_labels\" but no \"completion\" "
+                       "feature whose steps they label")
+    fields.append("step_labels")
   if "completion" in fields and "label" not in fields:
     raise ValueError(
         f"TFDS dataset {name!r} has a \"completion\" feature but no bool \"label\";"
@@ -415,6 +434,7 @@ def encode_example(
     completions[f"{key}_tokens"], completions[f"{key}_mask"] = tokens, mask
   # No completion, no label: an unlabelled row reads 0 with an all-false mask.
   labelled = completions["completion_mask"].any() and bool(example.get("label", False))
+  step_labels = _step_labels(example, completions, tokenizer, cfg)
   return {
       "prompt_tokens": prompt_tokens,
       "prompt_mask": np.arange(length) >= length - len(ids),
@@ -422,7 +442,34 @@ def encode_example(
       "answer_mask": answer_mask,
       **completions,
       "labels": np.asarray(labelled, np.float32),
+      "step_labels": step_labels,
   }
+
+
+def _step_labels(example: Mapping[str, Any], completions: Mapping[str, np.ndarray],
+                 tokenizer, cfg: DataConfig) -> np.ndarray:
+  """[max_answer_len]: each step's label at the token that ends it, -1 elsewhere."""
+  out = np.full(cfg.max_answer_len, -1.0, np.float32)
+  labels = np.asarray(example.get("step_labels", ()), np.float32).reshape(-1)
+  if not labels.size:
+    return out
+  if not np.all((labels >= 0) & (labels <= 1)):  # NaN fails too
+    raise ValueError(f"\"step_labels\" must lie in [0, 1], got {labels.tolist()}")
+  if not completions["completion_mask"].any():
+    raise ValueError("\"step_labels\" label the steps of \"completion\", which is empty")
+  delimiter = tokenizer.encode(cfg.step_delimiter)
+  if len(delimiter) != 1:
+    raise ValueError(f"data.step_delimiter={cfg.step_delimiter!r} is {len(delimiter)} tokens "
+                     "in this tokenizer; a step must end at one token")
+  tokens, mask = completions["completion_tokens"], completions["completion_mask"]
+  ends = mask & (tokens == delimiter[0])
+  ends[mask.sum() - 1] = True  # the EOS ends the last step
+  if ends.sum() != labels.size:
+    raise ValueError(
+        f"\"step_labels\" has {labels.size} labels but \"completion\" has {ends.sum()} "
+        f"steps (each ends at data.step_delimiter={cfg.step_delimiter!r} or at the end)")
+  out[ends] = labels
+  return out
 
 
 def _read_all(source, chunk_size: int = 4096):
@@ -542,19 +589,13 @@ def train_iterator(
       grain.MapDataset.source(load_split(cfg, "train"))
       .shuffle(seed=seed)
       .repeat(None)
-      .batch(batch_size // shard_count, drop_remainder=True)
+      # Raw records stay a list: their step_labels differ in length until encoded.
+      .batch(batch_size // shard_count, drop_remainder=True, batch_fn=list)
   )
   # Batch k of shard i is rows [i*b, (i+1)*b) of global batch k; encoding happens after
   # the slice, so a host touches only its own records.
-  ds = ds[shard_index::shard_count].map(
-      lambda rows: _stack([encode(r) for r in _unbatch(rows)])
-  )
+  ds = ds[shard_index::shard_count].map(lambda rows: _stack([encode(r) for r in rows]))
   return iter(ds.to_iter_dataset())
-
-
-def _unbatch(rows: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
-  n = len(next(iter(rows.values())))
-  return [{k: v[i] for k, v in rows.items()} for i in range(n)]
 
 
 def _stack(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

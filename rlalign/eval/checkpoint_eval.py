@@ -587,6 +587,9 @@ def _evaluate(settings: EvalSettings, out_dir: str, cfg: ExperimentConfig, confi
                                       jax.random.fold_in(rng, 2 * index + 1),
                                       weights.judge_params))
     n = real * group
+    decode = lambda ids: tokenizer.decode(ids, strict=False)
+    for out in (g_out, s_out):  # judgements the host reads, as floats beside the rest
+      out["scores"].update(reward_base.finish_on_host(graph_terms, out["scores"], decode))
     g_scores = {k: np.asarray(v, np.float64)[:real] for k, v in g_out["scores"].items()}
     s_scores = {k: np.asarray(v, np.float64)[:n] for k, v in s_out["scores"].items()}
     texts = None

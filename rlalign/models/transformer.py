@@ -19,6 +19,7 @@ Params layout (every leaf's logical axis names come from :func:`param_specs`)::
   final_norm       [embed]
   lm_head          [embed, vocab]     (only with the "lm" head and untied embeddings)
   scalar_head/w    [embed], /b []     (only with the "scalar" head)
+                   [embed, scalar_heads], /b [scalar_heads]   (scalar_heads K > 1)
 
 Optional per-layer params, present only when the config asks for them (the Hugging Face
 families in ``rlalign.models.hf`` need them)::
@@ -84,6 +85,9 @@ class ModelConfig:
   norm_eps: float = 1e-6
   tie_embeddings: bool = True
   heads: Tuple[str, ...] = ("lm",)
+  # Outputs of the "scalar" head: 1 is a value or reward head ([...] outputs); K > 1 are K
+  # independent heads on one backbone ([..., K]), an ensemble at the cost of one model.
+  scalar_heads: int = 1
   dtype: str = "float32"        # activations and matmuls
   param_dtype: str = "float32"  # stored params
   remat: bool = False           # rematerialise each layer in the backward pass
@@ -114,6 +118,8 @@ class ModelConfig:
     unknown = set(self.heads) - set(HEADS)
     if not self.heads or unknown:
       raise ValueError(f"{prefix}.heads must be a non-empty subset of {HEADS}, got {self.heads}")
+    if self.scalar_heads < 1:
+      raise ValueError(f"{prefix}.scalar_heads must be >= 1, got {self.scalar_heads}")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in ("float32", "bfloat16"):
         raise ValueError(f"{prefix}.{name} must be 'float32' or 'bfloat16', "
@@ -178,9 +184,13 @@ def param_specs(cfg: ModelConfig) -> Params:
     layers["post_mlp_norm"] = ParamSpec((L, d), ("layers", "embed"), unit)
   if "lm" in cfg.heads and not cfg.tie_embeddings:
     specs["lm_head"] = ParamSpec((d, V), ("embed", "vocab"), "normal", d)
-  if "scalar" in cfg.heads:
+  if "scalar" in cfg.heads and cfg.scalar_heads == 1:
     specs["scalar_head"] = {"w": ParamSpec((d,), ("embed",), "normal", d),
                             "b": ParamSpec((), (), "zeros")}
+  elif "scalar" in cfg.heads:
+    K = cfg.scalar_heads
+    specs["scalar_head"] = {"w": ParamSpec((d, K), ("embed", "scalar_heads"), "normal", d),
+                            "b": ParamSpec((K,), ("scalar_heads",), "zeros")}
   return specs
 
 
@@ -514,15 +524,17 @@ def lm_logits(params: Params, hidden: jax.Array, cfg: ModelConfig) -> jax.Array:
 
 
 def scalar_output(params: Params, hidden: jax.Array) -> jax.Array:
-  """The scalar head (value or reward), [...]."""
+  """The scalar head (value or reward): [...], or [..., K] for ``scalar_heads`` K > 1 (the
+  head's rank tells them apart, so the function needs no config)."""
   head = params["scalar_head"]
-  return (jnp.einsum("...d,d->...", hidden.astype(jnp.float32), head["w"].astype(jnp.float32))
-          + head["b"].astype(jnp.float32))
+  w = head["w"].astype(jnp.float32)
+  return jnp.matmul(hidden.astype(jnp.float32), w) + head["b"].astype(jnp.float32)
 
 
 def sequence_scores(params: Params, tokens: jax.Array, mask: jax.Array,
                     cfg: ModelConfig) -> jax.Array:
-  """A reward model's score per row: the scalar head at the row's last real token, [B].
+  """A reward model's score per row: the scalar head at the row's last real token, [B] (or
+  [B, K] with K scalar heads).
 
   This is what HF's ``*ForSequenceClassification`` returns with right padding. Positions come
   from ``mask`` (0 at each row's first real token), so a left-padded row, whose last real

@@ -2,10 +2,11 @@
 
 Binary cross-entropy of sigmoid(step score) against each step's label, at the step's last
 token (Lightman et al. 2023, "Let's verify step by step"; with Monte-Carlo labels, Wang et al.
-2024, "Math-Shepherd"). Batch kind "scored" with ``labels`` [B, N]: a label in [0, 1] at each
-step's last completion token and -1 everywhere else (``rewards.process`` makes them, from
-rollouts of the policy, in ``monte_carlo_step_labels``). Soft labels train as well as hard
-ones: the loss is the cross-entropy to the label's Bernoulli.
+2024, "Math-Shepherd"). Batch kind "scored" with ``step_labels`` [B, N]: a label in [0, 1] at
+each step's last completion token and -1 everywhere else. They come from a dataset's
+``step_labels`` (``data/pipeline.py``: a completion and one label per step), or from rollouts
+of the policy (``rewards.process.monte_carlo_step_labels``, the alternating recipe). Soft
+labels train as well as hard ones: the loss is the cross-entropy to the label's Bernoulli.
 """
 from __future__ import annotations
 
@@ -30,10 +31,13 @@ class PRMConfig:
 def prm_loss(hp: PRMConfig, outputs: Mapping[str, base.ModelOutputs],
              batch: Mapping[str, jax.Array]):
   scores = outputs["model"].step_scores.astype(jnp.float32)
-  labels = batch["labels"].astype(jnp.float32)
+  if "step_labels" not in batch:
+    raise ValueError("prm trains on per-step labels (batch['step_labels']); this batch has "
+                     f"only {sorted(batch)}")
+  labels = batch["step_labels"].astype(jnp.float32)
   if labels.shape != scores.shape:
     raise ValueError(f"prm trains on per-step labels [B, N] like the completions "
-                     f"{scores.shape}, got labels of shape {labels.shape}")
+                     f"{scores.shape}, got step_labels of shape {labels.shape}")
   steps = (labels >= 0) & batch["mask"].astype(bool)
   y = jnp.clip(labels, 0.0, 1.0)
   weights = jnp.where(y > 0.5, hp.positive_weight, 1.0) * steps

@@ -31,6 +31,7 @@ DEFAULT_RULES: Rules = (
     ("mlp", ("tensor",)),
     ("layers", ()),
     ("lora_rank", ()),
+    ("scalar_heads", ()),
 )
 
 

@@ -116,7 +116,7 @@ def alternating_step(state, batch, rng, frozen, *, generator: iteration.Iteratio
               "prompt_mask": rollouts["prompt_mask"],
               "completion_tokens": rollouts["completion_tokens"],
               "mask": rollouts["completion_mask"],
-              "labels": labels}
+              ("step_labels" if settings.labels == "monte_carlo" else "labels"): labels}
   ver_state, ver_metrics = offline.learn(only(verifier.binding.trained_roles), examples,
                                          verifier_rng, frozen, verifier)
   # Metrics come from the first update's forward pass: the verifier has not seen these yet.

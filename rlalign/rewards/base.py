@@ -55,6 +55,11 @@ class Reward:
   # A per-token reward returns (values [B, N], steps [B, N]): a score at the end of each step
   # of the completion (a process reward model), which becomes per-token advantages.
   per_token: bool = False
+  # An in-graph reward whose program ends in token ids that only the host can read (a
+  # verifier's judgement in a tokenizer whose digits are not single tokens): fn returns
+  # (tokens [B, M], mask [B, M]), and host_finish(texts, settings) -> [B] scores their decoded
+  # text. Settings whose ``finishes_on_host`` is False keep the reward wholly in-graph.
+  host_finish: Optional[Callable[[Sequence[str], Any], np.ndarray]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +85,12 @@ class RewardTerm:
   @property
   def roles(self) -> Tuple[str, ...]:
     return tuple(self.reward.roles_of(self.settings))
+
+  @property
+  def finishes_on_host(self) -> bool:
+    """Its program's output is token ids that :func:`finish_on_host` turns into scores."""
+    return (self.reward.host_finish is not None
+            and bool(getattr(self.settings, "finishes_on_host", True)))
 
   def resolve(self, tokenizer: Any) -> "RewardTerm":
     """The term with settings that name text (a judge's template) turned into token ids."""
@@ -123,23 +134,26 @@ _REGISTRY: registry.Registry[Reward] = registry.Registry("reward")
 
 def _register(name: str, in_graph: bool, settings: Type[Any] = NoSettings,
               roles_of: Callable[[Any], Tuple[str, ...]] = lambda settings: (),
-              per_token: bool = False):
+              per_token: bool = False, host_finish: Optional[Callable] = None):
   def wrap(fn):
-    _REGISTRY.register(name, Reward(name, fn, in_graph, settings, roles_of, per_token))
+    _REGISTRY.register(name, Reward(name, fn, in_graph, settings, roles_of, per_token,
+                                    host_finish))
     return fn
   return wrap
 
 
 def in_graph(name: str, settings: Type[Any] = NoSettings,
              roles_of: Callable[[Any], Tuple[str, ...]] = lambda settings: (),
-             per_token: bool = False):
+             per_token: bool = False, host_finish: Optional[Callable] = None):
   """Registers ``fn(rollouts, roles, settings) -> jax.Array[B]``.
 
   ``roles_of(settings)`` names the roles whose params the reward reads (say, a reward model).
   With ``per_token`` the function returns ``(values [B, N], steps [B, N])`` instead: scores
-  at the ends of the completion's steps (see ``rewards/process.py``).
+  at the ends of the completion's steps (see ``rewards/process.py``). With ``host_finish``
+  (and settings that ask for it) it returns ``(tokens [B, M], mask [B, M])``, which the host
+  decodes and scores (:func:`finish_on_host`).
   """
-  return _register(name, True, settings, roles_of, per_token)
+  return _register(name, True, settings, roles_of, per_token, host_finish)
 
 
 def host(name: str):
@@ -166,9 +180,36 @@ def score_in_graph(terms: Sequence[RewardTerm], rollouts: Mapping[str, jax.Array
       if reward.per_token:
         values, steps = out
         scores[term.key] = {"values": values.astype(jnp.float32), "steps": steps.astype(bool)}
+      elif term.finishes_on_host:
+        tokens, mask = out
+        scores[term.key] = {"finish_tokens": tokens, "finish_mask": mask.astype(bool)}
       else:
         scores[term.key] = out.astype(jnp.float32)
   return scores
+
+
+def sequence_starts(tokens: jax.Array, valid: jax.Array, pattern: Sequence[int]) -> jax.Array:
+  """[B, N] bools: where ``pattern`` (a static, non-empty id sequence) begins in each row,
+  matching only positions where ``valid`` holds."""
+  B, N = tokens.shape
+  L = len(pattern)
+  padded = jnp.pad(jnp.where(valid, tokens, -1), ((0, 0), (0, L)), constant_values=-1)
+  windows = padded[:, jnp.arange(N)[:, None] + jnp.arange(L)[None, :]]  # [B, N, L]
+  return jnp.all(windows == jnp.asarray(pattern, tokens.dtype), axis=-1)
+
+
+def finish_on_host(terms: Sequence[RewardTerm], scores: Mapping[str, Any],
+                   decode: Callable[[np.ndarray], str]) -> Dict[str, np.ndarray]:
+  """float32 [B] scores of the host-finished terms, from the token ids their programs left in
+  ``scores`` (host arrays); ``decode`` turns one row's real ids into text."""
+  out = {}
+  for term in terms:
+    if term.finishes_on_host:
+      ids = scores[term.key]
+      tokens, mask = np.asarray(ids["finish_tokens"]), np.asarray(ids["finish_mask"], bool)
+      texts = [decode(row[m]) for row, m in zip(tokens, mask)]
+      out[term.key] = np.asarray(term.reward.host_finish(texts, term.settings), np.float32)
+  return out
 
 
 def as_sequence(term: RewardTerm, value: Any) -> jax.Array:

@@ -2,8 +2,10 @@
 
 ``generative_verifier``  one forward pass over the verifier's template, reward P(Yes)
                          renormalised over {Yes, No}: sigmoid(logit_yes - logit_no)
-``judge_score``          the verifier writes its judgement, and the reward is the digit after
-                         "Score:" in its text, parsed on token ids inside the program
+``judge_score``          the verifier writes its judgement, and the reward is the score after
+                         "Score:" in its text: parsed on token ids inside the program where
+                         the tokenizer spells each digit as one token, else on the host from
+                         the decoded judgement (``parse``; generation stays in-graph)
 
 The template is text in the reward's settings, tokenised once when the run starts
 (``resolve``), so a template the tokenizer cannot express fails before anything compiles:
@@ -17,10 +19,12 @@ the middle of its question). A verdict word that is several tokens (a character 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Tuple
+import re
+from typing import Any, Mapping, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlalign.models import transformer as tfm
 from rlalign.rewards import base
@@ -134,8 +138,12 @@ def generative_verifier(rollouts: Rollouts, roles: Mapping[str, base.RoleModel],
 class JudgeScoreSettings:
   role: str = "verifier"
   template: Template = Template(suffix="\nRate the answer from 0 to 9. ")
-  marker: str = "Score:"   # the verdict is the first digit after it (one space may come first)
-  max_score: int = 9       # reward = digit / max_score
+  marker: str = "Score:"   # the verdict is the first number after it (spaces may come first)
+  max_score: int = 9       # reward = score / max_score; above 9 needs the host parse
+  # Where the score is read: "graph" (on token ids, one-digit scores, one-token digits),
+  # "host" (a regex on the decoded judgement, any number) or "auto": graph where the
+  # tokenizer allows, else host (``resolve`` decides).
+  parse: str = "auto"
   max_new_tokens: int = 16
   temperature: float = 0.0  # 0: the verifier's greedy judgement
   fallback: float = 0.0     # the reward when no score can be read
@@ -150,26 +158,38 @@ class JudgeScoreSettings:
       raise ValueError(f"{prefix}.role must name the verifier's role")
     if not self.marker:
       raise ValueError(f"{prefix}.marker must be the text before the score")
-    if not 1 <= self.max_score <= 9:
-      raise ValueError(f"{prefix}.max_score must be in [1, 9] (one digit), got {self.max_score}")
+    if self.parse not in PARSE_MODES:
+      raise ValueError(f"{prefix}.parse must be one of {PARSE_MODES}, got {self.parse!r}")
+    if self.max_score < 1:
+      raise ValueError(f"{prefix}.max_score must be >= 1, got {self.max_score}")
+    if self.max_score > 9 and self.parse == "graph":
+      raise ValueError(f"{prefix}.max_score is {self.max_score}, more than one digit: the "
+                       "in-graph parser reads one digit; use parse='host' (or 'auto')")
     if self.max_new_tokens <= 0:
       raise ValueError(f"{prefix}.max_new_tokens must be positive, got {self.max_new_tokens}")
     if self.temperature < 0:
       raise ValueError(f"{prefix}.temperature must be >= 0, got {self.temperature}")
 
+  @property
+  def finishes_on_host(self) -> bool:
+    return self.parse == "host"
+
   def resolve(self, tokenizer: Any) -> "JudgeScoreSettings":
     who = f"judge_score of role {self.role!r}"
-    digits = []
-    for d in "0123456789":
-      ids = tokenizer.encode(d)
-      if len(ids) != 1:
-        raise ValueError(f"{who}: the digit {d!r} is {len(ids)} tokens in this tokenizer; the "
-                         "in-graph parser reads one-token digits")
-      digits.append(int(ids[0]))
+    template = self.template.resolve_template(tokenizer)
+    digit_ids = [tuple(int(i) for i in tokenizer.encode(d)) for d in "0123456789"]
+    spelled = next((d for d, ids in zip("0123456789", digit_ids) if len(ids) != 1), None)
+    marker_ids = tuple(int(i) for i in tokenizer.encode(self.marker))
+    if self.parse == "host" or (self.parse == "auto" and (spelled or self.max_score > 9)):
+      return dataclasses.replace(self, template=template, parse="host", marker_ids=marker_ids)
+    if spelled is not None:
+      raise ValueError(f"{who}: the digit {spelled!r} is "
+                       f"{len(digit_ids[int(spelled)])} tokens in this tokenizer; the in-graph "
+                       "parser reads one-token digits (parse='host' reads the decoded text)")
     space = tuple(int(i) for i in tokenizer.encode(" ")) if self._has_space(tokenizer) else ()
-    return dataclasses.replace(self, template=self.template.resolve_template(tokenizer),
-                               marker_ids=tuple(int(i) for i in tokenizer.encode(self.marker)),
-                               digit_ids=tuple(digits), space_ids=space[:1])
+    return dataclasses.replace(self, template=template, parse="graph", marker_ids=marker_ids,
+                               digit_ids=tuple(ids[0] for ids in digit_ids),
+                               space_ids=space[:1])
 
   @staticmethod
   def _has_space(tokenizer: Any) -> bool:
@@ -183,13 +203,9 @@ def parse_score(tokens: jax.Array, mask: jax.Array, settings: JudgeScoreSettings
                 ) -> Tuple[jax.Array, jax.Array]:
   """The digit after the first ``marker`` in each row of generated ids, [B] floats, and
   whether one was found, [B] bools. One space token may sit between marker and digit."""
-  B, N = tokens.shape
-  marker = jnp.asarray(settings.marker_ids, jnp.int32)
-  L = marker.shape[0]
+  L = len(settings.marker_ids)
   padded = jnp.pad(jnp.where(mask, tokens, -1), ((0, 0), (0, L + 2)), constant_values=-1)
-  starts = jnp.arange(N)
-  windows = padded[:, starts[:, None] + jnp.arange(L)[None, :]]          # [B, N, L]
-  hit = jnp.all(windows == marker, axis=-1)                                  # [B, N]
+  hit = base.sequence_starts(tokens, mask, settings.marker_ids)             # [B, N]
   first = jnp.argmax(hit, axis=1)
   found_marker = jnp.any(hit, axis=1)
   after = jnp.take_along_axis(padded, (first + L)[:, None], axis=1)[:, 0]
@@ -203,12 +219,32 @@ def parse_score(tokens: jax.Array, mask: jax.Array, settings: JudgeScoreSettings
   return value, found
 
 
-@base.in_graph("judge_score", settings=JudgeScoreSettings, roles_of=lambda s: (s.role,))
+PARSE_MODES = ("auto", "graph", "host")
+
+
+def parse_score_text(texts: Sequence[str], settings: JudgeScoreSettings) -> np.ndarray:
+  """The host parse: the first number after the first ``marker`` in each decoded judgement,
+  / max_score and clipped to [0, 1], else ``fallback``. A regex and ``float``: nothing the
+  verifier writes is evaluated."""
+  pattern = re.compile(re.escape(settings.marker) + r"\s*(\d+(?:\.\d+)?)")
+  out = np.full(len(texts), settings.fallback, np.float32)
+  for i, text in enumerate(texts):
+    found = pattern.search(text)
+    if found:
+      out[i] = min(max(float(found.group(1)) / settings.max_score, 0.0), 1.0)
+  return out
+
+
+@base.in_graph("judge_score", settings=JudgeScoreSettings, roles_of=lambda s: (s.role,),
+               host_finish=parse_score_text)
 def judge_score(rollouts: Rollouts, roles: Mapping[str, base.RoleModel],
-                settings: JudgeScoreSettings) -> jax.Array:
+                settings: JudgeScoreSettings):
   """The verifier role generates its judgement in-graph; the reward is its score / max_score,
-  clipped to [0, 1], or ``fallback`` where no score follows the marker."""
+  clipped to [0, 1], or ``fallback`` where no score follows the marker. With the host parse
+  the program returns the judgement's ids for :func:`parse_score_text`."""
   settings.template.check_resolved("judge_score")
+  if settings.parse == "auto":
+    raise ValueError("judge_score: parse='auto' is decided by resolve(tokenizer); call it first")
   view = roles[settings.role]
   tokens, mask = judge_input(rollouts, settings.template)
   config = sampler.SamplingConfig(max_new_tokens=settings.max_new_tokens,
@@ -216,5 +252,7 @@ def judge_score(rollouts: Rollouts, roles: Mapping[str, base.RoleModel],
                                   stop_tokens=settings.template.stop_ids)
   rng = rollouts.get("rng", jax.random.PRNGKey(0))
   out = sampler.sample(view.params, tokens, mask, rng, view.model, config)
+  if settings.parse == "host":
+    return out.tokens, out.mask
   value, found = parse_score(out.tokens, out.mask, settings)
   return jnp.where(found, jnp.clip(value / settings.max_score, 0.0, 1.0), settings.fallback)

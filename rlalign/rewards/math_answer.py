@@ -443,9 +443,10 @@ def has_think_format(text: str) -> bool:
   return bool(body[body.index(_CLOSE_TAG) + len(_CLOSE_TAG):].strip())
 
 
-@base.host("think_format")
-def think_format(prompts: Sequence[str], completions: Sequence[str],
-                 answers: Sequence[str]) -> np.ndarray:
-  """R1-style format reward: 1 if ``has_think_format(completion)``, else 0."""
+@base.host("think_format_text")
+def think_format_text(prompts: Sequence[str], completions: Sequence[str],
+                      answers: Sequence[str]) -> np.ndarray:
+  """R1-style format reward on decoded text: 1 if ``has_think_format(completion)``, else 0.
+  ``think_format`` (``rewards/formatting.py``) is the same rule on token ids, in-graph."""
   del prompts, answers
   return np.array([float(has_think_format(c)) for c in completions], np.float32)

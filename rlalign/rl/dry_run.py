@@ -109,7 +109,8 @@ def batch_shapes(cfg: ExperimentConfig, rows: int) -> Dict[str, jax.ShapeDtypeSt
           "answer_tokens": ids(A), "answer_mask": mask(A),
           **{f"{k}_{f}": (ids if f == "tokens" else mask)(A)
              for k in ("demo", "chosen", "rejected", "completion") for f in ("tokens", "mask")},
-          "labels": jax.ShapeDtypeStruct((rows,), np.float32)}
+          "labels": jax.ShapeDtypeStruct((rows,), np.float32),
+          "step_labels": jax.ShapeDtypeStruct((rows, A), np.float32)}
 
 
 def rl_phase(cfg: ExperimentConfig):

@@ -185,7 +185,8 @@ class IterationSpec:
 
   @property
   def fused(self) -> bool:
-    return all(t.reward.in_graph for t in self.rewards + self.rl.monitors)
+    return all(t.reward.in_graph and not t.finishes_on_host
+               for t in self.rewards + self.rl.monitors)
 
   def check(self) -> None:
     """Roles the objective and the rewards need exist, before anything is traced."""
@@ -210,11 +211,18 @@ class IterationSpec:
                            f"have; roles: {sorted(self.binding.roles)}")
         heads = getattr(term.settings, "heads_needed", ("scores",))
         update.check_heads(role, self.binding.roles[role].model, heads, f"reward {term.key!r}")
+      if hasattr(term.settings, "check_roles"):
+        term.settings.check_roles({role: self.binding.roles[role].model for role in term.roles},
+                                  f"rewards.{term.key}")
     stepwise = [t.key for t in self.rewards if t.reward.per_token]
     if stepwise and not objective.token_advantages:
       raise ValueError(f"reward {stepwise[0]!r} scores steps, which train through per-token "
                        f"advantages; objective {objective.name!r} does not read them (grpo, "
                        "rloo do)")
+    hosted = [t.key for t in self.rl.lsc_terms if t.finishes_on_host or not t.reward.in_graph]
+    if hosted:
+      raise ValueError(f"reward {hosted[0]!r}: the lsc transform scores the reference policy's "
+                       "samples inside the program, and this reward is read on the host")
     if self.rl.lsc_terms and self.reference is None:
       raise ValueError(f"reward {self.rl.lsc_terms[0].key!r}: the lsc transform compares with "
                        "the reference policy's samples, and this run has no reference role; "
@@ -594,6 +602,10 @@ def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], st
       texts = {k: [decode(row) for row in v] for k, v in host.items()}
       host_scores, host_metrics = pool.score(host_terms, texts["prompt_tokens"],
                                              texts["completion_tokens"], texts["answer_tokens"])
+      # In-graph judgements that the host reads (a verifier's "Score: 12" in text).
+      finished = {t.key: jax.tree.map(_to_host, scores.pop(t.key))
+                  for t in host_terms if t.finishes_on_host}
+      host_scores.update(reward_base.finish_on_host(host_terms, finished, decode))
       extra.update(host_metrics)
       if plan is not None:
         scores.update(plan.put_global_batch(host_scores))

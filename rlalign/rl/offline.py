@@ -39,8 +39,11 @@ def to_sequences(batch: Batch, kind: str) -> dict:
                                                   batch["rejected_tokens"]], axis=0),
             "mask": jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)}
   if kind == "scored":
-    return {**prompt, "completion_tokens": batch["completion_tokens"],
-            "mask": batch["completion_mask"], "labels": batch["labels"].astype(jnp.float32)}
+    out = {**prompt, "completion_tokens": batch["completion_tokens"],
+           "mask": batch["completion_mask"], "labels": batch["labels"].astype(jnp.float32)}
+    if "step_labels" in batch:  # [B, N]: a label at each step's last token, -1 elsewhere
+      out["step_labels"] = batch["step_labels"].astype(jnp.float32)
+    return out
   raise ValueError(f"batch kind {kind!r} is not an offline kind")
 
 

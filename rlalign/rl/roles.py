@@ -73,6 +73,7 @@ class RoleConfig:
   # None: the run's top-level ``model``. ``heads`` picks the LM head, the scalar head or both.
   model: Optional[tfm.ModelConfig] = None
   heads: Tuple[str, ...] = ()  # () keeps the model's heads
+  scalar_heads: int = 0        # K > 1: K reward heads on one backbone; 0 keeps the model's
   weights: WeightsConfig = WeightsConfig()
   trainable: bool = True
   optimizer: OptimizerConfig = OptimizerConfig()
@@ -91,10 +92,17 @@ class RoleConfig:
                        f"run; roles: {list(names)}")
     self.optimizer.validate(f"{prefix}.optimizer")
     self.adapter.validate(f"{prefix}.adapter")
+    if self.scalar_heads < 0:
+      raise ValueError(f"{prefix}.scalar_heads must be >= 0 (0 keeps the model's), got "
+                       f"{self.scalar_heads}")
 
   def model_config(self, default: tfm.ModelConfig) -> tfm.ModelConfig:
     model = self.model or default
-    return dataclasses.replace(model, heads=self.heads) if self.heads else model
+    if self.heads:
+      model = dataclasses.replace(model, heads=self.heads)
+    if self.scalar_heads:
+      model = dataclasses.replace(model, scalar_heads=self.scalar_heads)
+    return model
 
 
 @dataclasses.dataclass(frozen=True)

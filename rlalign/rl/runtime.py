@@ -240,7 +240,8 @@ class Runtime:
     model = self.model(name)
     loaded_cfg, params = hf.load_hf_checkpoint(path, dtype=model.param_dtype,
                                                shardings=self.param_shardings(name),
-                                               heads=model.heads)
+                                               heads=model.heads,
+                                               scalar_heads=model.scalar_heads)
     # The checkpoint fixes the architecture; only numerics (dtypes, remat) may differ.
     numerics = ("dtype", "param_dtype", "remat")
     theirs = {k: v for k, v in dataclasses.asdict(loaded_cfg).items() if k not in numerics}
@@ -270,7 +271,9 @@ class Runtime:
         raise ValueError(f"roles.{name}.weights: role {source!r} has {key} of another shape; "
                          "a copied role may differ from its source only in its heads")
     out = {key: (src[key] if key in shared else fresh[key]) for key in fresh}
-    if "scalar_head" in out and "scalar_head" not in src:
+    if "scalar_head" in out and "scalar_head" not in src and model.scalar_heads == 1:
+      # A value head starts at zero; K ensemble heads keep their random starts, which is
+      # what makes them disagree.
       out["scalar_head"] = jax.tree.map(lambda x: x * 0, out["scalar_head"])
     return jax.device_put(out, self.param_shardings(name))
 

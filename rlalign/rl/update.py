@@ -109,6 +109,12 @@ def check_heads(role: str, model: tfm.ModelConfig, fields, who: str) -> None:
     if wanted & set(fields) and head not in model.heads:
       raise ValueError(f"{who} needs {sorted(wanted & set(fields))} from role {role!r}, whose "
                        f"model has no {head!r} head (roles.{role}.heads={model.heads})")
+  # K scalar heads are an ensemble of reward models; a value or process head is one output.
+  single = {"values", "step_scores"} & set(fields)
+  if single and model.scalar_heads > 1:
+    raise ValueError(f"{who} needs {sorted(single)} from role {role!r}, which has "
+                     f"roles.{role}.scalar_heads={model.scalar_heads}; only sequence scores "
+                     "come from several heads")
 
 
 def scorer(trained: Mapping[str, Any], frozen: Mapping[str, Any], binding: Binding,

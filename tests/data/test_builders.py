@@ -19,13 +19,14 @@ def _build(builder_cls, config, data_dir):
 def _records(builder, split):
   source = builder.as_data_source(split=split)
   return [
-      {k: v.decode() if isinstance(v, bytes) else v for k, v in source[i].items()}
+      {k: v.decode() if isinstance(v, bytes) else v.tolist() if k == "step_labels" else v
+       for k, v in source[i].items()}
       for i in range(len(source))
   ]
 
 
 _NONE = {"answer": "", "demonstration": "", "chosen": "", "rejected": "", "completion": "",
-         "label": False}
+         "label": False, "step_labels": []}
 
 
 def _write(path, lines):
@@ -284,3 +285,27 @@ def test_file_broken_after_config_leaves_no_dataset_dir(tmp_path):
   with pytest.raises(ValueError, match="changed"):
     _build(builders.JsonlPrompts, config, data_dir)
   assert not list(data_dir.glob("rlalign_jsonl_prompts/*/*"))
+
+
+def test_jsonl_step_labels(tmp_path):
+  path = _write(tmp_path / "steps.jsonl", [
+      json.dumps({"prompt": "1+1=", "completion": "1+1", "step_labels": [1, 0.5]}),
+      json.dumps({"prompt": "1+1=", "completion": "2", "step_labels": [True]}),
+      json.dumps({"prompt": "1+1=", "completion": "2", "step_labels": [1], "label": False})])
+  first, second, third = builders.read_jsonl(path)
+  assert first["step_labels"] == [1.0, 0.5] and first["label"] is False  # a step is doubtful
+  assert second["step_labels"] == [1.0] and second["label"] is True
+  assert third["label"] is False  # an explicit label wins
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"completion": "2", "step_labels": []}, "must be a non-empty list"),
+    ({"completion": "2", "step_labels": "1"}, "must be a non-empty list"),
+    ({"completion": "2", "step_labels": [1, 2]}, r"\"step_labels\"\[1\] must be a number in"),
+    ({"completion": "2", "step_labels": [None]}, r"\"step_labels\"\[0\] must be a number in"),
+    ({"step_labels": [1]}, "needs both \"completion\" and \"label\""),
+])
+def test_bad_jsonl_step_labels_name_the_line(tmp_path, record, message):
+  path = _write(tmp_path / "bad.jsonl", ['{"prompt": "ok"}', json.dumps({"prompt": "a", **record})])
+  with pytest.raises(ValueError, match=f"{path}:2: .*{message}"):
+    builders.read_jsonl(path)

@@ -25,6 +25,7 @@ _FIELDS = {
     "completion_tokens": (np.int32, 6),
     "completion_mask": (np.bool_, 6),
     "labels": (np.float32, None),  # one per row
+    "step_labels": (np.float32, 6),
 }
 
 
@@ -109,8 +110,10 @@ def test_encode_example_layout():
   assert not out["completion_mask"].any()
   assert out["labels"].shape == () and out["labels"] == 0
   for key, value in out.items():
-    want = np.float32 if key == "labels" else np.bool_ if key.endswith("mask") else np.int32
+    want = (np.float32 if key.endswith("labels") else np.bool_ if key.endswith("mask")
+            else np.int32)
     assert value.dtype == want, key
+  np.testing.assert_array_equal(out["step_labels"], [-1] * 5)  # no step labels
 
 
 @pytest.mark.parametrize("label, want", [(True, 1.0), (False, 0.0), (np.bool_(True), 1.0)])
@@ -428,3 +431,39 @@ def test_addition_unpaired_file_feeds_scored_batches(tmp_path):
   for completion, answer, label in zip(batch["completion_tokens"], batch["answer_tokens"],
                                        batch["labels"]):
     assert label == float(tok.decode(completion) == tok.decode(answer))
+
+
+# ---------------------------------------------------------------- per-step labels (PRMs)
+
+
+def test_step_labels_land_on_the_tokens_that_end_each_step():
+  cfg = DataConfig(max_prompt_len=8, max_answer_len=8, step_delimiter="+")
+  tok = tokenizer_for(cfg)
+  out = pipeline.encode_example(
+      {"prompt": "1+2=", "completion": "12+3+45", "step_labels": [1.0, 0.25, 0.0]}, tok, cfg)
+  # "1 2 + 3 + 4 5 EOS": steps end at the two "+" and at EOS.
+  np.testing.assert_array_equal(out["step_labels"], [-1, -1, 1.0, -1, 0.25, -1, -1, 0.0])
+  # Where the PRM reward finds its steps: the same positions.
+  import jax.numpy as jnp
+  from rlalign.rewards import process
+  ends = process.step_ends(jnp.asarray(out["completion_tokens"][None]),
+                           jnp.asarray(out["completion_mask"][None]), tok.encode("+")[0])
+  np.testing.assert_array_equal(np.asarray(ends[0]), out["step_labels"] >= 0)
+
+
+@pytest.mark.parametrize("example, message", [
+    ({"completion": "12+3", "step_labels": [1.0]}, r"has 1 labels but \"completion\" has 2"),
+    ({"completion": "12+3", "step_labels": [1.0, 1.5]}, r"must lie in \[0, 1\]"),
+    ({"step_labels": [1.0]}, r"\"completion\", which is empty"),
+])
+def test_bad_step_labels_are_named(example, message):
+  cfg = DataConfig(max_prompt_len=8, max_answer_len=8, step_delimiter="+")
+  with pytest.raises(ValueError, match=message):
+    pipeline.encode_example({"prompt": "1+2=", **example}, tokenizer_for(cfg), cfg)
+
+
+def test_a_multi_token_step_delimiter_is_refused():
+  cfg = DataConfig(max_prompt_len=8, max_answer_len=8, step_delimiter="++")
+  with pytest.raises(ValueError, match=r"data.step_delimiter='\+\+' is 2 tokens"):
+    pipeline.encode_example({"prompt": "1+2=", "completion": "1++2", "step_labels": [1, 0]},
+                            tokenizer_for(cfg), cfg)

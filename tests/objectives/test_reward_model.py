@@ -151,6 +151,114 @@ def test_rm_binding_rejects_a_role_without_a_scalar_head():
     binding.check()
 
 
+# ---------------------------------------------------------------- K heads, bootstrapped
+
+
+def _bootstrap_batch(pairs=5, seed=0):
+  rng = np.random.default_rng(seed)
+  prompt = rng.integers(3, 8, size=(pairs, 3))
+  chosen, rejected = rng.integers(3, 8, size=(pairs, 4)), rng.integers(3, 8, size=(pairs, 4))
+  return {"prompt_tokens": jnp.asarray(np.concatenate([prompt, prompt]), jnp.int32),
+          "prompt_mask": jnp.ones((2 * pairs, 3), bool),
+          "completion_tokens": jnp.asarray(np.concatenate([chosen, rejected]), jnp.int32),
+          "mask": jnp.ones((2 * pairs, 4), bool)}
+
+
+def test_k_heads_loss_is_the_mean_of_each_heads_loss_by_hand():
+  scores = np.array([[1.0, 0.0], [-0.5, 2.0], [0.0, 1.0], [0.5, -1.0]])  # 2 pairs, 2 heads
+  loss, metrics = _call(reward_model.BradleyTerryConfig(), scores)
+  gaps = scores[:2] - scores[2:]
+  _close(loss, np.mean([-_log_sigmoid(g) for g in gaps.ravel()]))
+  _close(metrics["accuracy"], 0.5)  # gaps [[1, -1], [-1, 3]]
+  _close(metrics["head_disagreement"], np.mean(np.std(scores, axis=1)))
+
+
+def test_bootstrap_weights_are_fixed_by_the_pair_not_its_place_or_padding():
+  batch = _bootstrap_batch(pairs=6)
+  w = np.asarray(reward_model.bootstrap_weights(batch, 4, seed=0))
+  chex.assert_shape(w, (6, 4))
+  assert np.all(w >= 0) and np.all(w == np.round(w))
+  # Another minibatch order: pairs 5,0,3 then their rejected rows.
+  order = np.array([5, 0, 3])
+  rows = np.concatenate([order, order + 6])
+  moved = {k: v[rows] for k, v in batch.items()}
+  np.testing.assert_array_equal(reward_model.bootstrap_weights(moved, 4, seed=0), w[order])
+  # Left padding the prompts changes no weight.
+  padded = dict(batch, prompt_tokens=jnp.pad(batch["prompt_tokens"], ((0, 0), (2, 0))),
+                prompt_mask=jnp.pad(batch["prompt_mask"], ((0, 0), (2, 0))))
+  np.testing.assert_array_equal(reward_model.bootstrap_weights(padded, 4, seed=0), w)
+  # Another seed is another resample, and the heads' resamples differ from each other.
+  assert not np.array_equal(reward_model.bootstrap_weights(batch, 4, seed=1), w)
+  assert len({tuple(col) for col in w.T}) > 1
+
+
+def test_bootstrap_weights_have_poisson_one_statistics():
+  w = np.asarray(reward_model.bootstrap_weights(_bootstrap_batch(pairs=2000, seed=1), 8, 0))
+  assert abs(w.mean() - 1.0) < 0.03 and abs(w.var() - 1.0) < 0.06
+  assert abs((w == 0).mean() - math.exp(-1)) < 0.02
+
+
+def test_bootstrap_loss_is_each_heads_weighted_mean_by_hand():
+  batch = _bootstrap_batch(pairs=5)
+  hp = reward_model.BradleyTerryConfig(bootstrap=True, bootstrap_seed=7)
+  scores = np.random.default_rng(2).normal(size=(10, 3))
+  loss, _ = _call(hp, scores, batch)
+  w = np.asarray(reward_model.bootstrap_weights(batch, 3, seed=7))
+  nll = np.array([[-_log_sigmoid(g) for g in row] for row in scores[:5] - scores[5:]])
+  per_head = (w * nll).sum(0) / np.maximum(w.sum(0), 1.0)
+  _close(loss, per_head.mean())
+
+
+K_HEADS = tfm.ModelConfig(**{**SCALAR.__dict__, "scalar_heads": 3})
+
+
+def test_k_head_params_outputs_and_axes():
+  params = tfm.init(K_HEADS, jax.random.key(0))
+  chex.assert_shape(params["scalar_head"]["w"], (16, 3))
+  axes = tfm.logical_axes(K_HEADS)["scalar_head"]
+  assert axes["w"] == ("embed", "scalar_heads") and axes["b"] == ("scalar_heads",)
+  hidden = jax.random.normal(jax.random.key(1), (2, 5, 16))
+  out = tfm.scalar_output(params, hidden)
+  chex.assert_shape(out, (2, 5, 3))
+  for k in range(3):  # each head is the one-head formula with its own column
+    one = {"scalar_head": {"w": params["scalar_head"]["w"][:, k],
+                           "b": params["scalar_head"]["b"][k]}}
+    _close(out[..., k], tfm.scalar_output(one, hidden))
+  with pytest.raises(ValueError, match="model.scalar_heads must be >= 1"):
+    tfm.ModelConfig(scalar_heads=0).validate("model")
+
+
+def test_k_heads_serve_scores_but_not_values():
+  update.check_heads("rm", K_HEADS, ("scores",), "reward 'rm'")
+  with pytest.raises(ValueError, match=r"needs \['values'\] from role 'critic'.*scalar_heads=3"):
+    update.check_heads("critic", K_HEADS, ("values",), "objective 'ppo'")
+
+
+def test_bootstrapped_heads_learn_different_functions():
+  """Three heads from one start on the same pairs: with bootstrap they part ways, without it
+  they stay within rounding of their start's differences."""
+  batch = _bootstrap_batch(pairs=8, seed=3)
+  start = tfm.init(K_HEADS, jax.random.key(0))
+  start["scalar_head"]["w"] = jnp.tile(start["scalar_head"]["w"][:, :1], (1, 3))  # identical
+
+  def train(bootstrap):
+    hp = reward_model.BradleyTerryConfig(bootstrap=bootstrap)
+    def loss(params):
+      tokens = jnp.concatenate([batch["prompt_tokens"], batch["completion_tokens"]], 1)
+      mask = jnp.concatenate([batch["prompt_mask"], batch["mask"]], 1)
+      out = {"model": base.ModelOutputs(scores=tfm.sequence_scores(params, tokens, mask,
+                                                                   K_HEADS))}
+      return reward_model.bradley_terry_loss(hp, out, batch)[0]
+    params, grad = start, jax.jit(jax.grad(loss))
+    for _ in range(20):
+      grads = grad(params)
+      params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+    return np.asarray(params["scalar_head"]["w"])
+  plain, bagged = train(False), train(True)
+  assert np.abs(plain - plain[:, :1]).max() < 1e-6  # same data, same gradients
+  assert np.abs(bagged - bagged[:, :1]).max() > 1e-3
+
+
 # ---------------------------------------------------------------- the config file
 
 

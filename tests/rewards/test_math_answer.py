@@ -231,14 +231,14 @@ def test_rewards_through_the_registry():
   assert np.issubdtype(out.dtype, np.floating)
   np.testing.assert_array_equal(out, [1.0, 0.0, 0.0])
 
-  fmt = rewards.get("think_format").fn(prompts, completions, answers)
+  fmt = rewards.get("think_format_text").fn(prompts, completions, answers)
   assert fmt.shape == (3,) and np.issubdtype(fmt.dtype, np.floating)
   np.testing.assert_array_equal(fmt, [1.0, 0.0, 0.0])
 
-  terms = [base.RewardTerm("math_answer"), base.RewardTerm("think_format", weight=0.1)]
+  terms = [base.RewardTerm("math_answer"), base.RewardTerm("think_format_text", weight=0.1)]
   scores = base.score_host(terms, prompts, completions, answers)
   np.testing.assert_array_equal(scores["math_answer"], [1.0, 0.0, 0.0])
-  np.testing.assert_array_equal(scores["think_format"], [1.0, 0.0, 0.0])
+  np.testing.assert_array_equal(scores["think_format_text"], [1.0, 0.0, 0.0])
 
 
 def test_math_answer_rejects_mismatched_batches():

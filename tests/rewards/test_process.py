@@ -105,7 +105,7 @@ def test_prm_loss_is_bce_at_labelled_steps_by_hand():
   labels = np.array([[1.0, -1.0, 0.0], [-1.0, 0.25, -1.0]], np.float32)
   mask = np.array([[1, 1, 1], [1, 1, 0]], bool)
   outputs = {"model": obj_base.ModelOutputs(step_scores=jnp.asarray(scores))}
-  loss, metrics = prm.prm_loss(prm.PRMConfig(), outputs, {"labels": labels, "mask": mask})
+  loss, metrics = prm.prm_loss(prm.PRMConfig(), outputs, {"step_labels": labels, "mask": mask})
   sig = lambda x: 1 / (1 + np.exp(-x))
   terms = [-np.log(sig(0.5)), -np.log(1 - sig(2.0)),
            -(0.25 * np.log(sig(3.0)) + 0.75 * np.log(1 - sig(3.0)))]

@@ -60,7 +60,7 @@ def encoded(problems, step_labels=False):
     last = mask.sum(axis=1) - 1
     labels = np.full(mask.shape, -1.0, np.float32)
     labels[np.arange(len(last)), last] = batch["labels"]
-    batch["labels"] = labels
+    batch["step_labels"] = labels
   return batch
 
 

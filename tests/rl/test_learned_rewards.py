@@ -167,3 +167,49 @@ def test_a_monitor_never_moves_the_update():
                                 outs[1][0]["roles"]["policy"]["params"]["embed"])
   assert "monitor/gold" in outs[1][1] and "monitor/gold" not in outs[0][1]
   assert float(outs[0][1]["reward"]) == float(outs[1][1]["reward"])
+
+
+def test_judge_score_read_on_the_host_matches_an_independent_parse_of_its_judgements():
+  """parse='host': the verifier still generates in-graph, the host reads its decoded
+  judgement with a regex (scores of any width), and a run with it splits around that read."""
+  import re
+  from rlalign.rewards import base as reward_base
+  from rlalign.sampling import sampler
+  settings = judges.JudgeScoreSettings(role="verifier", template=judges.Template(
+      middle="=", suffix="+"), marker="=", max_score=30, max_new_tokens=6, temperature=1.0,
+                                       parse="auto", fallback=-1.0).resolve(TOKENIZER)
+  assert settings.parse == "host"  # two-digit scores: only the host reads them
+  term = RewardTerm("judge_score", settings=settings)
+  assert term.finishes_on_host
+  spec = make_spec((term,))
+  assert not spec.fused
+  policy = tfm.init(POLICY, jax.random.key(0))
+  frozen = frozen_roles()
+  rollouts = rollouts_of(spec, policy)
+  key = jax.random.key(9)
+  scores = iteration.score(rollouts, {"policy": policy}, frozen, spec, key)
+  decode = lambda ids: TOKENIZER.decode(ids, strict=False)
+  ours = reward_base.finish_on_host(spec.rewards, jax.device_get(scores), decode)["judge_score"]
+  # Independently: the same judgements by the sampler, decoded, parsed by the test's regex.
+  tokens, mask = judges.judge_input(rollouts, settings.template)
+  out = sampler.sample(frozen["verifier"], tokens, mask, key, VERIFIER,
+                       SamplingConfig(max_new_tokens=6, temperature=1.0))
+  texts = [decode(np.asarray(t)[np.asarray(m)]) for t, m in zip(out.tokens, out.mask)]
+  found = [re.search(r"=(\d+)", t) for t in texts]
+  expected = np.array([min(int(f.group(1)) / 30, 1.0) if f else -1.0 for f in found])
+  assert 0 < sum(f is not None for f in found) < len(found), texts  # both cases occur
+  np.testing.assert_allclose(ours, expected, atol=1e-6)
+  # In a run: the step splits, and its reward is a mean of such reads.
+  state = {"step": jnp.zeros((), jnp.int32),
+           "roles": {"policy": {"params": policy, "opt_state": optax.adam(1e-2).init(policy)}}}
+  _, metrics = iteration.make_rl_step(spec, decode=decode)(state, make_batch(),
+                                                             jax.random.key(0), frozen)
+  assert -1.0 <= float(metrics["reward/judge_score"]) <= 1.0
+
+
+def test_parse_score_text_by_hand():
+  s = judges.JudgeScoreSettings(marker="Score:", max_score=10, fallback=-1.0, parse="host")
+  texts = ["ok. Score: 7", "Score:12 then Score: 3", "score: 5", "Score: 2.5/10", "Score: -4",
+           "no verdict", "Score: x 9"]
+  np.testing.assert_allclose(judges.parse_score_text(texts, s),
+                             [0.7, 1.0, -1.0, 0.25, -1.0, -1.0, -1.0])

@@ -101,7 +101,8 @@ def _set(tree: Dict[str, Any], path: Tuple[str, ...], value) -> None:
 
 
 def load_hf_checkpoint(path: str, *, dtype: str = "float32", shardings: Any = None,
-                       heads: Optional[Sequence[str]] = None) -> Tuple[tfm.ModelConfig, tfm.Params]:
+                       heads: Optional[Sequence[str]] = None, scalar_heads: Optional[int] = None,
+                       ) -> Tuple[tfm.ModelConfig, tfm.Params]:
   """Loads a HF checkpoint directory as ``(ModelConfig, params)``.
 
   Args:
@@ -111,13 +112,16 @@ def load_hf_checkpoint(path: str, *, dtype: str = "float32", shardings: Any = No
     heads: which heads to load; defaults to the architecture's own ("lm" for *ForCausalLM,
       "scalar" for *ForSequenceClassification). A "scalar" head the checkpoint lacks starts at
       zero (a value head on a policy); an "lm" head on a reward checkpoint needs tied embeddings.
+    scalar_heads: how many scalar heads; defaults to the score layer's labels (1 without one).
+      K > 1 fresh heads start from a fixed random draw, not zero, so that they can disagree.
   """
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
   config_file = os.path.join(path, "config.json")
   hf = read_hf_config(config_file)
   family, own_head = fams.resolve_family(hf, config_file)
-  cfg = fams.model_config_from_hf(hf, source=config_file, heads=heads, dtype=dtype)
+  cfg = fams.model_config_from_hf(hf, source=config_file, heads=heads, dtype=dtype,
+                                  scalar_heads=scalar_heads)
   if "lm" in cfg.heads and own_head != "lm" and not cfg.tie_embeddings:
     raise CheckpointError(f"{path}: the 'lm' head was asked for but this {family.seq_cls} "
                           "checkpoint has no lm_head.weight (its embeddings are untied)")
@@ -213,7 +217,10 @@ def _build_params(cfg, own_head, where, readers, shardings) -> tfm.Params:
   for path, spec in _leaf_paths(tfm.param_specs(cfg)):
     entry = table.get(path)
     host = _aligned_empty(spec.shape, np_dtype)
-    if entry is None:  # a head the checkpoint lacks starts at zero (and the scalar head bias)
+    if entry is None and path == ("scalar_head", "w") and cfg.scalar_heads > 1:
+      # Fresh ensemble heads: identical (zero) heads would get identical gradients forever.
+      host[...] = np.random.default_rng(0).normal(0, spec.shape[0] ** -0.5, spec.shape)
+    elif entry is None:  # a head the checkpoint lacks starts at zero (and the scalar head bias)
       host[...] = 0
     else:
       names = fams.hf_names(entry, cfg.n_layers)
@@ -276,10 +283,10 @@ def save_hf_checkpoint(params: tfm.Params, model_cfg: tfm.ModelConfig, path: str
     raise ValueError(f"head {head!r} is not among model.heads {model_cfg.heads}")
   hf = fams.hf_config_from_model(model_cfg, family, head, template)
   if head == "scalar":
-    bias = float(np.asarray(params["scalar_head"]["b"]))
-    if bias != 0.0:
-      raise ValueError(f"scalar_head/b is {bias}; HF's score layer has no bias, so only a zero "
-                       "bias exports")
+    bias = np.asarray(params["scalar_head"]["b"])
+    if np.any(bias != 0.0):
+      raise ValueError(f"scalar_head/b is {bias.tolist()}; HF's score layer has no bias, so "
+                       "only a zero bias exports")
   tensors = _export_tensors(params, model_cfg, head)
   path = os.path.abspath(path)
   if os.path.exists(path) and not overwrite:

@@ -30,6 +30,7 @@ only by which optional tensors the config implies (:func:`tensor_table`)::
   model.norm.weight                           final_norm         [d]
   lm_head.weight                              lm_head            [V, d] -> [d, V] (untied only)
   score.weight                                scalar_head/w      [1, d] -> [d]; the bias is 0
+                                                                 [K, d] -> [d, K] (K labels)
 
 HF Linear weights are [out, in]; ours are [in, out] with the heads axis split out. Gemma's
 norm weights are stored as w and applied as (1 + w) on both sides, so they copy unchanged.
@@ -78,7 +79,9 @@ _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh
                 "gelu_tanh": "gelu_tanh", "gelu": "gelu"}
 _ROPE_TYPES = ("default", "linear", "llama3")
 # Architecture fields of ModelConfig that a config.json determines (the rest are run choices).
-_RUN_FIELDS = ("heads", "dtype", "param_dtype", "remat")
+# (scalar_heads is the score layer's label count, which only a *ForSequenceClassification
+# config.json records, and the exporter writes it from the config directly.)
+_RUN_FIELDS = ("heads", "scalar_heads", "dtype", "param_dtype", "remat")
 
 
 class HFConfigError(ValueError):
@@ -189,18 +192,22 @@ def _windows(hf: Mapping[str, Any], fam: Family, n_layers: int, source: str) -> 
 
 def model_config_from_hf(hf: Mapping[str, Any], *, source: str = "config.json",
                          heads: Optional[Sequence[str]] = None,
-                         dtype: str = "float32") -> ModelConfig:
+                         dtype: str = "float32",
+                         scalar_heads: Optional[int] = None) -> ModelConfig:
   """Maps a parsed HF ``config.json`` onto a :class:`ModelConfig`.
 
   ``heads`` defaults to the architecture's own head; ``dtype`` sets both the stored params and
-  the compute dtype. Missing optional keys take the HF class defaults of the family.
+  the compute dtype. Missing optional keys take the HF class defaults of the family. A
+  sequence-classification checkpoint's labels are its scalar heads (one: a reward model; K: an
+  ensemble of K heads); ``scalar_heads`` sets how many a checkpoint without a score layer gets.
   """
   fam, head = resolve_family(hf, source)
+  labels = scalar_heads or 1
   if head == "scalar":
-    labels = hf.get("num_labels") or len(hf.get("id2label") or {}) or 2
-    if labels != 1:
-      raise HFConfigError(f"{source}: a sequence-classification checkpoint needs exactly one "
-                          f"label (a reward model) but has {labels} (num_labels/id2label)")
+    labels = int(hf.get("num_labels") or len(hf.get("id2label") or {}) or 2)
+    if scalar_heads and scalar_heads != labels:
+      raise HFConfigError(f"{source}: the checkpoint's score layer has {labels} labels "
+                          f"(num_labels/id2label), but scalar_heads={scalar_heads} was asked for")
   if hf.get("use_bidirectional_attention"):
     raise HFConfigError(f"{source}: use_bidirectional_attention=true is not supported")
   if hf.get("mlp_bias"):
@@ -227,7 +234,7 @@ def model_config_from_hf(hf: Mapping[str, Any], *, source: str = "config.json",
       rope_theta=theta, rope_scaling=scaling, rope_local_theta=local_theta,
       norm_eps=float(hf.get("rms_norm_eps") or 1e-6),
       tie_embeddings=bool(hf.get("tie_word_embeddings", fam.default_tied)),
-      heads=tuple(heads or (head,)), dtype=dtype, param_dtype=dtype,
+      heads=tuple(heads or (head,)), scalar_heads=labels, dtype=dtype, param_dtype=dtype,
       qkv_bias=attention_bias or fam.name == "qwen2",
       o_bias=attention_bias,
       qk_norm=fam.name in ("qwen3", "gemma3_text"),
@@ -327,7 +334,9 @@ def hf_config_from_model(cfg: ModelConfig, family: str, head: str = "lm",
               sliding_window=sizes[0] if sizes else hf.get("sliding_window") or 4096,
               layer_types=layer_types)
   if head == "scalar":
-    hf.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+    labels = [f"LABEL_{i}" for i in range(cfg.scalar_heads)]
+    hf.update(id2label={str(i): name for i, name in enumerate(labels)},
+              label2id={name: i for i, name in enumerate(labels)})
   else:
     hf.pop("id2label", None)
     hf.pop("label2id", None)
@@ -438,7 +447,8 @@ def tensor_table(cfg: ModelConfig, heads: Sequence[str]) -> List[TensorMap]:
   if "lm" in heads and not cfg.tie_embeddings:
     table.append(TensorMap("lm_head.weight", ("lm_head",), LINEAR))
   if "scalar" in heads:
-    table.append(TensorMap("score.weight", ("scalar_head", "w"), SCORE))
+    table.append(TensorMap("score.weight", ("scalar_head", "w"),
+                           SCORE if cfg.scalar_heads == 1 else LINEAR))
   return table
 
 

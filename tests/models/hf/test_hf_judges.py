@@ -98,7 +98,7 @@ def test_judge_score_reads_the_digit_after_the_marker_in_greedy_generate(zoo):
   digits = digits[7:] + digits[:7]  # the found digit stands for 3
   settings = judges.JudgeScoreSettings(role="verifier", template=template, max_new_tokens=8,
                                        marker_ids=(marker,), digit_ids=digits, max_score=9,
-                                       fallback=-1.0)
+                                       fallback=-1.0, parse="graph")
   ours = np.asarray(judges.judge_score(r, {"verifier": RoleModel(b.cfg, b.params)}, settings))
 
   def parse(tokens):  # the same rule, on the host
@@ -111,3 +111,40 @@ def test_judge_score_reads_the_digit_after_the_marker_in_greedy_generate(zoo):
   expected = [parse(list(w)) for w in written]
   assert expected[0] == 3 / 9
   np.testing.assert_allclose(ours, expected, atol=1e-6)
+
+
+def test_multi_label_classifier_is_an_ensemble_of_heads(tmp_path):
+  """A 3-label *ForSequenceClassification checkpoint imports as one model with 3 scalar
+  heads; the ensemble over them matches transformers' three logits, and it exports back."""
+  import transformers
+  from rlalign.models import hf
+  from hf_zoo import hf_config, randomize_
+  torch.manual_seed(3)
+  model = transformers.AutoModelForSequenceClassification.from_config(
+      hf_config("llama", num_labels=3), attn_implementation="eager")
+  randomize_(model, 3, 2.0)
+  model.eval()
+  path = str(tmp_path / "rm3")
+  model.save_pretrained(path, safe_serialization=True)
+  cfg, params = hf.load_hf_checkpoint(path)
+  assert cfg.scalar_heads == 3 and params["scalar_head"]["w"].shape == (cfg.d_model, 3)
+  r = rollouts(4)
+  with torch.no_grad():
+    theirs = np.stack([model(input_ids=torch.tensor(np.concatenate(real(r, row, False))[None],
+                                                    dtype=torch.long)).logits[0].numpy()
+                       for row in range(3)])  # [B, 3]
+  roles = {"rm": RoleModel(cfg, params)}
+  for aggregate in ("mean", "min", "mean_minus_std"):
+    settings = learned.EnsembleSettings(roles=("rm",), aggregate=aggregate, std_coef=0.5)
+    ours = np.asarray(jax.jit(lambda r: learned.reward_ensemble(r, roles, settings))(r))
+    expected = {"mean": theirs.mean(1), "min": theirs.min(1),
+                "mean_minus_std": theirs.mean(1) - 0.5 * theirs.std(1)}[aggregate]
+    np.testing.assert_allclose(ours, expected, atol=2 * TOL)
+  one = learned.reward_model(r, roles, learned.RewardModelSettings(role="rm", head=2))
+  np.testing.assert_allclose(np.asarray(one), theirs[:, 2], atol=TOL)
+  assert np.ptp(theirs[0]) > 1e-2  # the heads really differ
+  out = hf.save_hf_checkpoint(params, cfg, str(tmp_path / "rm3_out"), hf_config_template=path)
+  again = transformers.AutoModelForSequenceClassification.from_pretrained(out)
+  assert again.config.num_labels == 3
+  for name, value in model.state_dict().items():
+    assert torch.equal(value, again.state_dict()[name]), name
