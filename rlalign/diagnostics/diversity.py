@@ -1,4 +1,5 @@
-"""Diversity of sampled completions: in-graph distinct-n and host-side self-BLEU.
+"""Diversity of sampled completions: distinct-n and self-BLEU, in-graph; self-BLEU also on
+the host (the reference the in-graph one is tested against).
 
 Both look within groups of rows, such as the G samples of one prompt, since diversity across
 different prompts says nothing about mode collapse.
@@ -120,3 +121,74 @@ def self_bleu_groups(tokens, mask, group_size: int, max_n: int = 4) -> float:
   seqs = [row[m].tolist() for row, m in zip(tokens, mask)]
   groups = [seqs[i:i + group_size] for i in range(0, len(seqs), group_size)]
   return float(np.mean([self_bleu(g, max_n) for g in groups]))
+
+
+def self_bleu_in_graph(tokens: jax.Array, mask: jax.Array, groups: int,
+                       max_n: int = 4) -> jax.Array:
+  """``self_bleu_groups`` inside the program: the mean over ``groups`` row groups of each
+  group's self-BLEU, with the same clipping, brevity penalty and BLEU+1 smoothing.
+
+  ``mask`` must be a prefix of each row (a completion's tokens up to its stop), so a row's
+  n-grams are its windows. Per order n, a group's G*L windows (L = T - n + 1) are sorted once
+  as in ``distinct_n``; the runs of equal n-grams then give each n-gram's count in every
+  row, [G*L, G], so a window's clipped match is min(its count in its own row, its largest
+  count in another row) / its own count, summed over the row. Cost per group and order:
+  one sort of G*L keys and O(G^2 L) memory, never the (G L)^2 of comparing every pair.
+  """
+  batch, length = tokens.shape
+  if batch % groups:
+    raise ValueError(f"{batch} rows do not split into {groups} groups")
+  G = batch // groups
+  if G < 2:
+    raise ValueError(f"self-BLEU needs at least 2 rows a group, got {G}")
+  tokens = tokens.astype(jnp.int32).reshape(groups, G, length)
+  mask = mask.astype(bool).reshape(groups, G, length)
+  return jnp.mean(jax.vmap(lambda t, m: _group_self_bleu(t, m, max_n))(tokens, mask))
+
+
+def _group_matches(tokens: jax.Array, mask: jax.Array, n: int) -> jax.Array:
+  """[G] clipped n-gram matches of each row against the group's other rows."""
+  G, T = tokens.shape
+  grams, valid = _windows(tokens, mask, n)  # [G, L, n], [G, L]
+  L = grams.shape[1]
+  rows = jnp.repeat(jnp.arange(G, dtype=jnp.int32), L)
+  keys = (jnp.logical_not(valid).reshape(-1).astype(jnp.int32),) + tuple(
+      grams[..., i].reshape(-1) for i in range(n))
+  *keys, rows = jax.lax.sort(keys + (rows,), num_keys=len(keys))
+  changed = jnp.zeros(keys[0].shape[0] - 1, bool)
+  for key in keys:
+    changed = changed | (key[1:] != key[:-1])
+  segment = jnp.cumsum(jnp.concatenate([jnp.zeros(1, jnp.int32), changed.astype(jnp.int32)]))
+  ok = keys[0] == 0
+  counts = jnp.zeros((G * L, G), jnp.float32).at[segment, rows].add(ok.astype(jnp.float32))
+  here = counts[segment]                                          # [W, G]
+  own = jnp.take_along_axis(here, rows[:, None], axis=1)[:, 0]
+  others = jnp.max(jnp.where(jnp.arange(G)[None, :] == rows[:, None], -1.0, here), axis=1)
+  clipped = jnp.where(ok, jnp.minimum(own, others) / jnp.maximum(own, 1.0), 0.0)
+  return jnp.zeros(G, jnp.float32).at[rows].add(clipped)
+
+
+def _group_self_bleu(tokens: jax.Array, mask: jax.Array, max_n: int) -> jax.Array:
+  G, T = tokens.shape
+  lengths = jnp.sum(mask, axis=1).astype(jnp.float32)            # c, per hypothesis
+  log_precision = jnp.zeros(G, jnp.float32)
+  no_unigram = jnp.zeros(G, bool)
+  for n in range(1, max_n + 1):
+    total = jnp.maximum(lengths - n + 1, 0.0)
+    if n > T:
+      matches = jnp.zeros(G, jnp.float32)
+    else:
+      matches = _group_matches(tokens, mask, n)
+    if n == 1:
+      no_unigram = matches == 0
+      precision = matches / jnp.maximum(total, 1.0)
+    else:
+      precision = (matches + 1.0) / (total + 1.0)
+    log_precision = log_precision + jnp.log(jnp.maximum(precision, 1e-30)) / max_n
+  # The closest other row's length, the shorter on a tie.
+  gap = jnp.abs(lengths[None, :] - lengths[:, None]) * (2.0 * T + 2.0) + lengths[None, :]
+  gap = jnp.where(jnp.eye(G, dtype=bool), jnp.inf, gap)
+  ref = jnp.take(lengths, jnp.argmin(gap, axis=1))
+  brevity = jnp.where(lengths > ref, 1.0, jnp.exp(1.0 - ref / jnp.maximum(lengths, 1.0)))
+  bleu = jnp.where(no_unigram | (lengths == 0), 0.0, brevity * jnp.exp(log_precision))
+  return jnp.mean(bleu)

@@ -480,13 +480,15 @@ def _learn(state, rollouts, scores, rng, frozen, spec: IterationSpec):
 
 def sample_diagnostics(rollouts: Batch, scores: Mapping[str, jax.Array], group_size: int
                        ) -> Metrics:
-  """What the mean reward hides: distinct-1/2 of each prompt's group (diversity collapses
-  under reward hacking) and, where exact match is scored (as a reward or a monitor), the
-  unbiased pass@k for k = 1, 2, 4, ... up to the group size."""
+  """What the mean reward hides: distinct-1/2 and self-BLEU of each prompt's group
+  (diversity collapses under reward hacking) and, where exact match is scored (as a reward or
+  a monitor), the unbiased pass@k for k = 1, 2, 4, ... up to the group size."""
   tokens, mask = rollouts["completion_tokens"], rollouts["completion_mask"]
   prompts = tokens.shape[0] // group_size
   out = {f"diversity/distinct_{n}": diversity.distinct_n(tokens, mask, n, groups=prompts)
          for n in (1, 2)}
+  if group_size > 1:
+    out["diversity/self_bleu"] = diversity.self_bleu_in_graph(tokens, mask, prompts)
   correct = scores.get("exact_match", scores.get(MONITOR + "exact_match"))
   if correct is not None and group_size > 1:
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k < group_size] + [group_size]

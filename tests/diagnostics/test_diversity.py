@@ -122,3 +122,21 @@ def test_self_bleu_groups_reads_masked_tokens_per_group():
   assert div.self_bleu_groups(tokens, mask, 2, max_n=1) == pytest.approx(2 / 3)
   with pytest.raises(ValueError):
     div.self_bleu_groups(tokens, mask, 3)
+
+
+@pytest.mark.parametrize("seed, vocab", [(0, 3), (1, 6), (2, 40)])
+def test_in_graph_self_bleu_matches_the_host_reference(seed, vocab):
+  """Random groups of prefix-masked rows (some empty, some repeated), against the host's
+  Counter-based self-BLEU."""
+  rng = np.random.default_rng(seed)
+  groups, G, T = 5, 4, 9
+  tokens = rng.integers(0, vocab, size=(groups * G, T)).astype(np.int32)
+  lengths = rng.integers(0, T + 1, size=groups * G)
+  lengths[1] = 0  # an empty hypothesis scores 0
+  tokens[5] = tokens[4]
+  lengths[5] = lengths[4]  # a duplicate row
+  mask = np.arange(T)[None, :] < lengths[:, None]
+  ours = float(jax.jit(lambda t, m: div.self_bleu_in_graph(t, m, groups))(tokens, mask))
+  expected = div.self_bleu_groups(tokens, mask, G)
+  assert ours == pytest.approx(expected, abs=1e-5)
+  assert 0.0 < expected < 1.0

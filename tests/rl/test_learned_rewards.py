@@ -143,8 +143,10 @@ def test_learned_rewards_fuse_into_one_program_without_host_round_trips():
         state, metrics = step(state, batch, rng, frozen)
   assert compiled.count == 1
   for key in ("reward/reward_ensemble", "reward/generative_verifier", "reward/lsc_rm",
-              "reward/lsc_rm/reference", "monitor/exact_match", "kl_sequence"):
+              "reward/lsc_rm/reference", "monitor/exact_match", "kl_sequence",
+              "diversity/distinct_1", "diversity/distinct_2", "diversity/self_bleu", "pass@4"):
     assert np.isfinite(float(metrics[key])), key
+  assert 0.0 <= float(metrics["diversity/self_bleu"]) <= 1.0
   assert 0.0 <= float(metrics["reward/generative_verifier"]) <= 1.0
   assert not np.allclose(before, np.asarray(state["roles"]["policy"]["params"]["embed"]))
 
