@@ -11,6 +11,7 @@ Registered things pick their own typed settings by name: an objective's hparams
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -85,6 +86,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
   if tp is float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       raise ConfigError(f"{path}: expected float, got {type(value).__name__} {value!r}")
+    # Every float setting is a finite number: nan passes every "<= 0" check a field makes.
+    if not math.isfinite(value):
+      raise ConfigError(f"{path}: expected a finite float, got {value!r}")
     return float(value)
   if tp in (int, bool, str):
     if type(value) is not tp:

@@ -135,6 +135,22 @@ def test_wrong_type_raises_naming_key_and_expected_type(path, value, expected):
   assert expected in _convert_error(d)
 
 
+@pytest.mark.parametrize("path, value", [
+    (("roles", "policy", "optimizer", "learning_rate"), float("nan")),
+    (("roles", "policy", "optimizer", "learning_rate"), float("inf")),
+    (("sampling", "temperature"), float("-inf")),
+    (("phases", "rl", "objective", "clip_eps"), float("nan")),
+])
+def test_non_finite_floats_are_refused_naming_the_key(path, value):
+  d = _smoke_dict()
+  node = d
+  for key in path[:-1]:
+    node = node[key]
+  node[path[-1]] = value
+  msg = _convert_error(d)
+  assert msg.startswith(".".join(path) + ": expected a finite float"), msg
+
+
 def test_int_accepted_for_float_fields():
   d = _smoke_dict()
   d["roles"]["policy"]["optimizer"]["learning_rate"] = 1
