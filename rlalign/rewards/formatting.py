@@ -42,9 +42,9 @@ class ThinkFormatSettings:
       if not ids[name] or tokenizer.decode(ids[name], strict=False) != text:
         raise ValueError(f"think_format: the tag {name}={text!r} does not survive this "
                          f"tokenizer (it encodes to {list(ids[name])})")
-    # Every token whose text is whitespace; a vocabulary of 150k takes about a second.
-    blank = tuple(i for i in range(tokenizer.vocab_size)
-                  if (lambda t: t != "" and t.strip() == "")(tokenizer.decode([i], strict=False)))
+    # Every token whose text is whitespace: one decode per vocabulary entry, once per run.
+    texts = (tokenizer.decode([i], strict=False) for i in range(tokenizer.vocab_size))
+    blank = tuple(i for i, text in enumerate(texts) if text and not text.strip())
     return dataclasses.replace(self, open_ids=ids["open"], close_ids=ids["close"],
                                blank_ids=blank)
 
