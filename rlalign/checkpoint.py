@@ -38,6 +38,16 @@ DATA_ITEM = "data"
 _MAX_LISTED = 10  # cap on paths listed in a mismatch error
 
 
+class CheckpointMismatch(ValueError):
+  """A readable checkpoint of another state: a different tree or different shapes."""
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  line = text[0] if text else ""
+  return f"{type(error).__name__}: {line[:200]}"
+
+
 def _key_name(key: Any) -> str:
   """Name of one pytree path entry: dict key, attribute name or index."""
   for attr in ("key", "name", "idx"):  # DictKey / GetAttrKey / SequenceKey
@@ -204,6 +214,52 @@ class Checkpointer:
     )
     return restored[STATE_ITEM], dict(restored[DATA_ITEM])
 
+  def restore_newest_intact(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]]:
+    """``(step, state, data_state)`` of the newest checkpoint that restores.
+
+    A newer checkpoint that cannot be read (a truncated array chunk, empty metadata, a cut
+    iterator state) is moved aside to ``<step>.unreadable``, kept for inspection, with a
+    warning naming it; one of another state's shape (``CheckpointMismatch``) is not damage
+    and fails at once. If none can be read, nothing is moved and the error names each.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    unreadable = []
+    for step in steps:
+      try:
+        state, data_state = self.restore(abstract_state, step)
+      except CheckpointMismatch:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  # any damage reads differently
+        unreadable.append((step, _first_line(e)))
+        continue
+      for bad, reason in unreadable:
+        aside = self._set_aside(bad)
+        absl_logging.warning("checkpoint %s is unreadable (%s); moved to %s, resuming from "
+                             "step %d", self.step_dir(bad), reason, aside, step)
+        print(f"warning: checkpoint {self.step_dir(bad)} is unreadable ({reason}); moved to "
+              f"{aside}, resuming from step {step}", flush=True)
+      return step, state, data_state
+    raise ValueError(f"no readable checkpoint in {self.directory}: " + "; ".join(
+        f"{self.step_dir(step)}: {reason}" for step, reason in unreadable))
+
+  def _set_aside(self, step: int) -> str:
+    """Renames checkpoint ``step`` out of Orbax's sight (process 0; the others wait)."""
+    source = self.step_dir(step)
+    target = f"{source}.unreadable"
+    if jax.process_index() == 0:
+      n = 1
+      while os.path.exists(target):
+        n += 1
+        target = f"{source}.unreadable{n}"
+      os.rename(source, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"rlalign: set aside {source}")
+    self._manager.reload()
+    return target
+
   def restore_subtree(self, step: int, path: tuple[str, ...], abstract: Any) -> Any:
     """Restores one subtree of checkpoint `step`'s state (say one role's params) into the
     shardings of `abstract`; the rest of the state is read to host memory and dropped."""
@@ -258,7 +314,7 @@ class Checkpointer:
     expected = _flat_shapes(abstract_state)
     missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()
     if missing or unexpected:
-      raise ValueError(
+      raise CheckpointMismatch(
           f"{where}: tree structure differs from the expected state; "
           f"missing from checkpoint: [{_listing(missing)}]; "
           f"in checkpoint but not expected: [{_listing(unexpected)}]"
@@ -269,7 +325,7 @@ class Checkpointer:
         if saved[path] != shape
     ]
     if mismatches:
-      raise ValueError("\n".join(mismatches))
+      raise CheckpointMismatch("\n".join(mismatches))
 
   def wait_until_finished(self) -> None:
     """Blocks until pending work (none for synchronous saves) is done."""

@@ -4,7 +4,10 @@
   python -m rlalign.main --config=configs/grpo_addition.py:smoke --workdir=/tmp/run \
       --config.phases.rl.group_size=4
 
-Running again with the same workdir resumes from its latest checkpoint. ``--dry_run`` compiles
+Running again with the same workdir resumes from its latest checkpoint. SIGTERM or SIGINT
+saves a checkpoint after the current step and exits with code 75 ("requeue me"); a run whose
+updates keep coming out non-finite stops with exit code 1 and ``"status": "failed"`` in its
+``summary.json``. ``--dry_run`` compiles
 the RL step and the sampler for the config's mesh from abstract inputs, prints per-device
 memory and exits, training nothing (``rlalign/rl/dry_run.py``).
 """
@@ -40,7 +43,12 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache_dir", os.environ.get("RLALIGN_COMPILATION_CACHE", ""),
     "Directory for JAX's persistent compilation cache (default: $RLALIGN_COMPILATION_CACHE; "
     "empty: off). A relaunch of the same config then starts without compiling.")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Show the traceback of a user error (a bad key, file or checkpoint) "
+    "instead of its one-line message.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+USER_ERROR_EXIT_CODE = 2
 
 
 def main(argv) -> None:
@@ -55,7 +63,7 @@ def main(argv) -> None:
   except (ValueError, KeyError) as e:
     # A config mistake is the user's to fix: say which key, without a traceback.
     print(f"config error: {e.args[0] if e.args else e}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(USER_ERROR_EXIT_CODE)
   if _COMPILATION_CACHE.value:
     from rlalign import profiling
     profiling.enable_compilation_cache(_COMPILATION_CACHE.value)
@@ -66,13 +74,62 @@ def main(argv) -> None:
     sys.exit(dry_run.main(cfg, _WORKDIR.value, _DRY_RUN_REWARD_MODEL.value,
                           _DEVICE_MEMORY_GIB.value))
   from rlalign import recipes
-  summary = recipes.run(cfg, _WORKDIR.value)
+  from rlalign.rl import phases, preemption, runtime
+  try:
+    with preemption.handle_signals():
+      summary = recipes.run(cfg, _WORKDIR.value)
+  except preemption.Preempted as e:
+    print(f"preempted: {e} (exit {preemption.EXIT_CODE})", file=sys.stderr)
+    sys.exit(preemption.EXIT_CODE)
+  except phases.NonFiniteError as e:
+    runtime.write_failed_summary(_WORKDIR.value, str(e))
+    print(f"diverged: {e}", file=sys.stderr)
+    sys.exit(1)
+  except (ValueError, FileNotFoundError) as e:
+    # Checks of the config against the data, the checkpoints and the stored run raise these
+    # before anything trains; the message names the key or file.
+    if _VERBOSE.value:
+      raise
+    print(f"error: {e} (--verbose for the traceback)", file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT_CODE)
   if summary:  # process 0 only
     print(json.dumps(summary, indent=2))
 
 
+def _one_line(error: BaseException) -> str:
+  text = str(error.args[0] if len(error.args) == 1 else error)
+  for _ in range(2):  # KeyError quotes its message, and AttributeError(KeyError) again
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+      text = text[1:-1].replace("\\'", "'").replace("\\n", " ")
+  return " ".join(text.split())
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a bad flag, config file or override as one line and exit 2
+  (not a traceback from inside ml_collections)."""
+  for arg in argv[1:]:  # a missing file is reported later, after a traceback: check first
+    if arg.startswith("--config="):
+      path = arg[len("--config="):].split(":")[0]
+      if not os.path.isfile(path):
+        print(f"config error: --config: no such file {path!r}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"flag error: {_one_line(e)}", file=sys.stderr)
+  except (AttributeError, KeyError) as e:
+    # ml_collections applies --config.a.b=v overrides while parsing; name the override.
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    key = _one_line(e).split(" ")[0].strip("'\"")
+    culprit = next((a for a in overrides if key in a[9:].split(".")), None)
+    print(f"config error: unknown key {culprit or key!r}: {_one_line(e)}", file=sys.stderr)
+  except (TypeError, ValueError) as e:
+    print(f"config error: {_one_line(e)}", file=sys.stderr)
+  sys.exit(USER_ERROR_EXIT_CODE)
+
+
 def run() -> None:
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

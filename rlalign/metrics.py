@@ -150,6 +150,20 @@ class MetricsWriter:
         filename_suffix=f".{uuid.uuid4().hex[:8]}",
     )
 
+  def rewind(self, step: int) -> None:
+    """Drops every record after ``step`` (a resume that fell back to an older checkpoint
+    than the one this writer was opened for)."""
+    if not self.enabled:
+      return
+    self._file.close()
+    self._rewrite(keep_through=step)
+    self._file = open(self.jsonl_path, "a", encoding="utf-8")
+    self._last = None
+    from tensorboardX import SummaryWriter
+    self._tb.close()
+    self._tb = SummaryWriter(logdir=self.tensorboard_dir, purge_step=step + 1,
+                             filename_suffix=f".{uuid.uuid4().hex[:8]}")
+
   def _rewrite(self, keep_through: int | None) -> None:
     """Atomically rewrites the JSONL, keeping records with step <= keep_through."""
     kept = [

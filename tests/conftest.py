@@ -65,7 +65,9 @@ class Cli:
     """``num`` processes with one CPU device each, through launch/local_multiprocess.sh."""
     cmd = [os.path.join(REPO, "launch", "local_multiprocess.sh"), str(num), SMOKE, workdir,
            *overrides]
-    return self.run(cmd, self.env())
+    # The launcher starts its children with this interpreter, not whichever python3 is first
+    # on the PATH (a venv that is not activated).
+    return self.run(cmd, {**self.env(), "PYTHON": sys.executable})
 
   def final_params(self, workdir, phase="rl", role="policy", config=SMOKE):
     """A phase's last checkpointed (step, params of ``role``), read back through orbax."""

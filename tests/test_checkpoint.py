@@ -223,3 +223,83 @@ def test_read_only_leaves_a_save_in_progress_and_refuses_to_save(tmp_path):
   with pytest.raises(RuntimeError, match="read-only"):
     reader.save(6, make_state(6), {"pos": 6}, force=True)
   assert sorted(os.listdir(tmp_path)) == ["2", f"4{TMP_SUFFIX}"]
+
+
+def _three_steps(tmp_path):
+  ckpt = Checkpointer(str(tmp_path / "ckpt"), save_every=1, max_to_keep=3)
+  for step in (1, 2, 3):
+    ckpt.save(step, {"w": jnp.arange(64.0) + step, "step": jnp.int32(step)},
+              {"position": step}, force=True)
+  return ckpt
+
+
+def _truncate(path, keep=0.5):
+  size = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    f.truncate(int(size * keep))
+
+
+def _truncate_chunks(step_dir):
+  """Every array data file (OCDBT's ``d/`` folders) cut in half."""
+  for d, _, files in os.walk(os.path.join(step_dir, "state")):
+    if os.path.basename(d) == "d":
+      for f in files:
+        _truncate(os.path.join(d, f))
+
+
+# The damage a crash or a full disk leaves in the newest checkpoint, one kind at a time.
+DAMAGE = {
+    "truncated data chunks": _truncate_chunks,
+    "empty state metadata": lambda step_dir: open(os.path.join(step_dir, "state", "_METADATA"),
+                                                  "w").close(),
+    "truncated iterator state": lambda step_dir: _truncate(os.path.join(step_dir, "data",
+                                                                        "metadata")),
+    "truncated manifest": lambda step_dir: _truncate(os.path.join(step_dir, "state",
+                                                                  "manifest.ocdbt")),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, damage, capsys):
+  """The newest checkpoint is unreadable: restore warns naming it, moves it aside (kept,
+  never deleted) and restores the step before, whose data and iterator state are its own;
+  the next save at that step works."""
+  ckpt = _three_steps(tmp_path)
+  DAMAGE[damage](ckpt.step_dir(3))
+  fresh = Checkpointer(str(tmp_path / "ckpt"), save_every=1, max_to_keep=3)
+  target = {"w": jax.ShapeDtypeStruct((64,), jnp.float32),
+            "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  step, state, data = fresh.restore_newest_intact(target)
+  assert step == 2 and data == {"position": 2}
+  np.testing.assert_array_equal(np.asarray(state["w"]), np.arange(64.0) + 2)
+  out = capsys.readouterr().out
+  assert f"checkpoint {ckpt.step_dir(3)} is unreadable" in out and "resuming from step 2" in out
+  assert os.path.isdir(ckpt.step_dir(3) + ".unreadable")
+  assert fresh.latest_step() == 2 and fresh.all_steps() == [1, 2]
+  assert fresh.save(3, {"w": jnp.arange(64.0), "step": jnp.int32(3)}, {"position": 3},
+                    force=True)
+  assert Checkpointer(str(tmp_path / "ckpt"), save_every=1).all_steps() == [1, 2, 3]
+
+
+def test_no_readable_checkpoint_names_every_one_and_moves_nothing(tmp_path):
+  ckpt = _three_steps(tmp_path)
+  for step in (1, 2, 3):
+    DAMAGE["empty state metadata"](ckpt.step_dir(step))
+  target = {"w": jax.ShapeDtypeStruct((64,), jnp.float32),
+            "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  with pytest.raises(ValueError, match="no readable checkpoint") as e:
+    Checkpointer(str(tmp_path / "ckpt"), save_every=1).restore_newest_intact(target)
+  for step in (1, 2, 3):
+    assert ckpt.step_dir(step) in str(e.value)
+    assert os.path.isdir(ckpt.step_dir(step))
+
+
+def test_a_checkpoint_of_another_shape_is_not_damage(tmp_path):
+  """A shape mismatch means another run's config: it fails at once, no fallback."""
+  from rlalign.checkpoint import CheckpointMismatch
+  _three_steps(tmp_path)
+  target = {"w": jax.ShapeDtypeStruct((65,), jnp.float32),
+            "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  with pytest.raises(CheckpointMismatch, match="saved shape"):
+    Checkpointer(str(tmp_path / "ckpt"), save_every=1).restore_newest_intact(target)
+  assert Checkpointer(str(tmp_path / "ckpt"), save_every=1).all_steps() == [1, 2, 3]

@@ -23,9 +23,12 @@ both `reasoning_content` and `thinking`, the names templates read.
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import functools
 import json
+import math
+import time
 from typing import Any, Mapping, Sequence
 
 import jinja2
@@ -91,6 +94,7 @@ class _Namespace(jinja2.utils.Namespace):
 
   def __setitem__(self, name, value):
     _Namespace._check(name)
+    _check_size(value)  # ns.x = ns.x ~ ns.x in a loop doubles without any call or operator
     jinja2.utils.Namespace.__setitem__(self, name, value)
 
   @staticmethod
@@ -100,8 +104,64 @@ class _Namespace(jinja2.utils.Namespace):
           f"chat templates may not set underscore-prefixed namespace attributes: {name!r}")
 
 
+# What one rendering may take. A real template renders a conversation in milliseconds, into
+# about the conversation's own length; these bounds stop a hostile or broken one (nested
+# loops, exponential string growth) with an error instead of a hang or an exhausted memory.
+MAX_RENDER_SECONDS = 10.0
+MAX_RENDER_CHARS = 4_000_000
+
+_budget: contextvars.ContextVar = contextvars.ContextVar("chat_template_budget", default=None)
+
+
+class TemplateLimitError(ValueError):
+  """A chat template ran past its time or output-size limit."""
+
+
+def _check_time() -> None:
+  budget = _budget.get()
+  if budget is not None and time.perf_counter() > budget[0]:
+    raise TemplateLimitError(f"chat template: rendering took longer than {budget[2]:g} s")
+
+
+def _check_size(value: Any) -> None:
+  budget = _budget.get()
+  if budget is not None and isinstance(value, (str, list, tuple)) and len(value) > budget[1]:
+    raise TemplateLimitError(f"chat template: built a value of {len(value):,} items, over "
+                             f"the {budget[1]:,} limit")
+
+
+class _LimitedEnvironment(jinja2.sandbox.ImmutableSandboxedEnvironment):
+  """The sandbox, with the clock and sizes checked at every call and arithmetic operator
+  (every ``range()`` of a loop is a call, so nested loops are checked too)."""
+
+  intercepted_binops = frozenset({"*", "**", "+"})
+
+  def call_binop(self, context, operator, left, right):
+    _check_time()
+    budget = _budget.get()
+    if budget is not None:
+      if (operator == "*" and isinstance(right, int) and isinstance(left, (str, list, tuple))
+          or operator == "*" and isinstance(left, int) and isinstance(right, (str, list, tuple))):
+        count, seq = (right, left) if isinstance(right, int) else (left, right)
+        if count * len(seq) > budget[1]:
+          raise TemplateLimitError(f"chat template: a repetition of {count * len(seq):,} "
+                                   f"items, over the {budget[1]:,} limit")
+      if (operator == "**" and isinstance(left, int) and isinstance(right, int)
+          and abs(left) > 1 and right * math.log2(abs(left)) > 4096):
+        raise TemplateLimitError("chat template: a power of more than 4096 bits")
+    result = super().call_binop(context, operator, left, right)
+    _check_size(result)
+    return result
+
+  def call(__self, __context, __obj, *args, **kwargs):  # pylint: disable=no-self-argument
+    _check_time()
+    result = super().call(__context, __obj, *args, **kwargs)
+    _check_size(result)
+    return result
+
+
 def _environment() -> jinja2.sandbox.ImmutableSandboxedEnvironment:
-  env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+  env = _LimitedEnvironment(
       trim_blocks=True, lstrip_blocks=True,
       extensions=[_GenerationBlock, jinja2.ext.loopcontrols])
   env.filters["tojson"] = _tojson
@@ -156,7 +216,8 @@ def _message(message: Any, index: int) -> dict:
 def apply_chat_template(template: str, messages: Sequence[Mapping[str, Any]], *,
                         add_generation_prompt: bool, bos_token: str | None,
                         eos_token: str | None, tools: Any = None, documents: Any = None,
-                        **extra: Any) -> str:
+                        max_seconds: float = MAX_RENDER_SECONDS,
+                        max_chars: int = MAX_RENDER_CHARS, **extra: Any) -> str:
   """Renders one conversation with `template`, as transformers' `tokenize=False` does.
 
   Args:
@@ -167,6 +228,8 @@ def apply_chat_template(template: str, messages: Sequence[Mapping[str, Any]], *,
       variable undefined (renders as ""), as transformers does for an unset token.
     tools, documents: passed through (None by default, as in transformers); tools must
       already be JSON schemas (transformers would also convert Python functions).
+    max_seconds, max_chars: the rendering's limits; past either it stops with
+      TemplateLimitError.
     **extra: further template variables (e.g. `enable_thinking`, `pad_token`).
   """
   if not messages:
@@ -175,6 +238,29 @@ def apply_chat_template(template: str, messages: Sequence[Mapping[str, Any]], *,
   for name, token in (("bos_token", bos_token), ("eos_token", eos_token)):
     if token is not None:
       variables[name] = token
-  return compile_template(template).render(
-      messages=[_message(m, i) for i, m in enumerate(messages)], tools=_plain(tools),
-      documents=_plain(documents), add_generation_prompt=add_generation_prompt, **variables)
+  variables.update(messages=[_message(m, i) for i, m in enumerate(messages)],
+                   tools=_plain(tools), documents=_plain(documents),
+                   add_generation_prompt=add_generation_prompt)
+  return render_limited(compile_template(template), variables, max_seconds=max_seconds,
+                        max_chars=max_chars)
+
+
+def render_limited(template: jinja2.Template, variables: Mapping[str, Any], *,
+                   max_seconds: float = MAX_RENDER_SECONDS,
+                   max_chars: int = MAX_RENDER_CHARS) -> str:
+  """``template.render(**variables)`` within the time and size limits (TemplateLimitError);
+  the same string ``render`` gives, built from the same chunks."""
+  token = _budget.set((time.perf_counter() + max_seconds, max_chars, max_seconds))
+  try:
+    chunks, size = [], 0
+    for chunk in template.generate(**variables):
+      size += len(chunk)
+      if size > max_chars:
+        raise TemplateLimitError(f"chat template: output longer than {max_chars:,} characters")
+      _check_time()
+      chunks.append(chunk)
+    return "".join(chunks)
+  except MemoryError:
+    raise TemplateLimitError("chat template: ran out of memory while rendering") from None
+  finally:
+    _budget.reset(token)

@@ -25,6 +25,11 @@ class LoopConfig:
   checkpoint_every: int = 50
   eval_batch_size: int = 256
   max_checkpoints: int = 2
+  # Steps in a row whose update was skipped as non-finite before the run stops (0: never).
+  max_consecutive_skips: int = 5
+  # Resume although the config differs from the stored run's in more than its cadence or
+  # length (rlalign/rl/config_changes.py); the change is recorded in the workdir.
+  allow_config_change: bool = False
   # Save the frozen roles a phase reads (a reference, a reward model) in its checkpoints, so
   # one checkpoint resumes the phase; False rebuilds them from their sources on resume and
   # spares the disk (a 7B reference is 13 GB a checkpoint).
@@ -36,8 +41,9 @@ class LoopConfig:
     for name in ("log_every", "checkpoint_every", "eval_batch_size", "max_checkpoints"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{prefix}.{name} must be positive, got {getattr(self, name)}")
-    if self.eval_every < 0:
-      raise ValueError(f"{prefix}.eval_every must be >= 0, got {self.eval_every}")
+    for name in ("eval_every", "max_consecutive_skips"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{prefix}.{name} must be >= 0, got {getattr(self, name)}")
     for metric, term in self.eval_judges:
       if not term.reward.in_graph:
         raise ValueError(f"{prefix}.eval_judges.{metric}: {term.name!r} is a host reward; "
@@ -102,6 +108,9 @@ class ExperimentConfig:
     return self.role_configs[name].model_config(self.model)
 
   def validate(self) -> "ExperimentConfig":
+    # The seed feeds jax.random.key and the data library's uint32 seeds.
+    if not 0 <= self.seed < 2**31:
+      raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
     self.model.validate("model")
     self.data.validate()
     self.sampling.validate("sampling")

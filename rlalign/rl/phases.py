@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rlalign import checkpoint as ckpt_lib
@@ -23,6 +24,7 @@ from rlalign import metrics as metrics_lib
 from rlalign.objectives import base as obj_base
 from rlalign.rewards import base as reward_base
 from rlalign.rewards import host_pool
+from rlalign.rl import preemption
 from rlalign.rl.iteration import RLConfig
 from rlalign.rl.roles import AdapterConfig
 from rlalign.rl.state import OptimizerConfig
@@ -140,6 +142,12 @@ class Phase:
   evaluate: Optional[Callable[[Any], Dict[str, float]]] = None  # of the state
   metric_prefix: str = ""
   put_batch: Callable[[Mapping[str, np.ndarray]], Any] = lambda batch: batch
+  # Steps in a row with a skipped (non-finite) update before the run stops; 0: never stop.
+  max_consecutive_skips: int = 0
+
+
+class NonFiniteError(RuntimeError):
+  """Training diverged: updates kept coming out non-finite, or the state to save was."""
 
 
 POSTFIX_KEYS = ("loss", "reward", "accuracy", "pass@1_greedy")
@@ -157,34 +165,87 @@ def run_phase(phase: Phase, state, data_iter, rng: jax.Array, frozen: Mapping[st
   step = int(jax.device_get(state["step"]))
   bar = metrics_lib.progress(total=phase.num_steps, initial=step, desc=phase.name,
                              enabled=jax.process_index() == 0)
-  window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
-  while step < phase.num_steps:
-    batch = phase.put_batch(next(data_iter))
-    state, metrics = phase.step_fn(state, batch, rng, frozen)
-    step += 1
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    window_steps += 1
-    window_tokens += metrics.pop("tokens")
-    last = step == phase.num_steps
-    if step % phase.log_every == 0 or last:
-      elapsed = time.perf_counter() - window_start
-      record = {f"{phase.metric_prefix}{k}": v for k, v in metrics.items()}
-      record[f"{phase.metric_prefix}step_time_s"] = elapsed / window_steps
-      record[f"{phase.metric_prefix}tokens_per_s"] = window_tokens / elapsed
-      if phase.evaluate is not None and (last or (phase.eval_every
-                                                  and step % phase.eval_every == 0)):
-        record.update(phase.evaluate(state))
-      writer.write(phase.step_offset + step, record)
-      bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
-                       if k.split("/")[-1] in POSTFIX_KEYS})
-      window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
-    if checkpointer.should_save(step) or last:
-      checkpointer.save(step, checkpoint_tree(state, rng, frozen if save_frozen else None),
-                        data_iter.get_state(), force=last)
-    bar.update(1)
-  bar.close()
+  try:
+    window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
+    skipped_in_a_row = 0
+    while step < phase.num_steps:
+      batch = phase.put_batch(next(data_iter))
+      state, metrics = phase.step_fn(state, batch, rng, frozen)
+      step += 1
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      skipped_in_a_row = skipped_in_a_row + 1 if metrics.get("skipped_updates", 0) else 0
+      diverged = bool(phase.max_consecutive_skips
+                      and skipped_in_a_row >= phase.max_consecutive_skips)
+      window_steps += 1
+      window_tokens += metrics.pop("tokens")
+      last = step == phase.num_steps
+      if step % phase.log_every == 0 or last or diverged:
+        elapsed = time.perf_counter() - window_start
+        record = {f"{phase.metric_prefix}{k}": v for k, v in metrics.items()}
+        record[f"{phase.metric_prefix}step_time_s"] = elapsed / window_steps
+        record[f"{phase.metric_prefix}tokens_per_s"] = window_tokens / elapsed
+        if phase.evaluate is not None and not diverged and (
+            last or (phase.eval_every and step % phase.eval_every == 0)):
+          record.update(phase.evaluate(state))
+        writer.write(phase.step_offset + step, record)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
+                         if k.split("/")[-1] in POSTFIX_KEYS})
+        window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
+      if diverged:
+        raise NonFiniteError(
+            f"phase {phase.name!r}: steps {step - skipped_in_a_row + 1}..{step} each skipped "
+            f"an update with a non-finite loss, gradient or param (loss "
+            f"{metrics.get('loss')}); "
+            f"stopped at train.max_consecutive_skips={phase.max_consecutive_skips}, the last "
+            f"checkpoint ({_newest(checkpointer)}) is intact")
+      signum = preemption.agreed()
+      if checkpointer.should_save(step) or last or signum:
+        tree = checkpoint_tree(state, rng, frozen if save_frozen else None)
+        save(phase, checkpointer, step, tree, data_iter.get_state(),
+             force=last or bool(signum))
+      bar.update(1)
+      if signum and not last:
+        checkpointer.wait_until_finished()
+        raise preemption.Preempted(phase.name, step, signum)
+  finally:
+    bar.close()  # before any message that follows, so it is the last line
   checkpointer.wait_until_finished()
   return state
+
+
+def save(phase: Phase, checkpointer: ckpt_lib.Checkpointer, step: int, tree, data_state,
+         force: bool) -> None:
+  """Saves a checkpoint whose every float is finite; a non-finite one is refused, so the
+  newest checkpoint on disk is always one a resume can continue from."""
+  bad = nonfinite_paths(tree)
+  if bad:
+    raise NonFiniteError(f"phase {phase.name!r} step {step}: not saving a checkpoint with "
+                         f"non-finite values in {bad}; the last checkpoint "
+                         f"({_newest(checkpointer)}) is intact")
+  checkpointer.save(step, tree, data_state, force=force)
+
+
+def _newest(checkpointer: ckpt_lib.Checkpointer) -> str:
+  step = checkpointer.latest_step()
+  return "none yet" if step is None else f"step {step}"
+
+
+def nonfinite_paths(tree, limit: int = 5) -> list:
+  """The paths of the first ``limit`` float leaves of ``tree`` holding a NaN or inf."""
+  flags = _finite_leaves(tree)
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  bad = [jax.tree_util.keystr(path) for (path, _), ok in zip(flat, flags) if not ok]
+  return bad[:limit] + ([f"(+{len(bad) - limit} more)"] if len(bad) > limit else [])
+
+
+@jax.jit
+def _finite_leaves_jit(tree):
+  return [jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.array(True)
+          for x in jax.tree.leaves(tree)]
+
+
+def _finite_leaves(tree) -> list:
+  return [bool(f) for f in jax.device_get(_finite_leaves_jit(tree))]
 
 
 def checkpoint_tree(state, rng: jax.Array, frozen: Optional[Mapping[str, Any]]):
@@ -203,7 +264,8 @@ def resume(checkpointer: ckpt_lib.Checkpointer, state, data_iter, rng: jax.Array
     return state, rng, frozen
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                         checkpoint_tree(state, rng, frozen if frozen else None))
-  restored, data_state = checkpointer.restore(target)
+  # A damaged newest checkpoint is set aside and the one before it restored.
+  _, restored, data_state = checkpointer.restore_newest_intact(target)
   data_iter.set_state(data_state)
   rng = jax.random.wrap_key_data(restored.pop("rng"))
   frozen = {**frozen, **restored.pop("frozen", {})}

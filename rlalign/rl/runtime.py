@@ -34,7 +34,7 @@ from rlalign.models import transformer as tfm
 from rlalign.parallel import mesh as mesh_lib
 from rlalign.parallel.sharding import ShardingPlan
 from rlalign.rewards import base as reward_base
-from rlalign.rl import evaluation, iteration, offline, phases as phases_lib
+from rlalign.rl import config_changes, evaluation, iteration, offline, phases as phases_lib
 from rlalign.rl import roles as roles_lib
 from rlalign.rl import state as state_lib
 from rlalign.rl import update
@@ -116,6 +116,21 @@ class Runtime:
     self.schedule = list(schedule)
     self._check_fits()
 
+    self.offsets = {}
+    offset = 0
+    for name, steps in self.schedule:
+      self.offsets[name] = offset
+      offset += steps
+    # A resume must continue the stored run: compare before anything is overwritten.
+    started = {name: self.checkpointer(name).latest_step() is not None
+               for name, _ in self.schedule}
+    changes = config_changes.check_resume(
+        workdir, experiment.to_dict(declared), [n for n, _ in self.schedule], started,
+        step=self._resume_step(), allow=cfg.train.allow_config_change,
+        record=jax.process_index() == 0)
+    if changes:
+      log(f"resuming with a changed config: {config_changes.describe(changes)}")
+
     # The mesh and every layout are checked before anything compiles.
     self.plan = ShardingPlan(mesh_lib.make_mesh(cfg.mesh), cfg.mesh.rules)
     self._check_batches()
@@ -138,8 +153,9 @@ class Runtime:
                               split)
     self.eval_data = pipeline.eval_batches(cfg.data, self.tokenizer, "test",
                                            cfg.train.eval_batch_size)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(experiment.to_dict(declared), f, indent=2)
+    if jax.process_index() == 0:
+      data = json.dumps(experiment.to_dict(declared), indent=2).encode()
+      metrics_lib.atomic_write(os.path.join(workdir, "config.json"), lambda f: f.write(data))
 
     # Keys by name: declaring another role or phase changes no other one's randomness.
     self.eval_rng = named_key(cfg.seed, "eval", "held-out", self.plan)
@@ -147,11 +163,6 @@ class Runtime:
                         for name, _ in self.schedule}
     self._init_rngs = {name: named_key(cfg.seed, "init", name, self.plan)
                        for name in cfg.role_configs}
-    self.offsets = {}
-    offset = 0
-    for name, steps in self.schedule:
-      self.offsets[name] = offset
-      offset += steps
     self.writer = metrics_lib.MetricsWriter(workdir, resume_step=self._resume_step(),
                                             enabled=jax.process_index() == 0)
     self._weights: Dict[str, Any] = {}
@@ -168,6 +179,9 @@ class Runtime:
         raise ValueError(f"roles.{name}: model.vocab_size ({model.vocab_size}) is smaller than "
                          f"the tokenizer's vocabulary ({tokenizer.vocab_size}) for data.task="
                          f"{cfg.data.task!r}")
+      if cfg.sampling.top_k > model.vocab_size:
+        raise ValueError(f"sampling.top_k ({cfg.sampling.top_k}) is larger than roles.{name}'s "
+                         f"vocabulary ({model.vocab_size})")
     if cfg.sampling.max_new_tokens < cfg.data.max_answer_len:
       raise ValueError(f"sampling.max_new_tokens ({cfg.sampling.max_new_tokens}) must be >= "
                        f"data.max_answer_len ({cfg.data.max_answer_len}) or no answer can match")
@@ -513,10 +527,14 @@ class Runtime:
     data = self.train_iterator(phase_cfg.rows_per_step, index)
     checkpointer = self.checkpointer(name)
     rng = self._phase_rngs[name]
-    fresh = checkpointer.latest_step() is None
+    newest = checkpointer.latest_step()
+    fresh = newest is None
     # A checkpoint without frozen roles (train.checkpoint_frozen=False) keeps the rebuilt ones.
     state, rng, frozen = phases_lib.resume(checkpointer, state, data, rng,
                                            frozen if cfg.train.checkpoint_frozen else None)
+    if not fresh and int(jax.device_get(state["step"])) < newest:
+      # The newest checkpoint was damaged: the metrics after the one restored go too.
+      self.writer.rewind(self.offsets[name] + int(jax.device_get(state["step"])))
     frozen = {**self.frozen(roles), **frozen}
     if fresh and num_steps and (evaluate_at_start or trains_policy):
       # The start: held-out metrics before any update, and the starting policy's per-prompt
@@ -535,7 +553,8 @@ class Runtime:
         step_offset=self.offsets[name], log_every=cfg.train.log_every,
         eval_every=cfg.train.eval_every, evaluate=evaluate,
         metric_prefix="" if phase_cfg.kind == "rl" else f"{name}/",
-        put_batch=lambda batch: self.put_batch(batch, buckets_))
+        put_batch=lambda batch: self.put_batch(batch, buckets_),
+        max_consecutive_skips=cfg.train.max_consecutive_skips)
     return BuiltPhase(name, phase_cfg, phase, state, frozen, data, rng, checkpointer, roles)
 
   def policy_weights(self, state, roles: roles_lib.RoleSpecs, frozen: Mapping[str, Any],
@@ -661,7 +680,7 @@ class Runtime:
     pick = lambda record, phase=None: {
         k: v for k, v in record.items() if k.startswith("eval/")
         and ("/" not in k[5:] or (phase is not None and k.startswith(f"eval/{phase}/")))}
-    summary: Dict[str, Any] = {"phases": {}}
+    summary: Dict[str, Any] = {"status": "completed", "phases": {}}
     for name, steps in self.schedule:
       start, end = self.offsets[name], self.offsets[name] + steps
       mine = [r for r in evals if start < r["step"] <= end]
@@ -684,6 +703,16 @@ class Runtime:
       metrics_lib.plot_curves(path, os.path.join(self.workdir, "curves.png"),
                               keys=plot_keys(records), title=title)
     return summary
+
+
+def write_failed_summary(workdir: str, error: str) -> None:
+  """summary.json of a run that stopped on an error: ``"status": "failed"`` and why, so no
+  reader mistakes it for a finished run's (process 0 writes it)."""
+  if jax.process_index():
+    return
+  data = json.dumps({"status": "failed", "error": error}, indent=2).encode()
+  metrics_lib.atomic_write(os.path.join(os.path.abspath(workdir), "summary.json"),
+                           lambda f: f.write(data))
 
 
 def plot_keys(records: Sequence[Mapping[str, Any]]) -> List[str]:

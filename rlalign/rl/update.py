@@ -174,8 +174,10 @@ def updates(state: state_lib.TrainState, data: Batch, rng: jax.Array,
   """``epochs x minibatches`` gradient steps over shuffled rows of ``data``, in one scan
 (pairs stay pairs: :func:`minibatch_orders`).
 
-  Metrics are each update's, averaged (the sampler gap is the first update's). The state's step is not advanced here: a phase step
-  counts once however many updates it makes.
+  Metrics are each update's, averaged (the sampler gap is the first update's; skipped
+  updates are counted). An update whose loss, gradients or new params are not all finite is
+  skipped. The state's step is not advanced here: a phase step counts once however many
+  updates it makes.
   """
   orders = minibatch_orders(data["mask"].shape[0], rng, binding.epochs, binding.minibatches,
                             pairs=binding.objective.shuffles_pairs)
@@ -186,8 +188,12 @@ def updates(state: state_lib.TrainState, data: Batch, rng: jax.Array,
     trained = {name: st["roles"][name]["params"] for name in binding.trained_roles}
     (value, (metrics, outputs)), grads = jax.value_and_grad(loss, has_aux=True)(
         trained, frozen, mb, binding)
-    st = state_lib.apply_gradients(st, grads, optimizers)
-    metrics = {**metrics, "loss": value}
+    updated = state_lib.apply_gradients(st, grads, optimizers)
+    # A non-finite loss, gradient or new param skips the update: the state stays as it was,
+    # and the loop counts the skip (and aborts the run after too many in a row).
+    finite = all_finite((value, grads, state_lib.params_of(updated)))
+    st = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, st)
+    metrics = {**metrics, "loss": value, "skipped_updates": 1 - finite.astype(jnp.int32)}
     if len(grads) == 1:
       metrics["grad_norm"] = optax.tree.norm(grads)
     else:
@@ -201,10 +207,19 @@ def updates(state: state_lib.TrainState, data: Batch, rng: jax.Array,
 
   state, metrics = jax.lax.scan(one, state, orders)
   # Gaps compare with the learner's params as they sampled: the first update's.
-  return state, {k: v[0] if k in FIRST_UPDATE_METRICS else v.mean() for k, v in metrics.items()}
+  return state, {k: v[0] if k in FIRST_UPDATE_METRICS else v.sum() if k in SUMMED_METRICS
+                 else v.mean() for k, v in metrics.items()}
 
 
 FIRST_UPDATE_METRICS = ("sampler_gap_max", "sampler_gap_mean", "old_gap_max", "old_gap_mean")
+SUMMED_METRICS = ("skipped_updates",)
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every float in ``tree`` is finite, as a bool scalar."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def logprob_gap(learner: jax.Array, other: jax.Array, mask: jax.Array, name: str) -> Metrics:

@@ -450,3 +450,57 @@ def test_messages_are_copied_like_transformers():
   with pytest.raises(ValueError, match="empty conversation"):
     chat_lib.apply_chat_template("x", [], add_generation_prompt=True, bos_token=None,
                                  eos_token=None)
+
+
+def _render_limited(template, **limits):
+  return chat_lib.apply_chat_template(template, [{"role": "user", "content": "hi"}],
+                                      add_generation_prompt=True, bos_token=None,
+                                      eos_token=None, **limits)
+
+
+@pytest.mark.parametrize("template, match", [
+    # One big value at once: repetition, a huge power, a big filter output.
+    ("{{ 'x' * 100000000 }}", "repetition of 100,000,000 items"),
+    ("{{ [0] * 100000000 }}", "repetition of 100,000,000 items"),
+    ("{{ 7 ** 100000000 }}", "power of more than 4096 bits"),
+    ("{{ 'x'|center(30000000) }}", "output longer than 1,000,000 characters"),
+    # Growth that needs no output: doubling through a namespace, and through recursion.
+    ("{% set ns = namespace(x='ab') %}{% for i in range(40) %}{% set ns.x = ns.x ~ ns.x %}"
+     "{% endfor %}{{ ns.x|length }}", "built a value of 1,048,576 items"),
+    ("{% macro f(s, n) %}{% if n %}{{ f(s ~ s, n - 1) }}{% endif %}{% endmacro %}"
+     "{{ f('ab', 40) }}", "built a value of 1,048,576 items|longer than 1 s"),
+    # Many small outputs.
+    ("{% for i in range(100000) %}{{ 'y' * 100 }}{% endfor %}",
+     "output longer than 1,000,000 characters"),
+])
+def test_rendering_stops_at_its_size_limit(template, match):
+  with pytest.raises(chat_lib.TemplateLimitError, match=match):
+    _render_limited(template, max_chars=1_000_000, max_seconds=1.0)
+
+
+def test_rendering_stops_at_its_time_limit():
+  """10^10 iterations that write nothing: each inner range() call checks the clock."""
+  import time
+  template = ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+              "{% endfor %}")
+  start = time.perf_counter()
+  with pytest.raises(chat_lib.TemplateLimitError, match="longer than 0.5 s"):
+    _render_limited(template, max_seconds=0.5)
+  # Generous: the point is that it stops, not how fast (it would run for hours otherwise).
+  assert time.perf_counter() - start < 30
+
+
+def test_limits_leave_real_templates_alone():
+  """A long conversation through a real template: the same string with and without limits,
+  and a limit just under its length stops it."""
+  template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+              "<|im_end|>\n{% endfor %}")
+  messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": "word " * 500}
+              for i in range(100)]
+  plain = chat_lib.compile_template(template).render(messages=messages)
+  limited = chat_lib.apply_chat_template(template, messages, add_generation_prompt=False,
+                                         bos_token=None, eos_token=None)
+  assert limited == plain and len(plain) > 250_000
+  with pytest.raises(chat_lib.TemplateLimitError, match="output longer"):
+    chat_lib.apply_chat_template(template, messages, add_generation_prompt=False,
+                                 bos_token=None, eos_token=None, max_chars=len(plain) - 1)

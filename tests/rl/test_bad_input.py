@@ -56,6 +56,30 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path):
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--config.phases.rl.group_sise=4"],
+     "config error: unknown key '--config.phases.rl.group_sise': 'group_sise' Did you mean "
+     "\"group_size\" instead of \"group_sise\"?"),
+    (["--config.phases.rl.group_size=abc"],
+     "flag error: flag --config.phases.rl.group_size=abc: invalid literal for int() with base "
+     "10: 'abc'"),
+    (["--no_such_flag"], "flag error: Unknown command line flag 'no_such_flag'"),
+    (["--config=configs/no_such_config.py:smoke"],
+     "config error: --config: no such file 'configs/no_such_config.py'"),
+])
+def test_cli_reports_flag_errors_in_one_line(tmp_path, args, message):
+  """Mistakes on the command line, caught while absl parses it: one line, exit 2."""
+  proc = subprocess.run(
+      [sys.executable, "-m", "rlalign.main",
+       f"--config={os.path.join(REPO, 'configs', 'grpo_addition.py')}:smoke",
+       f"--workdir={tmp_path / 'run'}", *args],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [message]
+  assert not os.path.exists(tmp_path / "run")
+
+
 def jsonl_config(tmp_path, lines, max_prompt_len=24):
   path = tmp_path / "prompts.jsonl"
   if lines is not None:
@@ -83,3 +107,21 @@ def test_bad_prompt_files_fail_before_compiling(tmp_path, lines, error, message)
       recipes.run(cfg, str(tmp_path / "run"))
   assert compiles.count == 0
   assert not os.path.exists(tmp_path / "run" / "checkpoints" / "rl" / "0")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("sampling.top_k", 10_000, r"sampling\.top_k \(10000\) is larger than roles\.\w+'s "
+                               r"vocabulary"),
+    ("seed", -1, r"seed must be in \[0, 2\*\*31\), got -1"),
+    ("seed", 2**40, r"seed must be in \[0, 2\*\*31\)"),
+])
+def test_settings_the_run_cannot_use_fail_before_compiling(tmp_path, key, value, message):
+  """A top_k beyond the vocabulary (once caught only after the warm start had trained and
+  saved) and a seed the data library would reject, both named before anything compiles."""
+  config = smoke(tmp_path)
+  section, _, leaf = key.rpartition(".")
+  (config[section] if section else config)[leaf] = value
+  with count_compilations() as compiles:
+    with pytest.raises(ValueError, match=message):
+      recipes.run(config_lib.from_config_dict(config), str(tmp_path / "run"))
+  assert compiles.count == 0

@@ -106,6 +106,7 @@ def test_a_phase_checkpoint_holds_the_frozen_roles_it_reads(tmp_path):
   first.run(first.build_phase("rl"))
   reference = jax.device_get(first.weights("reference"))
   config.roles.reference.weights = dict(source="random")
+  config.train.allow_config_change = True  # on purpose: a resume refuses it otherwise
   again = Runtime(config_lib.from_config_dict(config), workdir, [("rl", 1)])
   rebuilt = jax.device_get(again.weights("reference"))
   assert not np.array_equal(rebuilt["embed"], reference["embed"])

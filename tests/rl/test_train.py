@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -19,7 +20,6 @@ from tests.configs import load_config
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(REPO, "configs", "grpo_addition.py") + ":smoke"
 COTRAIN_SMOKE = os.path.join(REPO, "configs", "cotrain_addition.py") + ":smoke"
-pytestmark = pytest.mark.slow
 
 
 def read_tfevents_scalars(directory):
@@ -99,6 +99,7 @@ def uninterrupted(tmp_path_factory, cli):
 
 # A kill in an offline phase (warm_start), in an RL phase, and in a two-model recipe; the
 # recipe run's own warm start is the same kind of phase as grpo's, so it is not killed twice.
+@pytest.mark.slow
 @pytest.mark.parametrize("run, kill_when", [("grpo", "warm_start/2"), ("grpo", "rl/2"),
                                             ("cotrain", "alternating/2")])
 def test_killed_run_resumes_to_the_same_params(tmp_path, run, kill_when, uninterrupted, cli):
@@ -129,6 +130,158 @@ def test_killed_run_resumes_to_the_same_params(tmp_path, run, kill_when, uninter
   assert steps == sorted(set(steps)), "a resumed run must not duplicate metric steps"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_preempted_run_saves_its_step_exits_75_and_resumes_to_the_same_params(
+    tmp_path, signum, uninterrupted, cli):
+  """SIGTERM (a cluster's preemption) or SIGINT (Ctrl-C) once the warm start is saved: RL
+  finishes the step it is in, saves it although it is no checkpoint step, and exits 75 with
+  no summary; the rerun resumes from that step and ends bit-identical to an uninterrupted
+  run, each metric step logged once."""
+  workdir = str(tmp_path / "preempted")
+  proc = subprocess.Popen(cli.main_cmd(workdir), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, env=cli.env())
+  marker = os.path.join(workdir, "checkpoints", "warm_start", "4")
+  deadline = time.time() + 300
+  while not os.path.isdir(marker) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run finished before it could be preempted"
+  os.kill(proc.pid, signum)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 75, stderr[-3000:]
+  assert "preempted" in stderr and "run the same command again to resume" in stderr
+  assert "Traceback" not in stderr
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
+  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints", "rl"))
+                 if d.isdigit())
+  assert saved and saved[-1] in (1, 2, 3), saved  # the step it was in, not the last one
+
+  cli.run_main(workdir)
+  resumed = final_roles(cli, workdir, "grpo")
+  expected = uninterrupted["grpo"]
+  assert resumed["policy"][0] == expected["policy"][0] == 4
+  jax.tree.map(np.testing.assert_array_equal, expected["policy"][1], resumed["policy"][1])
+  steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps == sorted(set(steps)), "a resumed run must not duplicate metric steps"
+  with open(os.path.join(workdir, "summary.json")) as f:
+    assert json.load(f)["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_resuming_with_a_changed_config(tmp_path, uninterrupted, cli):
+  """On a finished run: a changed learning rate or a longer warm start (RL has finished on
+  the old one) is refused with exit 2 and one line naming the key, and nothing in the workdir
+  changes; more RL steps are accepted, recorded, and train only the new steps; a forced
+  change is recorded as forced."""
+  import shutil
+  workdir = str(tmp_path / "run")
+  shutil.copytree(uninterrupted["grpo/workdir"], workdir)
+  stored = open(os.path.join(workdir, "config.json")).read()
+  metrics = open(os.path.join(workdir, "metrics.jsonl")).read()
+  for override, key in [("--config.roles.policy.optimizer.learning_rate=0.001",
+                         "roles.policy.optimizer.learning_rate: 0.0005 -> 0.001"),
+                        ("--config.phases.warm_start.steps=6", "phases.warm_start.steps: 4 -> 6")]:
+    proc = cli.run_main(workdir, override, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and key in last and "Traceback" not in proc.stderr
+    assert open(os.path.join(workdir, "config.json")).read() == stored
+    assert open(os.path.join(workdir, "metrics.jsonl")).read() == metrics
+
+  cli.run_main(workdir, "--config.phases.rl.steps=6")
+  steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps == sorted(set(steps)) and steps[-1] == 10  # 4 warm-start + 6 RL steps
+  assert cli.final_params(workdir)[0] == 6
+  cli.run_main(workdir, "--config.phases.rl.steps=6", "--config.seed=1",
+               "--config.train.allow_config_change=True")
+  changes = [json.loads(l) for l in open(os.path.join(workdir, "config_changes.jsonl"))]
+  moved = [os.path.join(uninterrupted["grpo/workdir"], "tfds"), os.path.join(workdir, "tfds")]
+  assert [c["changes"] for c in changes] == [
+      {"data.data_dir": moved, "phases.rl.steps": [4, 6]},
+      {"seed": [0, 1], "train.allow_config_change": [False, True]}]
+  assert [c["forced"] for c in changes] == [[], ["seed"]]
+  assert [c["step"] for c in changes] == [8, 10]
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, uninterrupted, cli):
+  """A finished run whose last RL checkpoint lost its array data (a full disk, say): the
+  rerun warns naming it, moves it aside, resumes from step 2 and ends bit-identical to the
+  uninterrupted run, with each metric step once."""
+  import shutil
+  workdir = str(tmp_path / "run")
+  shutil.copytree(uninterrupted["grpo/workdir"], workdir)
+  newest = os.path.join(workdir, "checkpoints", "rl", "4")
+  for d, _, files in os.walk(os.path.join(newest, "state")):
+    if os.path.basename(d) == "d":
+      for f in files:
+        with open(os.path.join(d, f), "r+b") as fh:
+          fh.truncate(os.path.getsize(os.path.join(d, f)) // 2)
+  proc = cli.run_main(workdir)
+  assert f"warning: checkpoint {newest} is unreadable" in proc.stdout
+  assert "resuming from step 2" in proc.stdout
+  assert os.path.isdir(newest + ".unreadable")
+  step, params = cli.final_params(workdir)
+  assert step == 4
+  jax.tree.map(np.testing.assert_array_equal, uninterrupted["grpo"]["policy"][1], params)
+  steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps == sorted(set(steps)) and steps[-1] == 8
+
+
+DIVERGED_CONFIG = """
+from tests.configs import load_config
+
+def get_config(arg=""):
+  c = load_config("grpo_addition", "smoke")
+  c.roles.policy.weights = dict(source="checkpoint", path={path!r}, role="policy")
+  return c
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_skips", [2, 0])
+def test_a_diverged_run_stops_without_saving_nan_and_says_so(tmp_path, cli, max_skips):
+  """The policy starts from a checkpoint holding one NaN: every update is non-finite. With
+  train.max_consecutive_skips=2 the second skipped step stops the run; with 0 (never stop)
+  the first save refuses the NaN params. Either way: exit 1 with a one-line reason, no
+  checkpoint of the phase, and summary.json says the run failed."""
+  from rlalign import checkpoint as ckpt_lib
+  from rlalign import config as config_lib
+  from rlalign.models import transformer as tfm
+  config = load_config("grpo_addition", "smoke")
+  config.data.data_dir = str(tmp_path / "tfds")
+  cfg = config_lib.from_config_dict(config)
+  params = tfm.init(cfg.role_model("policy"), jax.random.key(0))
+  params["embed"] = params["embed"].at[:, 0].set(jnp.nan)
+  source = str(tmp_path / "poisoned")
+  ckpt = ckpt_lib.Checkpointer(source, save_every=1)
+  ckpt.save(1, {"roles": {"policy": {"params": params}}}, {}, force=True)
+  ckpt.wait_until_finished()
+  config_file = tmp_path / "diverged.py"
+  config_file.write_text(DIVERGED_CONFIG.format(path=source))
+
+  workdir = str(tmp_path / "run")
+  proc = cli.run_main(workdir, f"--config.train.max_consecutive_skips={max_skips}",
+                      config=str(config_file), check=False)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("diverged: phase 'warm start'"), last
+  if max_skips:
+    assert "steps 1..2 each skipped an update" in last
+  else:
+    assert "not saving a checkpoint with non-finite values" in last
+  assert "Traceback" not in proc.stderr
+  assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints", "warm_start"))
+              if d.isdigit()]
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["status"] == "failed" and summary["error"] == last[len("diverged: "):]
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  skipped = [r["warm_start/skipped_updates"] for r in records if "warm_start/skipped_updates" in r]
+  assert skipped and all(s == 1 for s in skipped)
+
+
+@pytest.mark.slow
 def test_a_role_starts_from_an_earlier_runs_checkpoint(tmp_path, uninterrupted):
   """weights.source="checkpoint": the two-model run's verifier as a new run's reward model."""
   from rlalign import config as config_lib
