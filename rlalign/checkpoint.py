@@ -23,6 +23,7 @@ them and writes each array shard from the process that holds it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -40,6 +41,10 @@ _MAX_LISTED = 10  # cap on paths listed in a mismatch error
 
 class CheckpointMismatch(ValueError):
   """A readable checkpoint of another state: a different tree or different shapes."""
+
+
+class CheckpointUnreadable(ValueError):
+  """A checkpoint whose files cannot be read back (damaged, truncated, emptied)."""
 
 
 def _first_line(error: BaseException) -> str:
@@ -202,17 +207,30 @@ class Checkpointer:
           f"no checkpoint for step {step} in {self.directory}; "
           f"available steps: {self.all_steps()}"
       )
-    self._check_compatible(step, abstract_state)
-    restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(
-            **{
-                STATE_ITEM: ocp.args.StandardRestore(abstract_state),
-                DATA_ITEM: ocp.args.JsonRestore(),
-            }
-        ),
-    )
+    with self._naming_the_file(step):
+      self._check_compatible(step, abstract_state)
+      restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+              **{
+                  STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+                  DATA_ITEM: ocp.args.JsonRestore(),
+              }
+          ),
+      )
     return restored[STATE_ITEM], dict(restored[DATA_ITEM])
+
+  @contextlib.contextmanager
+  def _naming_the_file(self, step: int):
+    """Any error reading checkpoint ``step`` as CheckpointUnreadable naming its directory
+    (Orbax and tensorstore errors name neither, or only a chunk's hash)."""
+    try:
+      yield
+    except (CheckpointMismatch, CheckpointUnreadable):
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointUnreadable(
+          f"checkpoint {self.step_dir(step)} is unreadable: {_first_line(e)}") from e
 
   def restore_newest_intact(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]]:
     """``(step, state, data_state)`` of the newest checkpoint that restores.
@@ -229,10 +247,8 @@ class Checkpointer:
     for step in steps:
       try:
         state, data_state = self.restore(abstract_state, step)
-      except CheckpointMismatch:
-        raise
-      except Exception as e:  # pylint: disable=broad-except  # any damage reads differently
-        unreadable.append((step, _first_line(e)))
+      except CheckpointUnreadable as e:
+        unreadable.append((step, _first_line(e.__cause__ or e)))
         continue
       for bad, reason in unreadable:
         aside = self._set_aside(bad)
@@ -263,22 +279,26 @@ class Checkpointer:
   def restore_subtree(self, step: int, path: tuple[str, ...], abstract: Any) -> Any:
     """Restores one subtree of checkpoint `step`'s state (say one role's params) into the
     shardings of `abstract`; the rest of the state is read to host memory and dropped."""
+    with self._naming_the_file(step):
+      return self._restore_subtree(step, path, abstract)
+
+  def _restore_subtree(self, step: int, path: tuple[str, ...], abstract: Any) -> Any:
     where = f"checkpoint {self.step_dir(step)}"
     tree = self._manager.item_metadata(step)[STATE_ITEM]
     if tree is None:
-      raise ValueError(f"{where}: no readable metadata for item {STATE_ITEM!r}")
+      raise CheckpointUnreadable(f"{where}: no readable metadata for item {STATE_ITEM!r}")
     tree = getattr(tree, "tree", tree)
     node = tree
     for i, key in enumerate(path):
       if not isinstance(node, Mapping) or key not in node:
         have = sorted(node) if isinstance(node, Mapping) else []
-        raise ValueError(f"{where}: no {'/'.join(path[:i + 1])} in its state; "
+        raise CheckpointMismatch(f"{where}: no {'/'.join(path[:i + 1])} in its state; "
                          f"{'/'.join(path[:i]) or 'the state'} holds {have}")
       node = node[key]
     saved, expected = _flat_shapes(node), _flat_shapes(abstract)
     if saved != expected:
       diff = sorted(set(saved.items()) ^ set(expected.items()))
-      raise ValueError(f"{where}: {'/'.join(path)} differs from the expected tree: "
+      raise CheckpointMismatch(f"{where}: {'/'.join(path)} differs from the expected tree: "
                        f"{_listing({f'{k} {v}' for k, v in diff})}")
     # The rest is read replicated over the same devices as the subtree (restoring it in the
     # saved layout would fail on another topology), then dropped.
@@ -309,7 +329,7 @@ class Checkpointer:
     where = f"checkpoint {self.step_dir(step)}"
     metadata = self._manager.item_metadata(step)[STATE_ITEM]
     if metadata is None:
-      raise ValueError(f"{where}: no readable metadata for item {STATE_ITEM!r}")
+      raise CheckpointUnreadable(f"{where}: no readable metadata for item {STATE_ITEM!r}")
     saved = _flat_shapes(metadata)
     expected = _flat_shapes(abstract_state)
     missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()

@@ -3,8 +3,9 @@
 `MetricsWriter` is the single sink the trainer writes to. Every call to
 `write` appends one JSON object to `<workdir>/metrics.jsonl` (the format that
 scripts and tests read back with `read_jsonl`) and logs the same scalars to
-TensorBoard event files under `<workdir>/tensorboard/`. Both are flushed on
-every write so a crash loses at most the record being written.
+TensorBoard event files under `<workdir>/tensorboard/`, and, when configured,
+to a Weights & Biases run (`WandbConfig`). All are flushed on every write so a
+crash loses at most the record being written.
 
 Resuming: a run restarted from a checkpoint at step S re-executes steps > S,
 so `MetricsWriter(..., resume_step=S)` drops JSONL records with step > S and
@@ -14,6 +15,7 @@ record per step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,12 +23,93 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Tuple
 
 import numpy as np
 
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"
+WANDB_ID_FILENAME = "wandb_run_id"
+
+
+@dataclasses.dataclass(frozen=True)
+class WandbConfig:
+  """Weights & Biases logging beside JSONL and TensorBoard (``train.wandb``).
+
+  ``mode`` is W&B's: "online", "offline" (written under ``<workdir>/wandb``, for ``wandb
+  sync`` later) or "disabled". The run id is kept in ``<workdir>/wandb_run_id``, so a resumed
+  run continues the same W&B run. Without the ``wandb`` package (``pip install
+  'rlalign[wandb]'``) or when W&B cannot start, logging goes on without it after a one-line
+  note: W&B never stops a run.
+  """
+  enabled: bool = False
+  project: str = "rlalign"
+  name: str = ""        # "": the workdir's name
+  entity: str = ""
+  mode: str = "online"
+  tags: Tuple[str, ...] = ()
+
+  def validate(self, prefix: str = "train.wandb") -> None:
+    if self.mode not in ("online", "offline", "disabled"):
+      raise ValueError(f"{prefix}.mode must be 'online', 'offline' or 'disabled', got "
+                       f"{self.mode!r}")
+
+
+class _WandbSink:
+  """One W&B run; every failure turns it off with a note instead of raising."""
+
+  def __init__(self, cfg: WandbConfig, workdir: str, run_config: Mapping[str, Any] | None):
+    self.run = None
+    try:
+      import wandb  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      print("note: W&B logging is off: the wandb package is not installed "
+            "(pip install 'rlalign[wandb]')", file=sys.stderr)
+      return
+    id_path = os.path.join(workdir, WANDB_ID_FILENAME)
+    if os.path.exists(id_path):
+      run_id = open(id_path).read().strip()
+    else:
+      run_id = uuid.uuid4().hex[:12]
+      atomic_write(id_path, lambda f: f.write(run_id.encode()))
+    try:
+      self.run = wandb.init(
+          project=cfg.project, entity=cfg.entity or None,
+          name=cfg.name or os.path.basename(os.path.abspath(workdir)), id=run_id,
+          resume="allow", dir=workdir, mode=cfg.mode, tags=list(cfg.tags),
+          config=dict(run_config or {}))
+    except Exception as e:  # pylint: disable=broad-except  # a network or login failure
+      print(f"note: W&B logging is off: wandb.init failed ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''})", file=sys.stderr)
+      self.run = None
+
+  def log(self, step: int, values: Mapping[str, float]) -> None:
+    if self.run is not None:
+      self.run.log(dict(values), step=step)
+
+  def finish(self, summary: Mapping[str, Any] | None = None,
+             images: Sequence[str] = ()) -> None:
+    if self.run is None:
+      return
+    import wandb  # pylint: disable=import-outside-toplevel
+    for key, value in _flat(summary or {}).items():
+      self.run.summary[key] = value
+    for path in images:
+      if os.path.exists(path):
+        self.run.log({os.path.splitext(os.path.basename(path))[0]: wandb.Image(path)})
+    self.run.finish()
+    self.run = None
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}/{key}" if prefix else str(key)
+    if isinstance(value, Mapping):
+      out.update(_flat(value, name))
+    else:
+      out[name] = value
+  return out
 
 
 def _to_float(name: str, value: Any) -> float:
@@ -118,8 +201,11 @@ class MetricsWriter:
       *,
       resume_step: int | None = None,
       enabled: bool = True,
+      wandb: WandbConfig | None = None,
+      run_config: Mapping[str, Any] | None = None,
   ):
     self.enabled = enabled
+    self._wandb = None
     self.jsonl_path = os.path.join(workdir, METRICS_FILENAME)
     self.tensorboard_dir = os.path.join(workdir, TENSORBOARD_DIRNAME)
     self._file = None
@@ -149,6 +235,8 @@ class MetricsWriter:
         # second would truncate the previous run's events without this.
         filename_suffix=f".{uuid.uuid4().hex[:8]}",
     )
+    if wandb is not None and wandb.enabled:
+      self._wandb = _WandbSink(wandb, workdir, run_config)
 
   def rewind(self, step: int) -> None:
     """Drops every record after ``step`` (a resume that fell back to an older checkpoint
@@ -203,15 +291,25 @@ class MetricsWriter:
     for name, value in values.items():
       self._tb.add_scalar(name, value, global_step=step)
     self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.log(step, values)
 
   def close(self) -> None:
-    """Flushes and closes both sinks. Safe to call more than once."""
+    """Flushes and closes the JSONL and TensorBoard sinks (W&B ends in :meth:`finish_wandb`,
+    or when the process exits). Safe to call more than once."""
     if self._file is not None:
       self._file.close()
       self._file = None
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+  def finish_wandb(self, summary: Mapping[str, Any] | None = None,
+                   images: Sequence[str] = ()) -> None:
+    """Ends the W&B run, if any, with the run's summary and its PNGs."""
+    if self._wandb is not None:
+      self._wandb.finish(summary, images)
+      self._wandb = None
 
   def __enter__(self) -> "MetricsWriter":
     return self

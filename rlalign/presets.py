@@ -68,7 +68,10 @@ ADDITION_SAMPLING = dict(max_new_tokens=5, temperature=1.0, top_k=0, top_p=1.0)
 ADDITION_WARM_START = dict(steps=1000, batch_size=64,
                            optimizer=dict(learning_rate=3e-3, warmup_steps=100))
 LOOP = dict(log_every=10, eval_every=50, checkpoint_every=50, eval_batch_size=256,
-            max_consecutive_skips=5, allow_config_change=False)
+            max_consecutive_skips=5, allow_config_change=False,
+            # Weights & Biases beside JSONL and TensorBoard: --config.train.wandb.enabled=True
+            wandb=dict(enabled=False, project="rlalign", name="", entity="", mode="online",
+                       tags=()))
 
 
 def addition_task(c) -> None:

@@ -303,3 +303,18 @@ def test_a_checkpoint_of_another_shape_is_not_damage(tmp_path):
   with pytest.raises(CheckpointMismatch, match="saved shape"):
     Checkpointer(str(tmp_path / "ckpt"), save_every=1).restore_newest_intact(target)
   assert Checkpointer(str(tmp_path / "ckpt"), save_every=1).all_steps() == [1, 2, 3]
+
+
+def test_every_read_error_names_the_checkpoint(tmp_path):
+  """Damage met by restore or restore_subtree (not the fallback) names the step directory."""
+  from rlalign.checkpoint import CheckpointUnreadable
+  ckpt = _three_steps(tmp_path)
+  DAMAGE["truncated iterator state"](ckpt.step_dir(3))
+  DAMAGE["empty state metadata"](ckpt.step_dir(2))
+  target = {"w": jax.ShapeDtypeStruct((64,), jnp.float32),
+            "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  fresh = Checkpointer(str(tmp_path / "ckpt"), save_every=1)
+  with pytest.raises(CheckpointUnreadable, match=f"checkpoint {ckpt.step_dir(3)} is unreadable"):
+    fresh.restore(target, 3)
+  with pytest.raises(CheckpointUnreadable, match=f"checkpoint {ckpt.step_dir(2)}"):
+    fresh.restore_subtree(2, ("w",), target["w"])

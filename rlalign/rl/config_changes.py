@@ -3,7 +3,8 @@
 A resume continues the stored run, so its config must mean the same run. Some settings only
 change how the run is watched or how far it goes, and are accepted and recorded:
 
-  train.log_every, eval_every, checkpoint_every, max_checkpoints, max_consecutive_skips
+  train.log_every, eval_every, checkpoint_every, max_checkpoints, max_consecutive_skips,
+  train.wandb.*                     (where the metrics also go)
   data.data_dir                     (the workdir moved; the dataset is checked as usual)
   phases.<name>.steps, larger       (only while no later phase has started: a finished
                                      phase's successor trained on what it ended with)
@@ -61,7 +62,7 @@ def split(changes: Changes, schedule: Sequence[str],
   accepted, rejected = {}, {}
   for key, (a, b) in changes.items():
     parts = key.split(".")
-    if key in WATCH_KEYS:
+    if key in WATCH_KEYS or key.startswith("train.wandb."):
       accepted[key] = (a, b)
     elif (len(parts) == 3 and parts[0] == "phases" and parts[2] == "steps"
           and isinstance(a, int) and isinstance(b, int) and b > a and parts[1] in schedule

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any, Dict, Tuple
 
 from rlalign.data.pipeline import DataConfig
+from rlalign.metrics import WandbConfig
 from rlalign.models.transformer import ModelConfig
 from rlalign.parallel.mesh import MeshConfig
 from rlalign.rewards import base as reward_base
@@ -30,6 +31,7 @@ class LoopConfig:
   # Resume although the config differs from the stored run's in more than its cadence or
   # length (rlalign/rl/config_changes.py); the change is recorded in the workdir.
   allow_config_change: bool = False
+  wandb: WandbConfig = WandbConfig()
   # Save the frozen roles a phase reads (a reference, a reward model) in its checkpoints, so
   # one checkpoint resumes the phase; False rebuilds them from their sources on resume and
   # spares the disk (a 7B reference is 13 GB a checkpoint).
@@ -41,6 +43,7 @@ class LoopConfig:
     for name in ("log_every", "checkpoint_every", "eval_batch_size", "max_checkpoints"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{prefix}.{name} must be positive, got {getattr(self, name)}")
+    self.wandb.validate(f"{prefix}.wandb")
     for name in ("eval_every", "max_consecutive_skips"):
       if getattr(self, name) < 0:
         raise ValueError(f"{prefix}.{name} must be >= 0, got {getattr(self, name)}")

@@ -164,7 +164,9 @@ class Runtime:
     self._init_rngs = {name: named_key(cfg.seed, "init", name, self.plan)
                        for name in cfg.role_configs}
     self.writer = metrics_lib.MetricsWriter(workdir, resume_step=self._resume_step(),
-                                            enabled=jax.process_index() == 0)
+                                            enabled=jax.process_index() == 0,
+                                            wandb=cfg.train.wandb,
+                                            run_config=experiment.to_dict(declared))
     self._weights: Dict[str, Any] = {}
     self._evaluators: Dict[Tuple[str, Tuple[str, ...]], Callable] = {}
     self._start_rows: Dict[str, Optional[Dict[str, np.ndarray]]] = {}
@@ -655,7 +657,9 @@ class Runtime:
         self._export_hf(name, role.weights.path)
     if jax.process_index():
       return {}
-    return self._write_summary(title)
+    summary = self._write_summary(title)
+    self.writer.finish_wandb(summary, [os.path.join(self.workdir, "curves.png")])
+    return summary
 
   def _export_hf(self, name: str, template: str) -> None:
     from rlalign.models import hf

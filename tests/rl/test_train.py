@@ -41,10 +41,12 @@ def read_tfevents_scalars(directory):
 
 def test_main_writes_metrics_tensorboard_plot_and_summary(tmp_path, cli):
   workdir = str(tmp_path / "run")
-  proc = cli.run_main(workdir)
+  wandb = ("--config.train.wandb.enabled=True", "--config.train.wandb.mode=offline")
+  proc = cli.run_main(workdir, *wandb)
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   # TFDS prints its own lines first; the summary is the JSON that closes stdout.
   assert json.loads(proc.stdout[proc.stdout.rindex("\n{\n") + 1:]) == summary
+  assert summary["status"] == "completed"
   assert set(summary["before_rl"]) >= {"eval/pass@1_greedy", "eval/pass@1_sampled"}
   # Each phase's policy against the phase's starting policy, prompt by prompt.
   assert 0.0 <= summary["phases"]["rl"]["eval"]["eval/rl/pass@1_win_rate_vs_start"] <= 1.0
@@ -66,9 +68,16 @@ def test_main_writes_metrics_tensorboard_plot_and_summary(tmp_path, cli):
   with open(os.path.join(workdir, "curves.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
+  # The same metrics, the config and the summary in the offline W&B run.
+  from tests.test_wandb import history, read_records, run_files
+  [wandb_file] = run_files(workdir)
+  logged = history(read_records(wandb_file))
+  assert {s: logged[s]["reward"] for s in (6, 8)} == {
+      r["step"]: pytest.approx(r["reward"]) for r in rl_records}
+
   # Running again on a finished workdir resumes at the end and trains no further.
   step_before, params_before = cli.final_params(workdir)
-  cli.run_main(workdir)
+  cli.run_main(workdir, *wandb)
   step_after, params_after = cli.final_params(workdir)
   assert step_before == step_after == 4
   jax.tree.map(np.testing.assert_array_equal, params_before, params_after)
@@ -131,15 +140,18 @@ def test_killed_run_resumes_to_the_same_params(tmp_path, run, kill_when, uninter
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("run, signum", [("grpo", signal.SIGTERM), ("grpo", signal.SIGINT),
+                                         ("cotrain", signal.SIGTERM)])
 def test_a_preempted_run_saves_its_step_exits_75_and_resumes_to_the_same_params(
-    tmp_path, signum, uninterrupted, cli):
-  """SIGTERM (a cluster's preemption) or SIGINT (Ctrl-C) once the warm start is saved: RL
-  finishes the step it is in, saves it although it is no checkpoint step, and exits 75 with
-  no summary; the rerun resumes from that step and ends bit-identical to an uninterrupted
-  run, each metric step logged once."""
+    tmp_path, run, signum, uninterrupted, cli):
+  """SIGTERM (a cluster's preemption) or SIGINT (Ctrl-C) once the warm start is saved: the
+  next phase (RL, or the two-model loop) finishes the step it is in, saves it although it is
+  no checkpoint step, and exits 75 with no summary; the rerun resumes from that step and ends
+  with every trained role bit-identical to an uninterrupted run, each metric step logged
+  once."""
+  config, phase, _ = RUNS[run]
   workdir = str(tmp_path / "preempted")
-  proc = subprocess.Popen(cli.main_cmd(workdir), stdout=subprocess.DEVNULL,
+  proc = subprocess.Popen(cli.main_cmd(workdir, config=config), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True, env=cli.env())
   marker = os.path.join(workdir, "checkpoints", "warm_start", "4")
   deadline = time.time() + 300
@@ -152,15 +164,17 @@ def test_a_preempted_run_saves_its_step_exits_75_and_resumes_to_the_same_params(
   assert "preempted" in stderr and "run the same command again to resume" in stderr
   assert "Traceback" not in stderr
   assert not os.path.exists(os.path.join(workdir, "summary.json"))
-  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints", "rl"))
+  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints", phase))
                  if d.isdigit())
   assert saved and saved[-1] in (1, 2, 3), saved  # the step it was in, not the last one
 
-  cli.run_main(workdir)
-  resumed = final_roles(cli, workdir, "grpo")
-  expected = uninterrupted["grpo"]
-  assert resumed["policy"][0] == expected["policy"][0] == 4
-  jax.tree.map(np.testing.assert_array_equal, expected["policy"][1], resumed["policy"][1])
+  cli.run_main(workdir, config=config)
+  resumed = final_roles(cli, workdir, run)
+  expected = uninterrupted[run]
+  assert resumed.keys() == expected.keys()
+  for role in expected:
+    assert resumed[role][0] == expected[role][0] == 4
+    jax.tree.map(np.testing.assert_array_equal, expected[role][1], resumed[role][1])
   steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert steps == sorted(set(steps)), "a resumed run must not duplicate metric steps"
   with open(os.path.join(workdir, "summary.json")) as f:
