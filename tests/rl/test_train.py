@@ -218,26 +218,32 @@ def test_resuming_with_a_changed_config(tmp_path, uninterrupted, cli):
 
 
 @pytest.mark.slow
-def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, uninterrupted, cli):
-  """A finished run whose last RL checkpoint lost its array data (a full disk, say): the
-  rerun warns naming it, moves it aside, resumes from step 2 and ends bit-identical to the
-  uninterrupted run, with each metric step once."""
+@pytest.mark.parametrize("run", ["grpo", "cotrain"])
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, run, uninterrupted,
+                                                                  cli):
+  """A finished run whose last checkpoint of its last phase lost its array data (a full
+  disk, say): the rerun warns naming it, moves it aside, resumes from step 2 and ends with
+  every trained role bit-identical to the uninterrupted run, with each metric step once
+  (for the two-model recipe, both models from one checkpoint)."""
   import shutil
+  config, phase, _ = RUNS[run]
   workdir = str(tmp_path / "run")
-  shutil.copytree(uninterrupted["grpo/workdir"], workdir)
-  newest = os.path.join(workdir, "checkpoints", "rl", "4")
+  shutil.copytree(uninterrupted[f"{run}/workdir"], workdir)
+  newest = os.path.join(workdir, "checkpoints", phase, "4")
   for d, _, files in os.walk(os.path.join(newest, "state")):
     if os.path.basename(d) == "d":
       for f in files:
         with open(os.path.join(d, f), "r+b") as fh:
           fh.truncate(os.path.getsize(os.path.join(d, f)) // 2)
-  proc = cli.run_main(workdir)
+  proc = cli.run_main(workdir, config=config)
   assert f"warning: checkpoint {newest} is unreadable" in proc.stdout
   assert "resuming from step 2" in proc.stdout
   assert os.path.isdir(newest + ".unreadable")
-  step, params = cli.final_params(workdir)
-  assert step == 4
-  jax.tree.map(np.testing.assert_array_equal, uninterrupted["grpo"]["policy"][1], params)
+  resumed, expected = final_roles(cli, workdir, run), uninterrupted[run]
+  assert resumed.keys() == expected.keys()
+  for role in expected:
+    assert resumed[role][0] == 4
+    jax.tree.map(np.testing.assert_array_equal, expected[role][1], resumed[role][1])
   steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert steps == sorted(set(steps)) and steps[-1] == 8
 
