@@ -173,7 +173,9 @@ def run_phase(phase: Phase, state, data_iter, rng: jax.Array, frozen: Mapping[st
       state, metrics = phase.step_fn(state, batch, rng, frozen)
       step += 1
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      skipped_in_a_row = skipped_in_a_row + 1 if metrics.get("skipped_updates", 0) else 0
+      # Any role's skip counts: a recipe logs each role's as <role>/skipped_updates.
+      skipped = any(v for k, v in metrics.items() if k.rsplit("/", 1)[-1] == "skipped_updates")
+      skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
       diverged = bool(phase.max_consecutive_skips
                       and skipped_in_a_row >= phase.max_consecutive_skips)
       window_steps += 1

@@ -206,3 +206,13 @@ def test_a_second_signal_stops_at_once():
     with pytest.raises(KeyboardInterrupt):
       preemption._handle(signal.SIGINT, None)
   assert preemption.received() is None
+
+
+def test_a_skip_logged_under_a_role_counts_too(tmp_path):
+  """A recipe logs each role's skips as <role>/skipped_updates; those stop the run alike."""
+  def verifier_skips(state, batch, rng, frozen):
+    new, metrics = add_step()(state, batch, rng, frozen)
+    return new, {"tokens": 1.0, "skipped_updates": 0.0, "verifier/skipped_updates": 1.0}
+
+  with pytest.raises(phases.NonFiniteError, match=r"steps 1\.\.2 "):
+    run(make_phase(verifier_skips, max_consecutive_skips=2), tmp_path)
