@@ -218,6 +218,23 @@ def test_resuming_with_a_changed_config(tmp_path, uninterrupted, cli):
 
 
 @pytest.mark.slow
+def test_the_two_model_recipe_checks_its_config_on_resume(tmp_path, uninterrupted, cli):
+  """The same check on the two-model recipe: a new seed is refused with the key named and
+  the stored config untouched; a new log cadence is accepted and recorded."""
+  import shutil
+  workdir = str(tmp_path / "run")
+  shutil.copytree(uninterrupted["cotrain/workdir"], workdir)
+  stored = open(os.path.join(workdir, "config.json")).read()
+  proc = cli.run_main(workdir, "--config.seed=1", config=COTRAIN_SMOKE, check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "seed: 0 -> 1" in proc.stderr.strip().splitlines()[-1]
+  assert open(os.path.join(workdir, "config.json")).read() == stored
+  cli.run_main(workdir, "--config.train.log_every=1", config=COTRAIN_SMOKE)
+  [change] = [json.loads(l) for l in open(os.path.join(workdir, "config_changes.jsonl"))]
+  assert change["changes"]["train.log_every"] == [2, 1] and change["forced"] == []
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["grpo", "cotrain"])
 def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, run, uninterrupted,
                                                                   cli):
