@@ -95,6 +95,19 @@ def final_roles(cli, workdir, run):
   return {role: cli.final_params(workdir, phase, role, config=config) for role in roles}
 
 
+def assert_resumes_like_uninterrupted(cli, workdir, run, expected):
+  """Reruns ``run`` in ``workdir``: every trained role ends bit-identical to ``expected`` (the
+  uninterrupted run's), and no metric step is logged twice."""
+  cli.run_main(workdir, config=RUNS[run][0])
+  resumed = final_roles(cli, workdir, run)
+  assert resumed.keys() == expected.keys()
+  for role in expected:
+    assert resumed[role][0] == expected[role][0] == 4
+    jax.tree.map(np.testing.assert_array_equal, expected[role][1], resumed[role][1])
+  steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps == sorted(set(steps)), "a resumed run must not duplicate metric steps"
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, cli):
   out = {}
@@ -129,14 +142,7 @@ def test_killed_run_resumes_to_the_same_params(tmp_path, run, kill_when, uninter
   proc.wait()
   assert not os.path.exists(os.path.join(workdir, "summary.json"))
 
-  cli.run_main(workdir, config=config)
-  resumed = final_roles(cli, workdir, run)
-  assert resumed.keys() == expected.keys()
-  for role in expected:
-    assert resumed[role][0] == expected[role][0] == 4
-    jax.tree.map(np.testing.assert_array_equal, expected[role][1], resumed[role][1])
-  steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert steps == sorted(set(steps)), "a resumed run must not duplicate metric steps"
+  assert_resumes_like_uninterrupted(cli, workdir, run, expected)
 
 
 @pytest.mark.slow
@@ -168,15 +174,7 @@ def test_a_preempted_run_saves_its_step_exits_75_and_resumes_to_the_same_params(
                  if d.isdigit())
   assert saved and saved[-1] in (1, 2, 3), saved  # the step it was in, not the last one
 
-  cli.run_main(workdir, config=config)
-  resumed = final_roles(cli, workdir, run)
-  expected = uninterrupted[run]
-  assert resumed.keys() == expected.keys()
-  for role in expected:
-    assert resumed[role][0] == expected[role][0] == 4
-    jax.tree.map(np.testing.assert_array_equal, expected[role][1], resumed[role][1])
-  steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert steps == sorted(set(steps)), "a resumed run must not duplicate metric steps"
+  assert_resumes_like_uninterrupted(cli, workdir, run, uninterrupted[run])
   with open(os.path.join(workdir, "summary.json")) as f:
     assert json.load(f)["status"] == "completed"
 
