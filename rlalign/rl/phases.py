@@ -16,7 +16,6 @@ import time
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rlalign import checkpoint as ckpt_lib
@@ -24,7 +23,7 @@ from rlalign import metrics as metrics_lib
 from rlalign.objectives import base as obj_base
 from rlalign.rewards import base as reward_base
 from rlalign.rewards import host_pool
-from rlalign.rl import preemption
+from rlalign.rl import preemption, update
 from rlalign.rl.iteration import RLConfig
 from rlalign.rl.roles import AdapterConfig
 from rlalign.rl.state import OptimizerConfig
@@ -240,10 +239,7 @@ def nonfinite_paths(tree, limit: int = 5) -> list:
   return bad[:limit] + ([f"(+{len(bad) - limit} more)"] if len(bad) > limit else [])
 
 
-@jax.jit
-def _finite_leaves_jit(tree):
-  return [jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.array(True)
-          for x in jax.tree.leaves(tree)]
+_finite_leaves_jit = jax.jit(update.finite_leaves)
 
 
 def _finite_leaves(tree) -> list:

@@ -215,10 +215,15 @@ FIRST_UPDATE_METRICS = ("sampler_gap_max", "sampler_gap_mean", "old_gap_max", "o
 SUMMED_METRICS = ("skipped_updates",)
 
 
+def finite_leaves(tree) -> list:
+  """Per leaf of ``tree``, whether it is all finite (True for integer leaves)."""
+  return [jnp.all(jnp.isfinite(x)) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+          else jnp.array(True) for x in jax.tree.leaves(tree)]
+
+
 def all_finite(tree) -> jax.Array:
   """Whether every float in ``tree`` is finite, as a bool scalar."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  leaves = finite_leaves(tree)
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
