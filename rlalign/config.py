@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import types
 import typing
@@ -33,6 +34,26 @@ __all__ = ["AdapterConfig", "ConfigError", "ExperimentConfig", "LoopConfig", "Ob
 
 class ConfigError(ValueError):
   """A config key that is unknown, missing or of the wrong type."""
+
+
+# The configs that ship in the package (the repository's ``configs/`` links here).
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def resolve_config_path(path: str) -> str:
+  """``path`` when that file exists; else the shipped config it names by file name, with or
+  without ``.py`` (``grpo_addition``), so an installed rlalign needs no checkout. Unresolved
+  names come back unchanged, for the caller's "no such file"."""
+  if os.path.isfile(path) or os.sep in path or (os.altsep and os.altsep in path):
+    return path
+  packaged = os.path.join(CONFIG_DIR, path if path.endswith(".py") else path + ".py")
+  return packaged if os.path.isfile(packaged) else path
+
+
+def shipped_configs() -> list:
+  """The names of the configs that ship in the package."""
+  return sorted(n[:-3] for n in os.listdir(CONFIG_DIR)
+                if n.endswith(".py") and not n.startswith("_"))
 
 
 def _type_name(tp) -> str:

@@ -107,12 +107,17 @@ def _one_line(error: BaseException) -> str:
 def parse_flags(argv):
   """absl's flag parsing, with a bad flag, config file or override as one line and exit 2
   (not a traceback from inside ml_collections)."""
-  for arg in argv[1:]:  # a missing file is reported later, after a traceback: check first
+  argv = list(argv)
+  for i, arg in enumerate(argv[1:], start=1):
     if arg.startswith("--config="):
-      path = arg[len("--config="):].split(":")[0]
+      path, colon, config_arg = arg[len("--config="):].partition(":")
+      path = config_lib.resolve_config_path(path)  # a shipped config may be named bare
+      # A missing file would be reported later, after a traceback: check first.
       if not os.path.isfile(path):
-        print(f"config error: --config: no such file {path!r}", file=sys.stderr)
+        print(f"config error: --config: no such file {path!r} (nor a shipped config: "
+              f"{', '.join(config_lib.shipped_configs())})", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
+      argv[i] = f"--config={path}{colon}{config_arg}"
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

@@ -1,6 +1,7 @@
 """Tests for rlalign.config.from_config_dict on the shipped config and broken variants."""
 
 import copy
+import os
 
 import pytest
 
@@ -303,3 +304,16 @@ def test_unknown_recipe_lists_registered():
 def test_to_dict_round_trips():
   cfg = config_lib.from_config_dict(_smoke_dict())
   assert config_lib.from_config_dict(config_lib.to_dict(cfg)) == cfg
+
+
+def test_a_shipped_config_is_found_by_name_and_a_path_wins(tmp_path, monkeypatch):
+  shipped = os.path.join(config_lib.CONFIG_DIR, "grpo_addition.py")
+  assert config_lib.resolve_config_path("grpo_addition") == shipped
+  assert config_lib.resolve_config_path("grpo_addition.py") == shipped
+  assert "grpo_addition" in config_lib.shipped_configs()
+  assert "__init__" not in config_lib.shipped_configs()
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "grpo_addition.py").write_text("def get_config(): pass\n")
+  assert config_lib.resolve_config_path("grpo_addition.py") == "grpo_addition.py"
+  assert config_lib.resolve_config_path("no_such_config") == "no_such_config"
+  assert config_lib.resolve_config_path("sub/grpo_addition.py") == "sub/grpo_addition.py"

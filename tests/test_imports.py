@@ -1,7 +1,8 @@
 """The package's folders import one way, as the README's layout says; an AST scan keeps it so.
 
   parallel, data, checkpoint, metrics, profiling, registry, diagnostics  <  models  <  sampling  <  rewards
-    <  objectives  <  rl  <  recipes  <  presets, config  <  main, eval  <  bench, studies
+    <  objectives  <  rl  <  recipes  <  presets, config  <  configs, workdir
+    <  main, eval, sample, export  <  bench, studies
 
 A module may import its own folder or any folder ranked below it, never one ranked the same or
 above: every import counts, inside functions too.
@@ -16,8 +17,8 @@ RANKS = {
     "parallel": 0, "data": 0, "checkpoint": 0, "metrics": 0, "profiling": 0, "registry": 0,
     "diagnostics": 0,
     "models": 1, "sampling": 2, "rewards": 3, "objectives": 4, "rl": 5, "recipes": 6,
-    "presets": 7, "config": 7, "main": 8, "eval": 8, "bench": 9,
-    "studies": 9,
+    "presets": 7, "config": 7, "configs": 8, "workdir": 8, "main": 9, "eval": 9, "sample": 9,
+    "export": 9, "bench": 10, "studies": 10,
 }
 
 

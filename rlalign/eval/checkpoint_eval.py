@@ -34,7 +34,6 @@ curves), both atomically.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -45,14 +44,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlalign import checkpoint as ckpt_lib
 from rlalign import config as config_lib
 from rlalign import metrics as metrics_lib
+from rlalign import workdir
 from rlalign.data import pipeline, tokenizer as tok_lib
 from rlalign.diagnostics import diversity, pass_at_k as pass_at_k_lib
-from rlalign.models import lora as lora_lib
 from rlalign.models import transformer as tfm
-from rlalign.parallel import mesh as mesh_lib
 from rlalign.parallel.sharding import ShardingPlan
 from rlalign.rewards import base as reward_base
 from rlalign.rewards import host_pool
@@ -66,7 +63,7 @@ NUM_EXAMPLES = 4  # prompts whose completions are written out as text
 DISTINCT_NS = (1, 2)
 
 
-class EvalError(ValueError):
+class EvalError(workdir.RunInputError):
   """Bad input, named: a missing file or key, an unknown judge or role. One line."""
 
 
@@ -119,49 +116,10 @@ class EvalSettings:
 # ---- the experiment config ----------------------------------------------------------------
 
 
-def _load_config_file(spec: str):
-  """``get_config(arg)`` of a config file ``path.py[:arg]``, as ml_collections reads it."""
-  path, arg = spec, ""
-  if ".py:" in spec:
-    path, arg = spec.split(".py:", 1)
-    path += ".py"
-  if not os.path.isfile(path):
-    raise EvalError(f"--config: no config file {path}")
-  module_spec = importlib.util.spec_from_file_location("rlalign_eval_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  try:
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-  except (ValueError, KeyError, TypeError, AttributeError) as e:
-    raise EvalError(f"--config={spec}: {e}") from None
-
-
 def load_experiment(settings: EvalSettings, out_dir: str) -> Tuple[ExperimentConfig, str]:
   """The typed experiment config and where it came from."""
-  if settings.run:
-    if not os.path.isdir(settings.run):
-      raise EvalError(f"--run: no run directory {settings.run}")
-  if settings.config:
-    config = _load_config_file(settings.config)
-    if not config.data.data_dir:
-      # The dataset a config builds goes beside the run's, or else under the output.
-      base = settings.run or out_dir
-      config.data.data_dir = os.path.join(os.path.abspath(base), "tfds")
-    where = settings.config
-  else:
-    where = os.path.join(settings.run, "config.json")
-    if not os.path.isfile(where):
-      raise EvalError(f"--run: {where} does not exist (not a workdir of python -m rlalign.main?)")
-    try:
-      with open(where) as f:
-        config = json.load(f)
-    except (OSError, ValueError) as e:
-      raise EvalError(f"{where}: unreadable ({e})") from None
-  try:
-    cfg = config_lib.from_config_dict(config)
-  except (ValueError, KeyError) as e:
-    raise EvalError(f"{where}: {e.args[0] if e.args else e}") from None
-  return cfg, where
+  return workdir.load_experiment(run=settings.run, config=settings.config,
+                                 data_dir_base=out_dir)
 
 
 def parse_judges(spec: str) -> Tuple[reward_base.RewardTerm, ...]:
@@ -185,125 +143,6 @@ def parse_judges(spec: str) -> Tuple[reward_base.RewardTerm, ...]:
   except (ValueError, KeyError) as e:
     raise EvalError(f"--{e.args[0] if e.args else e}") from None
   return terms
-
-
-# ---- the weights --------------------------------------------------------------------------
-
-
-def _read_only(directory: str) -> ckpt_lib.Checkpointer:
-  """The run may still be saving there: read without cleaning up its save in progress."""
-  return ckpt_lib.Checkpointer(directory, save_every=1, read_only=True)
-
-
-def _plan(cfg: ExperimentConfig, role: Optional[str]) -> ShardingPlan:
-  rules = cfg.role_configs[role].rules if role in cfg.role_configs else None
-  mesh = mesh_lib.make_mesh(cfg.mesh)
-  return ShardingPlan(mesh, cfg.mesh.rules if rules is None else rules)
-
-
-def _abstract(model: tfm.ModelConfig, plan: ShardingPlan):
-  shardings = plan.params(tfm.logical_axes(model), tfm.abstract_params(model))
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tfm.abstract_params(model), shardings)
-
-
-def _adapter(cfg: ExperimentConfig, phase: str, role: str) -> Optional[lora_lib.LoRAConfig]:
-  """The LoRA adapters the phase trains on the role, as the runtime decides them."""
-  phase_cfg = cfg.phase_configs.get(phase)
-  if phase_cfg is None or role not in phase_cfg.trained_roles:
-    return None
-  if phase_cfg.adapter.lora_rank and role == phase_cfg.role("policy"):
-    return phase_cfg.adapter.lora()
-  if cfg.role_configs[role].adapter.lora_rank:
-    return cfg.role_configs[role].adapter.lora()
-  return None
-
-
-@dataclasses.dataclass
-class PhaseCheckpoint:
-  """One step of a run's phase checkpoints, read-only."""
-  directory: str
-  step: int
-  checkpointer: ckpt_lib.Checkpointer
-
-  @classmethod
-  def open(cls, run: str, phase: str, step: Optional[int]) -> "PhaseCheckpoint":
-    root = os.path.join(run, "checkpoints")
-    directory = os.path.join(root, phase)
-    if not os.path.isdir(directory):
-      have = sorted(os.listdir(root)) if os.path.isdir(root) else []
-      raise EvalError(f"--phase: no checkpoint directory {directory}; the run's phases with "
-                      f"checkpoints: {have}")
-    checkpointer = _read_only(directory)
-    steps = checkpointer.all_steps()
-    if not steps:
-      raise EvalError(f"--phase={phase}: no finished checkpoint in {directory}")
-    if step is None:
-      step = steps[-1]
-    elif step not in steps:
-      raise EvalError(f"--step: no checkpoint for step {step} in {directory}; its steps: "
-                      f"{steps}")
-    return cls(directory, step, checkpointer)
-
-  def role_params(self, cfg: ExperimentConfig, phase: str, role: str, plan: ShardingPlan):
-    """The role's weights as the phase left them: trained params (merged onto their base
-    when they are LoRA adapters), else the frozen copy the checkpoint keeps."""
-    model = cfg.role_model(role)
-    abstract = _abstract(model, plan)
-    restore = self.checkpointer.restore_subtree
-    adapter = _adapter(cfg, phase, role)
-    if adapter is not None:
-      axes = tfm.logical_axes(model)
-      lora_abstract = jax.eval_shape(
-          lambda p, r: lora_lib.init_lora(p, adapter, r, axes), tfm.abstract_params(model),
-          jax.random.key(0))
-      lora_shardings = plan.params(lora_lib.lora_logical_axes(axes, adapter), lora_abstract)
-      lora_abstract = jax.tree.map(
-          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), lora_abstract,
-          lora_shardings)
-      try:
-        adapters = restore(self.step, ("roles", role, "params"), lora_abstract)
-        base = restore(self.step, ("frozen", role), abstract)
-      except ValueError as e:
-        raise EvalError(str(e)) from None
-      merge = jax.jit(lambda b, a: lora_lib.merge(b, a, adapter),
-                      out_shardings=jax.tree.map(lambda x: x.sharding, abstract))
-      return merge(base, adapters)
-    try:
-      return restore(self.step, ("roles", role, "params"), abstract)
-    except ValueError as trained_error:
-      if f"no roles/{role} " not in str(trained_error):
-        raise EvalError(str(trained_error)) from None
-    try:
-      return restore(self.step, ("frozen", role), abstract)
-    except ValueError as e:
-      if "no frozen" not in str(e):
-        raise EvalError(str(e)) from None
-    raise EvalError(f"checkpoint {self.checkpointer.step_dir(self.step)} holds role {role!r} "
-                    "neither trained (roles/<role>/params) nor frozen (frozen/<role>)")
-
-
-def _hf_params(cfg: ExperimentConfig, role: str, hf_dir: str):
-  """``(model, params)`` of a HF checkpoint: its architecture, the config role's numerics."""
-  from rlalign.models import hf  # safetensors and the family tables only when needed
-  if not os.path.isfile(os.path.join(hf_dir, "config.json")):
-    raise EvalError(f"--hf_dir: {os.path.join(hf_dir, 'config.json')} does not exist")
-  try:
-    model = hf.model_config_from_dir(hf_dir, heads=("lm",))
-  except (ValueError, KeyError) as e:
-    raise EvalError(f"--hf_dir={hf_dir}: {e}") from None
-  if role in cfg.role_configs:
-    own = cfg.role_model(role)
-    model = dataclasses.replace(model, dtype=own.dtype, param_dtype=own.param_dtype,
-                                remat=own.remat)
-  plan = _plan(cfg, role)
-  shardings = plan.params(tfm.logical_axes(model), tfm.abstract_params(model))
-  try:
-    _, params = hf.load_hf_checkpoint(hf_dir, dtype=model.param_dtype, shardings=shardings,
-                                      heads=("lm",))
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    raise EvalError(f"--hf_dir={hf_dir}: {e}") from None
-  return model, params
 
 
 # ---- the prompts --------------------------------------------------------------------------
@@ -448,22 +287,22 @@ def load_weights(settings: EvalSettings, cfg: ExperimentConfig, config_source: s
     source["run"] = os.path.abspath(settings.run)
   checkpoint = None
   if settings.run and (not settings.hf_dir or judge_roles):
-    checkpoint = PhaseCheckpoint.open(settings.run, settings.phase, settings.step)
+    checkpoint = workdir.PhaseCheckpoint.open(settings.run, settings.phase, settings.step)
   if settings.hf_dir:
-    model, params = _hf_params(cfg, role, settings.hf_dir)
+    model, params = workdir.hf_params(cfg, role, settings.hf_dir)
     source["hf_dir"] = os.path.abspath(settings.hf_dir)
   else:
     model = cfg.role_model(role)
     if "lm" not in model.heads:
       raise EvalError(f"--role: role {role!r} has no LM head (model.heads={model.heads}); "
                       "only a role that generates can be evaluated")
-    params = checkpoint.role_params(cfg, settings.phase, role, plan)
+    params = checkpoint.role_params(cfg, role, plan)
     source.update(phase=settings.phase, step=checkpoint.step,
-                  checkpoint=checkpoint.checkpointer.step_dir(checkpoint.step))
-  judge_params = {r: checkpoint.role_params(cfg, settings.phase, r, _plan(cfg, r))
+                  checkpoint=checkpoint.step_dir)
+  judge_params = {r: checkpoint.role_params(cfg, r, workdir.plan_for(cfg, r))
                   for r in judge_roles}
   if judge_roles:
-    source["judge_roles_from"] = checkpoint.checkpointer.step_dir(checkpoint.step)
+    source["judge_roles_from"] = checkpoint.step_dir
   return Weights(model, params, {r: cfg.role_model(r) for r in judge_roles}, judge_params,
                  source)
 
@@ -560,7 +399,7 @@ def _evaluate(settings: EvalSettings, out_dir: str, cfg: ExperimentConfig, confi
       max_new_tokens=settings.max_new_tokens or cfg.sampling.max_new_tokens,
       temperature=(cfg.sampling.temperature if settings.temperature is None
                    else settings.temperature))
-  plan = _plan(cfg, settings.role)
+  plan = workdir.plan_for(cfg, settings.role)
   weights = load_weights(settings, cfg, config_source, judge_roles, plan)
   if weights.model.vocab_size < tokenizer.vocab_size:
     raise EvalError(f"the model's vocab_size ({weights.model.vocab_size}) is smaller than the "

@@ -43,10 +43,13 @@ def test_batch_not_a_multiple_of_group_size(tmp_path):
     config_lib.from_config_dict(config)
 
 
-def test_cli_reports_config_errors_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("config", [
+    os.path.join(REPO, "configs", "grpo_addition.py") + ":smoke",
+    "grpo_addition:smoke",  # a shipped config, by name: what an installed wheel runs
+])
+def test_cli_reports_config_errors_without_a_traceback(tmp_path, config):
   proc = subprocess.run(
-      [sys.executable, "-m", "rlalign.main",
-       f"--config={os.path.join(REPO, 'configs', 'grpo_addition.py')}:smoke",
+      [sys.executable, "-m", "rlalign.main", f"--config={config}",
        f"--workdir={tmp_path / 'run'}", "--config.phases.rl.batch_size=18"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
@@ -65,7 +68,8 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path):
      "10: 'abc'"),
     (["--no_such_flag"], "flag error: Unknown command line flag 'no_such_flag'"),
     (["--config=configs/no_such_config.py:smoke"],
-     "config error: --config: no such file 'configs/no_such_config.py'"),
+     "config error: --config: no such file 'configs/no_such_config.py' (nor a shipped "
+     f"config: {', '.join(config_lib.shipped_configs())})"),
 ])
 def test_cli_reports_flag_errors_in_one_line(tmp_path, args, message):
   """Mistakes on the command line, caught while absl parses it: one line, exit 2."""
