@@ -97,11 +97,18 @@ def check_role(cfg: ExperimentConfig, role: str, where: str) -> None:
 # ---- the weights --------------------------------------------------------------------------
 
 
-def plan_for(cfg: ExperimentConfig, role: Optional[str]) -> ShardingPlan:
-  """The mesh and the role's sharding rules (the mesh's, when the role has none)."""
+def plan_for(cfg: ExperimentConfig, role: Optional[str], one_device: bool = False
+             ) -> ShardingPlan:
+  """The run's mesh and the role's sharding rules (the mesh's, when the role has none); with
+  ``one_device``, the same axes on the first device alone, which reads any checkpoint (Orbax
+  reshards) on any machine."""
   rules = cfg.role_configs[role].rules if role in cfg.role_configs else None
-  mesh = mesh_lib.make_mesh(cfg.mesh)
-  return ShardingPlan(mesh, cfg.mesh.rules if rules is None else rules)
+  rules = cfg.mesh.rules if rules is None else rules
+  if one_device:
+    ones = (1,) * len(cfg.mesh.axes)
+    single = dataclasses.replace(cfg.mesh, ici=ones, dcn=ones)
+    return ShardingPlan(mesh_lib.make_mesh(single, jax.devices()[:1]), rules)
+  return ShardingPlan(mesh_lib.make_mesh(cfg.mesh), rules)
 
 
 def abstract_params(model: tfm.ModelConfig, plan: ShardingPlan):
@@ -122,19 +129,17 @@ def _adapter(cfg: ExperimentConfig, phase: str, role: str) -> Optional[lora_lib.
   return None
 
 
-def _newest_phase(root: str, phases: Sequence[str]) -> Optional[str]:
-  """The phase whose checkpoint was written last: the run's latest weights."""
-  newest, when = None, -1.0
-  for phase in phases:
+def phases_newest_first(run: str) -> list:
+  """The run's phase checkpoint directories with a finished step, the one written last
+  first (a recipe's combined phase, e.g. "alternating", is a directory like any other)."""
+  root = os.path.join(run, "checkpoints")
+  found = []
+  for phase in sorted(os.listdir(root)) if os.path.isdir(root) else []:
     directory = os.path.join(root, phase)
-    if not os.path.isdir(directory):
-      continue
-    steps = _read_only(directory).all_steps()
+    steps = _read_only(directory).all_steps() if os.path.isdir(directory) else []
     if steps:
-      mtime = os.path.getmtime(os.path.join(directory, str(steps[-1])))
-      if mtime >= when:
-        newest, when = phase, mtime
-  return newest
+      found.append((os.path.getmtime(os.path.join(directory, str(steps[-1]))), phase))
+  return [phase for _, phase in sorted(found, reverse=True)]
 
 
 def _read_only(directory: str) -> ckpt_lib.Checkpointer:
@@ -151,16 +156,10 @@ class PhaseCheckpoint:
   checkpointer: ckpt_lib.Checkpointer
 
   @classmethod
-  def open(cls, run: str, phase: Optional[str], step: Optional[int],
-           schedule: Sequence[str] = ()) -> "PhaseCheckpoint":
-    """``phase`` None: of ``schedule``'s phases, the one checkpointed last; ``step`` None:
-    that phase's latest."""
+  def open(cls, run: str, phase: str, step: Optional[int]) -> "PhaseCheckpoint":
+    """``step`` None: the phase's latest."""
     root = os.path.join(run, "checkpoints")
     have = sorted(os.listdir(root)) if os.path.isdir(root) else []
-    if phase is None:
-      phase = _newest_phase(root, list(schedule) or have)
-      if phase is None:
-        raise RunInputError(f"--run: no finished checkpoint under {root}")
     directory = os.path.join(root, phase)
     if not os.path.isdir(directory):
       raise RunInputError(f"--phase: no checkpoint directory {directory}; the run's phases "
@@ -218,8 +217,30 @@ class PhaseCheckpoint:
                         "(roles/<role>/params) nor frozen (frozen/<role>)")
 
 
+def role_params(run: str, cfg: ExperimentConfig, role: str, plan: ShardingPlan,
+                phase: Optional[str] = None, step: Optional[int] = None):
+  """``(checkpoint, params)``: the role's weights in ``phase`` (at ``step``, else its latest)
+  or, with ``phase`` None, in the newest phase checkpoint that holds the role."""
+  if phase is not None:
+    checkpoint = PhaseCheckpoint.open(run, phase, step)
+    return checkpoint, checkpoint.role_params(cfg, role, plan)
+  phases = phases_newest_first(run)
+  if not phases:
+    raise RunInputError(f"--run: no finished checkpoint under {os.path.join(run, 'checkpoints')}")
+  for phase in phases:
+    try:
+      checkpoint = PhaseCheckpoint.open(run, phase, step)
+      return checkpoint, checkpoint.role_params(cfg, role, plan)
+    except RunInputError as e:
+      if "neither trained" not in str(e) and "--step: no checkpoint" not in str(e):
+        raise
+  at = "" if step is None else f" at step {step}"
+  raise RunInputError(f"no phase checkpoint of {run} holds role {role!r}{at} (phases with "
+                      f"checkpoints: {phases})")
+
+
 def hf_params(cfg: Optional[ExperimentConfig], role: str, hf_dir: str,
-              heads: Sequence[str] = ("lm",)):
+              heads: Sequence[str] = ("lm",), one_device: bool = False):
   """``(model, params)`` of a HF checkpoint: its architecture; the numerics (dtypes, remat)
   and the sharding rules of ``cfg``'s role when there is one."""
   from rlalign.models import hf  # safetensors and the family tables only when needed
@@ -235,7 +256,7 @@ def hf_params(cfg: Optional[ExperimentConfig], role: str, hf_dir: str,
                                 remat=own.remat)
   shardings = None
   if cfg is not None:
-    plan = plan_for(cfg, role)
+    plan = plan_for(cfg, role, one_device)
     shardings = plan.params(tfm.logical_axes(model), tfm.abstract_params(model))
   try:
     _, params = hf.load_hf_checkpoint(hf_dir, dtype=model.param_dtype, shardings=shardings,

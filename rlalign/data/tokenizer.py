@@ -9,6 +9,8 @@ read when debugging samples.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:  # Avoids an import cycle: pipeline imports this module.
@@ -105,6 +107,40 @@ def tokenizer_for(cfg: DataConfig):
     return HFTokenizer.from_dir(cfg.tokenizer_dir)
   if cfg.task == "addition":
     return CharTokenizer(ADDITION_ALPHABET)
-  if cfg.task in ("jsonl", "tfds"):
+  if cfg.task in ("jsonl", "tfds", "hf"):
     return CharTokenizer(ASCII_ALPHABET)
   raise ValueError(f"no tokenizer for data.task={cfg.task!r}")
+
+
+# The special tokens' strings in the Hugging Face files a CharTokenizer is saved as.
+HF_SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
+
+
+def save_hf_tokenizer(tokenizer: CharTokenizer, directory: str) -> None:
+  """Writes `tokenizer` as the `tokenizer.json` and `tokenizer_config.json` that Hugging Face
+  loaders read (transformers' AutoTokenizer, `HFTokenizer.from_dir`), with the same ids: so
+  an exported character-level model carries its tokenizer.
+
+  Each character is a token (a BPE with no merges, so no unknown token is needed), decoding
+  joins them with nothing between, and `add_special_tokens=True` puts BOS in front as the
+  raw prompts of the pipeline have it.
+  """
+  import tokenizers  # only when saving; the toy tasks need no tokenizers file otherwise
+  from tokenizers import decoders, models, processors
+  names = [HF_SPECIAL_TOKENS[k] for k in ("pad_token", "bos_token", "eos_token")]
+  vocab = {name: i for i, name in enumerate(names)}
+  vocab.update({c: tokenizer.encode(c)[0] for c in tokenizer.alphabet})
+  backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[]))
+  backend.add_special_tokens([tokenizers.AddedToken(n, special=True, normalized=False)
+                              for n in names])
+  backend.decoder = decoders.Fuse()
+  bos = HF_SPECIAL_TOKENS["bos_token"]
+  backend.post_processor = processors.TemplateProcessing(
+      single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, BOS_ID)])
+  os.makedirs(directory, exist_ok=True)
+  backend.save(os.path.join(directory, "tokenizer.json"))
+  config = {**HF_SPECIAL_TOKENS, "add_bos_token": True, "add_eos_token": False,
+            "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
+  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+    json.dump(config, f, indent=2)
+    f.write("\n")

@@ -671,7 +671,7 @@ class Runtime:
       hf.save_hf_checkpoint(jax.device_get(params), self.model(name), export_dir,
                             hf_config_template=template,
                             tokenizer_dir=self.cfg.data.tokenizer_dir or template,
-                            overwrite=True)
+                            overwrite=True, drop_score_bias=True)
       log(f"exported role {name!r} in Hugging Face format to {export_dir}")
 
   def _write_summary(self, title: str) -> Dict[str, Any]:

@@ -7,10 +7,11 @@ emitted a stop token, so short answers cost short loops, with shapes still stati
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlalign.models import transformer as tfm
 
@@ -67,8 +68,14 @@ def choose_tokens(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> jax
 
 
 def sample(params: tfm.Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
-           model_cfg: tfm.ModelConfig, cfg: SamplingConfig, pad_id: int = 0) -> Samples:
-  """Samples up to ``cfg.max_new_tokens`` continuations of left-padded prompts [B, P]."""
+           model_cfg: tfm.ModelConfig, cfg: SamplingConfig, pad_id: int = 0,
+           on_token: Optional[Callable[[np.ndarray, np.ndarray], None]] = None) -> Samples:
+  """Samples up to ``cfg.max_new_tokens`` continuations of left-padded prompts [B, P].
+
+  ``on_token(tokens [B], done [B])``, if given, is called on the host with each decode step's
+  tokens as the compiled loop produces them (pad where a row had already stopped), in order:
+  what streams text to a terminal. Training never passes it.
+  """
   B, P = prompt_tokens.shape
   N = cfg.max_new_tokens
   stop = jnp.asarray(cfg.stop_tokens or (-1,), jnp.int32)
@@ -106,6 +113,8 @@ def sample(params: tfm.Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     tokens = c.tokens.at[:, c.t].set(token)
     logprobs = c.logprobs.at[:, c.t].set(jnp.where(c.done, 0.0, logp))
     done = c.done | jnp.isin(token, stop)
+    if on_token is not None:
+      jax.debug.callback(on_token, token, c.done, ordered=True)
     key_mask = c.key_mask.at[:, P + c.t].set(True)
     hidden, cache = tfm.forward(params, token[:, None], c.position[:, None], key_mask, model_cfg,
                                 cache=c.cache, cache_index=P + c.t)

@@ -68,3 +68,24 @@ def test_tokenizer_for_task():
   )
   with pytest.raises(ValueError, match="'bogus'"):
     tok_lib.tokenizer_for(DataConfig(task="bogus"))
+
+
+@pytest.mark.parametrize("alphabet", [tok_lib.ADDITION_ALPHABET, tok_lib.ASCII_ALPHABET])
+def test_saved_as_hugging_face_files_it_tokenizes_the_same(tmp_path, alphabet):
+  """What an exported character-level model ships: read back by rlalign's HFTokenizer and by
+  transformers, with the same ids, BOS, EOS, PAD and decoding."""
+  import transformers
+  from rlalign.data.hf_tokenizer import HFTokenizer
+  tok = tok_lib.CharTokenizer(alphabet)
+  tok_lib.save_hf_tokenizer(tok, str(tmp_path))
+  text = "12+34=" if alphabet == tok_lib.ADDITION_ALPHABET else "Hi there,\n  a+b = {c}~"
+  ours = HFTokenizer.from_dir(tmp_path)
+  assert ours.encode(text) == tok.encode(text)
+  assert (ours.pad_id, ours.bos_id, ours.eos_id, ours.vocab_size) == (
+      tok.pad_id, tok.bos_id, tok.eos_id, tok.vocab_size)
+  ids = [tok.bos_id] + tok.encode(text) + [tok.eos_id] + tok.encode("1")
+  assert ours.decode(ids) == tok.decode(ids) == text
+  theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  assert theirs(text)["input_ids"] == [tok.bos_id] + tok.encode(text)
+  assert theirs.decode(tok.encode(text)) == text
+  assert (theirs.pad_token_id, theirs.eos_token_id) == (tok.pad_id, tok.eos_id)

@@ -142,11 +142,27 @@ def load_hf_checkpoint(path: str, *, dtype: str = "float32", shardings: Any = No
         raise CheckpointError(f"{INDEX_FILE} maps tensor {name!r} to "
                               f"{os.path.basename(file)}, which does not contain it")
     _check_tensors(cfg, own_head, where, readers, path)
-    params = _build_params(cfg, own_head, where, readers, shardings)
+    params = _build_params(cfg, own_head, where, readers, shardings,
+                           _score_bias(hf, cfg, config_file) if own_head == "scalar" else None)
   finally:
     for reader in readers.values():
       reader.close()
   return cfg, params
+
+
+# config.json key for the score layer's bias, which HF's *ForSequenceClassification lacks;
+# written by save_hf_checkpoint(drop_score_bias=True), ignored by transformers.
+SCORE_BIAS_KEY = "rlalign_score_bias"
+
+
+def _score_bias(hf: Mapping[str, Any], cfg: tfm.ModelConfig, config_file: str):
+  if SCORE_BIAS_KEY not in hf:
+    return None
+  value = np.asarray(hf[SCORE_BIAS_KEY], np.float64).reshape(-1)
+  if value.shape != (cfg.scalar_heads,) or not np.all(np.isfinite(value)):
+    raise CheckpointError(f"{config_file}: {SCORE_BIAS_KEY} must be {cfg.scalar_heads} finite "
+                          f"number(s), one per label, got {hf[SCORE_BIAS_KEY]!r}")
+  return value.reshape(() if cfg.scalar_heads == 1 else (-1,))
 
 
 def _check_tensors(cfg, own_head, where, readers, path) -> None:
@@ -210,7 +226,7 @@ def _copy_in_bands(target: np.ndarray, layout: fams.Layout, reader: SafetensorsF
   reader.release(name)
 
 
-def _build_params(cfg, own_head, where, readers, shardings) -> tfm.Params:
+def _build_params(cfg, own_head, where, readers, shardings, score_bias=None) -> tfm.Params:
   np_dtype = np.dtype(jnp.dtype(cfg.param_dtype))
   table = {entry.path: entry for entry in fams.tensor_table(cfg, (own_head,))}
   params: Dict[str, Any] = {}
@@ -220,6 +236,8 @@ def _build_params(cfg, own_head, where, readers, shardings) -> tfm.Params:
     if entry is None and path == ("scalar_head", "w") and cfg.scalar_heads > 1:
       # Fresh ensemble heads: identical (zero) heads would get identical gradients forever.
       host[...] = np.random.default_rng(0).normal(0, spec.shape[0] ** -0.5, spec.shape)
+    elif entry is None and path == ("scalar_head", "b") and score_bias is not None:
+      host[...] = score_bias  # the bias an export had to leave out of HF's score layer
     elif entry is None:  # a head the checkpoint lacks starts at zero (and the scalar head bias)
       host[...] = 0
     else:
@@ -257,7 +275,7 @@ def save_hf_checkpoint(params: tfm.Params, model_cfg: tfm.ModelConfig, path: str
                        head: Optional[str] = None,
                        tokenizer_dir: Optional[str] = None,
                        max_shard_bytes: int = 5_000_000_000,
-                       overwrite: bool = False) -> str:
+                       overwrite: bool = False, drop_score_bias: bool = False) -> str:
   """Writes ``params`` as a HF checkpoint directory at ``path`` and returns ``path``.
 
   Args:
@@ -270,6 +288,11 @@ def save_hf_checkpoint(params: tfm.Params, model_cfg: tfm.ModelConfig, path: str
     tokenizer_dir: tokenizer and generation config files found here are copied alongside.
     max_shard_bytes: above this the weights are split into shards plus an index.
     overwrite: replace an existing ``path``; otherwise an existing one is an error.
+    drop_score_bias: HF's score layer has no bias, so a nonzero ``scalar_head/b`` exports only
+      with this: transformers' scores then leave ``b`` out (a constant shift, which keeps the
+      ranking of a Bradley–Terry reward but moves a verifier's threshold), and the bias
+      is kept in config.json as ``rlalign_score_bias``, which :func:`load_hf_checkpoint`
+      adds back.
   """
   template = hf_config_template
   if isinstance(template, str):
@@ -285,8 +308,11 @@ def save_hf_checkpoint(params: tfm.Params, model_cfg: tfm.ModelConfig, path: str
   if head == "scalar":
     bias = np.asarray(params["scalar_head"]["b"])
     if np.any(bias != 0.0):
-      raise ValueError(f"scalar_head/b is {bias.tolist()}; HF's score layer has no bias, so "
-                       "only a zero bias exports")
+      if not drop_score_bias:
+        raise ValueError(f"scalar_head/b is {bias.tolist()}; HF's score layer has no bias: "
+                         "export with drop_score_bias (--drop_score_bias) to shift "
+                         "transformers' scores by that constant, keeping it in config.json")
+      hf[SCORE_BIAS_KEY] = bias.astype(np.float64).tolist()
   tensors = _export_tensors(params, model_cfg, head)
   path = os.path.abspath(path)
   if os.path.exists(path) and not overwrite:

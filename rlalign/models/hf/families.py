@@ -292,7 +292,8 @@ def hf_config_from_model(cfg: ModelConfig, family: str, head: str = "lm",
   fam = FAMILIES[family]
   hf = dict(template or {})
   for stale in ("rope_theta", "rope_scaling", "rope_local_base_freq", "sliding_window_pattern",
-                "_sliding_window_pattern", "torch_dtype", "layer_types", "num_labels"):
+                "_sliding_window_pattern", "torch_dtype", "layer_types", "num_labels",
+                "rlalign_score_bias"):
     hf.pop(stale, None)
   hf.update(
       architectures=[fam.causal_lm if head == "lm" else fam.seq_cls], model_type=fam.name,
