@@ -20,7 +20,7 @@ ARGS = {
     "dpo_jsonl": "pairs", "ipo_jsonl": "pairs", "simpo_jsonl": "pairs", "orpo_jsonl": "pairs",
     "grpo_reward_model": "pairs", "kto_jsonl": "unpaired",
     "overoptimisation_addition": "pairs:proxy",
-    "grpo_hf": None, "grpo_7b": None, "grpo_jsonl": None,
+    "grpo_hf": None, "grpo_7b": None, "grpo_jsonl": None, "grpo_hf_dataset": None,
 }
 
 

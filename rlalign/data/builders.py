@@ -28,7 +28,7 @@ import inspect
 import itertools
 import json
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -208,6 +208,18 @@ def _parse_jsonl_line(path: str, lineno: int, line: str) -> dict[str, Any]:
         f"{where}: expected a JSON object like {{\"prompt\": \"...\"}}, got"
         f" {type(record).__name__}"
     )
+  example = check_record(where, record)
+  example["line"] = lineno
+  return example
+
+
+def check_record(where: str, record: Mapping[str, Any]) -> dict[str, Any]:
+  """A prompt record checked against the rules every source shares (a JSONL line, a Hugging
+  Face dataset's row): see `JsonlPrompts`. Errors start with `where`.
+
+  Returns every text key ("" if absent), "label" (False if absent, or whether every step is
+  good when only "step_labels" is given) and "step_labels" (a list, [] if absent).
+  """
   if "prompt" not in record:
     raise ValueError(f"{where}: missing required key \"prompt\"")
   example = {}
@@ -244,7 +256,6 @@ def _parse_jsonl_line(path: str, lineno: int, line: str) -> dict[str, Any]:
     )
   example["label"] = bool(label)
   example["step_labels"] = [] if steps is None else steps.tolist()
-  example["line"] = lineno
   return example
 
 

@@ -1,11 +1,13 @@
 """From a `DataConfig` to fixed-shape numpy batches.
 
   prepare(cfg)        builds (or reuses) the TFDS dataset under cfg.data_dir; for
-                      task "tfds", only checks the user's prepared dataset.
-  load_split(...)     random-access array_record source of one split.
+                      task "tfds", only checks the user's prepared dataset; for task
+                      "hf", opens the Hugging Face dataset and checks its columns.
+  load_split(...)     random-access source of one split (array_record, or the rows
+                      of a Hugging Face dataset as checked records).
   validate_split(...) encodes every record up front, so a bad prompt fails
-                      before any compilation, naming its file:line (JSONL) or
-                      its split and index.
+                      before any compilation, naming its file:line (JSONL), its
+                      split and row (Hugging Face) or its split and index.
   train_iterator(...) infinite, sharded, shuffled grain iterator whose state
                       is JSON and resumes exactly (for checkpointing).
   eval_batches(...)   the whole split once, in order, padded to full batches.
@@ -27,16 +29,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Iterator, Mapping, Tuple
+from typing import Any, Iterator, Mapping, Sequence, Tuple
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rlalign.data import buckets, builders
+from rlalign.data import buckets, builders, hf_datasets
 from rlalign.data.tokenizer import CharTokenizer
 
-TASKS = ("addition", "jsonl", "tfds")
+TASKS = ("addition", "jsonl", "tfds", "hf")
 _MAX_SEED = 2**32  # grain shuffle seeds must fit in 32 bits.
 
 
@@ -52,10 +54,13 @@ class DataConfig:
   `answer`, `demonstration`, `chosen`, `rejected`, `completion` and the bool `label` are
   optional (empty / false when absent, as in JSONL) and other features are ignored. Its
   `tfds_train_split` / `tfds_test_split` (any TFDS split spec, e.g. "train[:95%]") are the
-  pipeline's "train" / "test" splits.
+  pipeline's "train" / "test" splits. "hf" reads a local copy of a Hugging Face dataset,
+  `hf_path` (a save_to_disk directory, or parquet / arrow / JSONL files), its columns mapped
+  to the same fields by `columns`, conversations rendered by the chat template; see
+  `rlalign.data.hf_datasets`.
   """
 
-  task: str = "addition"          # "addition" | "jsonl" | "tfds"
+  task: str = "addition"          # "addition" | "jsonl" | "tfds" | "hf"
   data_dir: str = ""              # TFDS data dir; must be set (non-empty) by the caller
   max_prompt_len: int = 12        # tokens incl. BOS
   max_answer_len: int = 6         # tokens incl. EOS
@@ -71,6 +76,14 @@ class DataConfig:
   tfds_name: str = ""
   tfds_train_split: str = "train"
   tfds_test_split: str = "test"
+  # hf only: a local copy of a Hugging Face dataset (a save_to_disk directory, or parquet /
+  # arrow / JSONL files; never a hub name), the splits read as the pipeline's train and test
+  # ("train", "train[:95%]", "train[100:]"), and {field: column} for columns not named like
+  # the field ("" leaves a same-named column unread); see rlalign.data.hf_datasets.
+  hf_path: str = ""
+  hf_train_split: str = "train"
+  hf_test_split: str = "test"
+  columns: Tuple[Tuple[str, str], ...] = ()
   tokenizer_dir: str = ""         # a Hugging Face tokenizer directory; "" = character tokenizer
   prompt_format: str = "raw"      # "raw" text, or "chat": one user turn through the chat template
   system_prompt: str = ""         # chat only: a system turn before the user's
@@ -114,6 +127,8 @@ class DataConfig:
       self._validate_addition()
     elif self.task == "tfds":
       self._validate_tfds()
+    elif self.task == "hf":
+      hf_datasets.validate_config(self)
     elif not self.train_path:
       raise ValueError("data.train_path is required when data.task='jsonl'")
 
@@ -330,14 +345,18 @@ def _load_tfds_split(cfg: DataConfig, split: str) -> _Fields:
   return _Fields(source, _tfds_fields(builder.info.features, cfg.tfds_name))
 
 
-def prepare(cfg: DataConfig) -> tfds.core.DatasetBuilder:
+def prepare(cfg: DataConfig):
   """Builds the dataset for `cfg` unless already built; returns the builder.
 
-  For data.task="tfds" nothing is built: the user's dataset must already be prepared.
+  For data.task="tfds" nothing is built: the user's dataset must already be prepared. For
+  data.task="hf" the local copy is opened (files converted once into an Arrow cache under
+  data_dir) and the columns of the train and test splits checked; returns {split: Dataset}.
   """
   cfg.validate()
   if cfg.task == "tfds":
     return _tfds_builder(cfg)
+  if cfg.task == "hf":
+    return _prepare_hf(cfg)
   builder = _make_builder(cfg)
   # try_download_gcs=False: never look for a prebuilt copy on the network.
   builder.download_and_prepare(
@@ -346,10 +365,33 @@ def prepare(cfg: DataConfig) -> tfds.core.DatasetBuilder:
   return builder
 
 
+def _hf_split_key(split: str) -> str | None:
+  return {"train": "hf_train_split", "test": "hf_test_split"}.get(split)
+
+
+def hf_split(cfg: DataConfig, split: str) -> str:
+  """The Hugging Face split (spec) read as the pipeline's `split` ("train" or "test")."""
+  key = _hf_split_key(split)
+  return getattr(cfg, key) if key else split
+
+
+def _prepare_hf(cfg: DataConfig) -> dict[str, Any]:
+  """The opened dataset; the configured splits' columns and chat needs checked."""
+  splits = hf_datasets.load(cfg)
+  names = dict.fromkeys(hf_datasets.parse_split(hf_split(cfg, s), _hf_split_key(s)).name
+                        for s in ("train", "test"))
+  readers = [hf_datasets.reader(cfg, name, splits[name]) for name in names if name in splits]
+  hf_datasets.check_chat_template(cfg, readers)
+  return splits
+
+
 def load_split(cfg: DataConfig, split: str):
-  """Random-access source of `split`; records are dicts of bytes."""
+  """Random-access source of `split`; records are dicts of bytes (TFDS) or checked records
+  (Hugging Face)."""
   if cfg.task == "tfds":
     return _load_tfds_split(cfg, split)
+  if cfg.task == "hf":
+    return hf_datasets.records(cfg, prepare(cfg), hf_split(cfg, split), _hf_split_key(split))
   builder = prepare(cfg)
   available = sorted(builder.info.splits.keys())
   if split not in available:
@@ -390,13 +432,25 @@ def _right_padded(
   return tokens, np.arange(length) < len(ids)
 
 
-def prompt_ids(prompt: str, tokenizer, cfg: DataConfig) -> list[int]:
+def prompt_ids(prompt: str, tokenizer, cfg: DataConfig,
+               messages: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
   """The token ids the policy is conditioned on.
 
   Raw prompts get the tokenizer's BOS, if it has one (Qwen's has none). Chat prompts are one
   user turn (after an optional system turn) rendered by the tokenizer's chat template, which
-  writes any BOS itself, up to the assistant's turn.
+  writes any BOS itself, up to the assistant's turn. A record's own conversation, `messages`
+  (a Hugging Face dataset's conversational prompt), is rendered the same way whatever the
+  prompt format, with `data.system_prompt` first if set and the conversation has no system
+  turn.
   """
+  if messages:
+    if not getattr(tokenizer, "chat_templates", None):
+      raise ValueError("the prompt is a conversation, which needs a tokenizer with a chat "
+                       "template (data.tokenizer_dir)")
+    messages = list(messages)
+    if cfg.system_prompt and messages[0].get("role") != "system":
+      messages.insert(0, {"role": "system", "content": cfg.system_prompt})
+    return tokenizer.encode_chat(messages, add_generation_prompt=True)
   if cfg.prompt_format == "chat":
     messages = [{"role": "user", "content": prompt}]
     if cfg.system_prompt:
@@ -409,12 +463,17 @@ def prompt_ids(prompt: str, tokenizer, cfg: DataConfig) -> list[int]:
 def encode_example(
     example: Mapping[str, Any], tokenizer: CharTokenizer, cfg: DataConfig
 ) -> dict[str, np.ndarray]:
-  """Tokenizes one record into fixed-length arrays (see module docstring)."""
+  """Tokenizes one record into fixed-length arrays (see module docstring).
+
+  A record with "messages" (a conversational prompt) is conditioned on their rendering;
+  its "prompt" then only names it in errors.
+  """
   prompt = _text(example, "prompt")
-  if not prompt:
+  messages = example.get("messages")
+  if not prompt and not messages:
     raise ValueError("prompt is empty")
   length = cfg.max_prompt_len
-  ids = prompt_ids(prompt, tokenizer, cfg)
+  ids = prompt_ids(prompt, tokenizer, cfg, messages)
   if len(ids) > length:
     raise ValueError(
         f"\"prompt\" needs {len(ids)} tokens (with BOS or chat template) but"
@@ -484,7 +543,11 @@ def _read_all(source, chunk_size: int = 4096):
 def _where(
     example: Mapping[str, Any], cfg: DataConfig, split_name: str, index: int | None
 ) -> str:
-  """`path:line` of a JSONL record (its builder stores the line); else split and index."""
+  """`path:line` of a JSONL record (its builder stores the line); a Hugging Face record's
+  path, split and row; else split and index."""
+  if cfg.task == "hf" and "row" in example:
+    name = hf_datasets.parse_split(hf_split(cfg, split_name), "hf_path split").name
+    return hf_datasets.where(cfg.hf_path, name, int(example["row"]))
   path = {"train": cfg.train_path, "test": cfg.test_path}.get(split_name, "")
   line = int(example.get("line", 0))
   if cfg.task == "jsonl" and path and line:
