@@ -62,7 +62,9 @@ def single_device():
   return spec, batch, rng, run_single_device(spec, batch, rng)
 
 
-@pytest.mark.parametrize("ici", [(8, 1, 1), (2, 2, 2), (1, 4, 2)])
+# Every axis at once in the default suite; one axis at a time in the slow set.
+@pytest.mark.parametrize("ici", [pytest.param((8, 1, 1), marks=pytest.mark.slow), (2, 2, 2),
+                                 pytest.param((1, 4, 2), marks=pytest.mark.slow)])
 def test_sharded_iteration_matches_single_device(single_device, ici):
   spec, batch, rng, (tokens, expected_state, expected_metrics) = single_device
   plan = ShardingPlan(mesh_lib.make_mesh(mesh_lib.MeshConfig(ici=ici)), mesh_lib.DEFAULT_RULES)

@@ -123,6 +123,7 @@ def test_a_reward_reading_a_missing_or_headless_role_fails_before_tracing():
     iteration.make_rl_step(headless)
 
 
+@pytest.mark.slow  # over 20 s; the default suite keeps to about 10 minutes on 2 cores
 def test_bfloat16_sampler_and_learner_disagree_and_rescoring_removes_the_gap():
   """bfloat16 sampling and learning round differently: pi_old from the sampler is off by far
   more than a tight sequence-level clip (GSPO's 3e-4); rescored by the learner it is exact."""

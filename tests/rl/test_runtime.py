@@ -62,6 +62,7 @@ def test_a_judge_reading_a_copy_not_yet_taken_waits(tmp_path):
   assert set(later) == set(first) | {"eval/rm_greedy", "eval/rm_sampled"}
 
 
+@pytest.mark.slow  # over 20 s; the default suite keeps to about 10 minutes on 2 cores
 def test_a_role_with_its_own_layout_trains_like_the_shared_layout(tmp_path):
   """FSDP over 8 devices; the reference replicated by rules of its own: its arrays are whole
   on every device, and one RL step gives the same policy as with the shared layout."""
@@ -95,6 +96,7 @@ def test_role_rules_are_checked_against_the_mesh(tmp_path):
     config_lib.from_config_dict(config)
 
 
+@pytest.mark.slow  # over 20 s; the default suite keeps to about 10 minutes on 2 cores
 def test_a_phase_checkpoint_holds_the_frozen_roles_it_reads(tmp_path):
   """Resuming restores the reference from the phase's own checkpoint: here the run is resumed
   with the reference's source changed, and the checkpointed reference is what comes back."""
