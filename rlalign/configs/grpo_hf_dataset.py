@@ -20,7 +20,7 @@ slow test the trained params).
 """
 import ml_collections
 
-from rlalign import presets
+from rlalign.configs import grpo_jsonl
 
 
 def get_config(arg: str = ""):
@@ -35,19 +35,9 @@ def get_config(arg: str = ""):
       raise ValueError(f"grpo_hf_dataset.py: {pair!r} is not FIELD=COLUMN (e.g. "
                        "prompt=question; COLUMN '' leaves a same-named column unread)")
     columns[field] = column
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model = dict(presets.ADDITION_MODEL, vocab_size=128)
-  c.data = dict(task="hf", data_dir="", hf_path=path, hf_train_split="train",
-                hf_test_split="test", columns=columns, max_prompt_len=24, max_answer_len=8,
-                tokenizer_dir="", system_prompt="")
-  c.sampling = dict(presets.ADDITION_SAMPLING, max_new_tokens=8)
-  c.roles = presets.policy_and_reference(
-      optimizer=dict(learning_rate=5e-4, warmup_steps=10, max_grad_norm=1.0))
-  c.phases = dict(warm_start=presets.sft_phase(**presets.ADDITION_WARM_START),
-                  rl=presets.grpo_phase(steps=300, batch_size=256, group_size=8, minibatches=2))
-  c.recipe = dict(name="sequence", order=("warm_start", "rl"))
-  c.mesh = presets.mesh()
-  c.sampler_layout = presets.sampler_layout(c.mesh)
-  c.train = dict(presets.LOOP)
-  return ml_collections.ConfigDict(c.to_dict())
+  c = grpo_jsonl.get_config(path).to_dict()  # everything but where the rows come from
+  lengths = {k: c["data"][k] for k in ("max_prompt_len", "max_answer_len")}
+  c["data"] = dict(task="hf", data_dir="", hf_path=path, hf_train_split="train",
+                   hf_test_split="test", columns=columns, tokenizer_dir="", system_prompt="",
+                   **lengths)
+  return ml_collections.ConfigDict(c)

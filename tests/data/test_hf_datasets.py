@@ -405,17 +405,9 @@ def test_without_the_datasets_package_says_how_to_install_it(sources, tmp_path, 
 
 # --- chat data ------------------------------------------------------------------------------
 
-BOS, EOT = "<|begin_of_text|>", "<|eot_id|>"
-HEADERS = ["<|start_header_id|>", "<|end_header_id|>"]
-TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for m in messages %}"
-    "{{- '<|start_header_id|>' + m.role + '<|end_header_id|>\\n\\n' + (m.content | trim)"
-    " + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    "{%- endif %}")
+# Llama 3's turn layout, as the chat SFT test uses it.
+from tests.rl.test_sft_chat import BOS, EOT, HEADERS, TEMPLATE  # noqa: E402
+
 CHAT_LENGTHS = dict(max_prompt_len=96, max_answer_len=24)
 
 
