@@ -1,6 +1,6 @@
 """``python -m rlalign.sample``: completions from any role of a run, or a Hugging Face directory.
 
-  python -m rlalign.sample --run=/tmp/rlalign_run --prompt="12+34="
+  python -m rlalign.sample --run=/tmp/rlalign_addition --prompt="740+580="  # 47+85: "231"
   python -m rlalign.sample --run=/tmp/rlalign_cotrain --role=generator --samples=4 \\
       --temperature=1.0 --prompts_file=prompts.txt
   echo "What is 2+2?" | python -m rlalign.sample --hf_dir=/ckpt --format=chat
