@@ -127,7 +127,9 @@ def export(settings: ExportSettings) -> Dict[str, Any]:
           hf_config_template=template, head=head, tokenizer_dir=tokenizer_dir,
           overwrite=settings.overwrite, drop_score_bias=settings.drop_score_bias)
     except hf.HFConfigError as e:
-      raise workdir.RunInputError(f"role {settings.role!r} as {settings.family}: {e}") from None
+      family = hf.read_hf_config(template)["model_type"] if isinstance(template, str) else (
+          settings.family)
+      raise workdir.RunInputError(f"role {settings.role!r} as {family}: {e}") from None
     except ValueError as e:
       raise workdir.RunInputError(f"role {settings.role!r}: {e}") from None
   finally:

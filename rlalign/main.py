@@ -55,9 +55,13 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
-  config = _CONFIG.value
-  if not config.data.data_dir:
-    config.data.data_dir = os.path.join(os.path.abspath(_WORKDIR.value), "tfds")
+  try:
+    config = _CONFIG.value
+    if not config.data.data_dir:
+      config.data.data_dir = os.path.join(os.path.abspath(_WORKDIR.value), "tfds")
+  except OSError as e:  # get_config(arg) failed: ml_collections reports it as an OSError
+    print(f"config error: {_one_line(e)}", file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT_CODE)
   try:
     cfg = config_lib.from_config_dict(config)
   except (ValueError, KeyError) as e:
@@ -109,6 +113,9 @@ def parse_flags(argv):
   (not a traceback from inside ml_collections)."""
   argv = list(argv)
   for i, arg in enumerate(argv[1:], start=1):
+    if arg == "--config" and i + 1 < len(argv):  # "--config VALUE" reads as "--config=VALUE"
+      argv[i], argv[i + 1] = f"--config={argv[i + 1]}", ""
+      arg = argv[i]
     if arg.startswith("--config="):
       path, colon, config_arg = arg[len("--config="):].partition(":")
       path = config_lib.resolve_config_path(path)  # a shipped config may be named bare
@@ -118,6 +125,7 @@ def parse_flags(argv):
               f"{', '.join(config_lib.shipped_configs())})", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
       argv[i] = f"--config={path}{colon}{config_arg}"
+  argv = [a for i, a in enumerate(argv) if a or i == 0]
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -128,7 +136,8 @@ def parse_flags(argv):
     key = _one_line(e).split(" ")[0].strip("'\"")
     culprit = next((a for a in overrides if key in a[9:].split(".")), None)
     print(f"config error: unknown key {culprit or key!r}: {_one_line(e)}", file=sys.stderr)
-  except (TypeError, ValueError) as e:
+  except (TypeError, ValueError, OSError) as e:
+    # OSError: ml_collections' wrapper of whatever get_config(arg) raised.
     print(f"config error: {_one_line(e)}", file=sys.stderr)
   sys.exit(USER_ERROR_EXIT_CODE)
 

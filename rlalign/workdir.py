@@ -41,10 +41,11 @@ class RunInputError(ValueError):
 
 def load_config_file(spec: str):
   """``get_config(arg)`` of a config file ``path.py[:arg]``, as ml_collections reads it."""
-  path, arg = spec, ""
   if ".py:" in spec:
     path, arg = spec.split(".py:", 1)
     path += ".py"
+  else:  # a shipped config named bare, as python -m rlalign.main takes it: grpo_hf:ARG
+    path, _, arg = spec.partition(":")
   path = config_lib.resolve_config_path(path)
   if not os.path.isfile(path):
     raise RunInputError(f"--config: no config file {path}")
@@ -53,7 +54,7 @@ def load_config_file(spec: str):
   try:
     module_spec.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()
-  except (ValueError, KeyError, TypeError, AttributeError) as e:
+  except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
     raise RunInputError(f"--config={spec}: {e}") from None
 
 
@@ -120,6 +121,8 @@ def abstract_params(model: tfm.ModelConfig, plan: ShardingPlan):
 def _adapter(cfg: ExperimentConfig, phase: str, role: str) -> Optional[lora_lib.LoRAConfig]:
   """The LoRA adapters the phase trains on the role, as the runtime decides them."""
   phase_cfg = cfg.phase_configs.get(phase)
+  if phase_cfg is None:  # a recipe's own checkpoint (e.g. "alternating") of several phases
+    phase_cfg = next((p for p in cfg.phase_configs.values() if role in p.trained_roles), None)
   if phase_cfg is None or role not in phase_cfg.trained_roles:
     return None
   if phase_cfg.adapter.lora_rank and role == phase_cfg.role("policy"):

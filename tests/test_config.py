@@ -317,3 +317,11 @@ def test_a_shipped_config_is_found_by_name_and_a_path_wins(tmp_path, monkeypatch
   assert config_lib.resolve_config_path("grpo_addition.py") == "grpo_addition.py"
   assert config_lib.resolve_config_path("no_such_config") == "no_such_config"
   assert config_lib.resolve_config_path("sub/grpo_addition.py") == "sub/grpo_addition.py"
+
+
+def test_a_run_reader_names_shipped_configs_as_the_cli_does(tmp_path):
+  from rlalign import workdir
+  config = workdir.load_config_file("grpo_addition:smoke")
+  assert config.phases.rl.steps == load_config("grpo_addition", "smoke").phases.rl.steps
+  with pytest.raises(workdir.RunInputError, match=r"--config=grpo_hf:/no_such: .*no config"):
+    workdir.load_config_file("grpo_hf:/no_such")

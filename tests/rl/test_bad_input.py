@@ -84,6 +84,23 @@ def test_cli_reports_flag_errors_in_one_line(tmp_path, args, message):
   assert not os.path.exists(tmp_path / "run")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--config", "grpo_addition:smoke", "--config.phases.rl.batch_size=18"],
+     "config error: phases.rl.batch_size (18)"),  # "--config VALUE", a shipped name
+    (["--config=grpo_hf:/no_such_checkpoint"],  # get_config(arg) itself fails
+     "config error: Configuration is not available because of an earlier failure to load: "
+     "no config.json at /no_such_checkpoint"),
+])
+def test_cli_config_file_errors_are_one_line(tmp_path, args, message):
+  proc = subprocess.run(
+      [sys.executable, "-m", "rlalign.main", f"--workdir={tmp_path / 'run'}", *args],
+      cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+      env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+
+
 def jsonl_config(tmp_path, lines, max_prompt_len=24):
   path = tmp_path / "prompts.jsonl"
   if lines is not None:
