@@ -194,7 +194,7 @@ def _reward_from(value: Any, path: str, key: str, name: str = "",
                  named_source: bool = True) -> RewardTerm:
   """A reward term from ``weight``, ``"name"`` or ``{"name"?, "weight"?, **settings}``."""
   where = f"{path}.{key}"
-  weight, transforms = 1.0, ()
+  weight, transforms, rows = 1.0, (), "all"
   if isinstance(value, str) and name:
     raise ConfigError(f"{where}: expected a weight or a mapping of settings, got str {value!r}")
   if isinstance(value, str):
@@ -206,6 +206,7 @@ def _reward_from(value: Any, path: str, key: str, name: str = "",
     name = given.pop("name", name)
     weight = _convert(given.pop("weight", 1.0), float, f"{where}.weight")
     transforms = _transforms_from(given.pop("transforms", ()), f"{where}.transforms")
+    rows = _convert(given.pop("rows", "all"), str, f"{where}.rows")
   if not name:
     raise ConfigError(f"{where}: name the reward, e.g. {{'name': 'exact_match'}}")
   try:
@@ -215,7 +216,7 @@ def _reward_from(value: Any, path: str, key: str, name: str = "",
   # The key is the source's name: {"rm_a": {"name": "reward_model", ...}} logs reward/rm_a.
   source = key if named_source and key != name else ""
   return RewardTerm(name, weight, _dataclass_from(reward.settings, given, where), source,
-                    transforms)
+                    transforms, rows)
 
 
 def _transforms_from(value: Any, path: str) -> Tuple[TransformSpec, ...]:

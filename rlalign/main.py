@@ -74,9 +74,16 @@ def main(argv) -> None:
   from rlalign.parallel import distributed
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if _DRY_RUN.value:
+    from rlalign import recipes
     from rlalign.rl import dry_run
+    recipe = recipes.get(cfg.recipe.name)
+    try:
+      program = recipe.dry_run(cfg) if recipe.dry_run is not None else None
+    except ValueError as e:
+      print(f"dry run: {e}", file=sys.stderr)
+      sys.exit(USER_ERROR_EXIT_CODE)
     sys.exit(dry_run.main(cfg, _WORKDIR.value, _DRY_RUN_REWARD_MODEL.value,
-                          _DEVICE_MEMORY_GIB.value))
+                          _DEVICE_MEMORY_GIB.value, program))
   from rlalign import recipes
   from rlalign.rl import phases, preemption, runtime
   try:

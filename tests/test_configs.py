@@ -1,5 +1,6 @@
 """Every config file in configs/ loads, converts to a typed config and validates, full size and
 (where it has one) at ``:smoke`` size; a new config file must be listed here."""
+import dataclasses
 import os
 
 import pytest
@@ -16,7 +17,7 @@ ARGS = {
     "dr_grpo_addition": "", "dapo_addition": "", "gspo_addition": "", "rloo_addition": "",
     "reinforce_pp_addition": "", "remax_addition": "", "tis_addition": "", "rft_addition": "",
     "rwr_addition": "", "gkd_addition": "", "online_dpo_addition": "",
-    "iterative_dpo_addition": "", "prm_addition": "",
+    "iterative_dpo_addition": "", "prm_addition": "", "easy_to_hard_addition": "",
     "dpo_jsonl": "pairs", "ipo_jsonl": "pairs", "simpo_jsonl": "pairs", "orpo_jsonl": "pairs",
     "grpo_reward_model": "pairs", "kto_jsonl": "unpaired",
     "overoptimisation_addition": "pairs:proxy",
@@ -63,3 +64,28 @@ def test_overoptimisation_variants_differ_only_in_the_rl_reward(variant, data_fi
   rl, rl_other = base.phase_configs["rl"], other.phase_configs["rl"]
   assert rl.monitors == rl_other.monitors and rl.rewards != rl_other.rewards
   assert all(p.steps <= 4 for _, p in typed(data_files["pairs"] + f",{variant},smoke").phases)
+
+
+def test_easy_to_hard_arms_differ_only_in_the_reward_on_unlabelled_prompts(tmp_path):
+  def typed(arg):
+    config = load_config("easy_to_hard_addition", arg)
+    config.data.data_dir = str(tmp_path)
+    return config_lib.from_config_dict(config)
+  arms = {arm: typed(arm) for arm in ("easy_only", "majority", "self_confidence", "cotrain",
+                                      "cotrain_balanced")}
+  base = arms["easy_only"]
+  for arm, cfg in arms.items():
+    assert cfg.roles == base.roles and cfg.data == base.data and cfg.recipe == base.recipe
+    others = lambda c: {n: p for n, p in c.phases if n not in ("generate", "verify")}
+    assert others(cfg) == others(base)
+    verify = cfg.phase_configs["verify"]
+    assert verify.objective.hparams.balanced == (arm == "cotrain_balanced")
+    assert dataclasses.replace(verify, objective=None) == dataclasses.replace(
+        base.phase_configs["verify"], objective=None)
+    gen = cfg.phase_configs["generate"]
+    base_gen = base.phase_configs["generate"]
+    assert dataclasses.replace(gen, rewards=()) == dataclasses.replace(base_gen, rewards=())
+    extra = [t for t in gen.rewards if t.key != "exact_match"]
+    assert [t.rows for t in extra] == ([] if arm == "easy_only" else ["unlabelled"]), arm
+    assert all(p.steps <= 4 for _, p in typed(f"{arm},smoke").phases)
+  assert typed("").phase_configs == arms["cotrain"].phase_configs

@@ -144,6 +144,77 @@ def generate_problems(
     produced += 1
 
 
+# ---- easy-to-hard -------------------------------------------------------------------------
+
+EASY_HARD_SPLITS = ("train", "test", "test_hard")
+
+
+def generate_easy_hard(
+    split: str, num: int, easy_digits: int, hard_digits: int, hard_fraction: float,
+    carry_drop: float, seed: int
+) -> Iterator[dict[str, str]]:
+  """Problems whose labels exist only where they are easy.
+
+  Easy problems have operands of up to `easy_digits` digits; hard ones have one or both of up
+  to `hard_digits` digits and at least one longer than `easy_digits`. Every prompt is padded
+  to `hard_digits`, so the two differ in their digits, not their format.
+
+  - "train": a fraction `hard_fraction` of the problems is hard, and a hard problem is its
+    prompt alone: no answer and no demonstration, so nothing that trains can read its label.
+    Easy problems have their answer and the sloppy teacher's demonstration.
+  - "test": easy problems with answers (held out).
+  - "test_hard": hard problems with their gold answers, the only place those exist; a
+    program reads them only as a held-out evaluator does.
+
+  Train and test problems come from disjoint operand pairs (`is_test_pair`), and test splits
+  never repeat an ordered pair. Deterministic in the arguments.
+  """
+  if split not in EASY_HARD_SPLITS:
+    raise ValueError(f"split must be one of {EASY_HARD_SPLITS}, got {split!r}")
+  if not 1 <= easy_digits < hard_digits:
+    raise ValueError(f"need 1 <= easy_digits < hard_digits, got {easy_digits}, {hard_digits}")
+  if not 0.0 <= hard_fraction <= 1.0:
+    raise ValueError(f"hard_fraction must be in [0, 1], got {hard_fraction}")
+  if not 0.0 <= carry_drop <= 1.0:
+    raise ValueError(f"carry_drop must be in [0, 1], got {carry_drop}")
+  offset = {"train": 0, "test": 1_000_003, "test_hard": 2_000_003}[split]
+  rng = np.random.default_rng([seed, offset, easy_digits, hard_digits])
+  want_test = split != "train"
+  easy_size = 10**easy_digits
+  seen = set()
+  produced, attempts = 0, 0
+  while produced < num:
+    attempts += 1
+    if attempts > 100 * num + 10_000:
+      raise ValueError(f"could not draw {num} distinct {split} problems with easy_digits="
+                       f"{easy_digits}, hard_digits={hard_digits}; ask for fewer")
+    hard = split == "test_hard" or (split == "train" and rng.random() < hard_fraction)
+    if hard:
+      a, b = sample_operand(rng, hard_digits), sample_operand(rng, hard_digits)
+      if max(a, b) < easy_size:
+        continue
+    else:
+      a, b = sample_operand(rng, easy_digits), sample_operand(rng, easy_digits)
+    if is_test_pair(a, b) != want_test:
+      continue
+    if want_test:
+      if (a, b) in seen:
+        continue
+      seen.add((a, b))
+    prompt = format_prompt(a, b, hard_digits)
+    if split == "train" and hard:
+      yield {"prompt": prompt, "answer": "", "demonstration": ""}
+    else:
+      yield {"prompt": prompt, "answer": correct_answer(a, b),
+             "demonstration": sloppy_answer(a, b, carry_drop, rng) if split == "train" else ""}
+    produced += 1
+
+
+def is_hard_prompt(prompt: str, easy_digits: int) -> bool:
+  """Whether an easy-to-hard prompt is hard: an operand longer than `easy_digits`."""
+  return max(parse_prompt(prompt)) >= 10**easy_digits
+
+
 # ---- preference pairs --------------------------------------------------------------------
 
 

@@ -155,6 +155,53 @@ class AdditionPrompts(_LocalBuilder):
                     "step_labels": _NO_STEPS, **problem}
 
 
+@dataclasses.dataclass(eq=False, kw_only=True)
+class EasyHardConfig(tfds.core.BuilderConfig):
+  """Generator settings for `EasyHardAddition`; the name encodes all of them."""
+
+  easy_digits: int = 3
+  hard_digits: int = 4
+  hard_fraction: float = 0.5
+  carry_drop: float = 0.7
+  num_train: int = 50_000
+  num_test: int = 512
+  seed: int = 0
+
+  @classmethod
+  def create(cls, *, easy_digits: int, hard_digits: int, hard_fraction: float,
+             carry_drop: float, num_train: int, num_test: int, seed: int) -> EasyHardConfig:
+    hard_fraction, carry_drop = float(hard_fraction), float(carry_drop)
+    name = (f"e{easy_digits}-h{hard_digits}-hard{hard_fraction!r}-drop{carry_drop!r}"
+            f"-train{num_train}-test{num_test}-seed{seed}")
+    return cls(name=name, easy_digits=easy_digits, hard_digits=hard_digits,
+               hard_fraction=hard_fraction, carry_drop=carry_drop, num_train=num_train,
+               num_test=num_test, seed=seed)
+
+
+class EasyHardAddition(_LocalBuilder):
+  """Addition whose hard problems come without labels (`addition.generate_easy_hard`): train
+  (easy with answers, hard prompts alone), test (easy) and test_hard (hard, gold answers)."""
+
+  name = "rlalign_addition_easy_hard"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    c = self.builder_config
+    return {split: self._generate_examples(split, c.num_train if split == "train" else
+                                           c.num_test)
+            for split in addition.EASY_HARD_SPLITS}
+
+  def _generate_examples(self, split: str, num: int):
+    c = self.builder_config
+    problems = addition.generate_easy_hard(split, num, c.easy_digits, c.hard_digits,
+                                           c.hard_fraction, c.carry_drop, c.seed)
+    for index, problem in enumerate(problems):
+      yield index, {**dict.fromkeys(_TEXT_KEYS, ""), "label": False,
+                    "step_labels": _NO_STEPS, **problem}
+
+
 class _DuplicateKey(Exception):
   pass
 

@@ -69,6 +69,12 @@ class DataConfig:
   carry_drop: float = 0.7         # addition only
   num_train: int = 50_000         # addition only
   num_test: int = 512             # addition only
+  # addition only: > max_digits makes it an easy-to-hard task (`addition.generate_easy_hard`):
+  # operands of up to max_digits digits are easy and labelled, longer ones (up to hard_digits)
+  # hard, a fraction hard_fraction of the train split, with no answer there; their gold
+  # answers are only in the held-out split "test_hard".
+  hard_digits: int = 0
+  hard_fraction: float = 0.5
   train_path: str = ""            # jsonl only
   test_path: str = ""             # jsonl only
   # tfds only: the prepared dataset's TFDS name (under data_dir), and its splits (any TFDS
@@ -93,6 +99,9 @@ class DataConfig:
   # The text that ends a step of a completion with "step_labels" (one token); a completion's
   # last step ends at its EOS. Match the process reward's ``delimiter``.
   step_delimiter: str = "\n"
+  # Held-out splits evaluated beside "test", logged as eval/<split>/<metric>_<mode>
+  # (an easy-to-hard task's "test_hard").
+  eval_splits: Tuple[str, ...] = ()
 
   def validate(self) -> None:
     """Raises ValueError naming the first bad field."""
@@ -121,6 +130,12 @@ class DataConfig:
           " chat template)"
       )
     buckets.validate(self.prompt_buckets, self.max_prompt_len)
+    for split in self.eval_splits:
+      if split in ("train", "test") or not split or "/" in split:
+        raise ValueError(f"data.eval_splits: {split!r} is not an extra held-out split (train "
+                         "and test are read anyway; a name has no '/')")
+    if len(set(self.eval_splits)) != len(self.eval_splits):
+      raise ValueError(f"data.eval_splits repeats a split: {self.eval_splits}")
     if not self.step_delimiter:
       raise ValueError("data.step_delimiter must be the (one-token) text that ends a step")
     if self.task == "addition":
@@ -153,25 +168,40 @@ class DataConfig:
     for name in ("num_train", "num_test"):
       if getattr(self, name) < 1:
         raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
+    if self.hard_digits and self.hard_digits <= self.max_digits:
+      raise ValueError(f"data.hard_digits ({self.hard_digits}) must exceed data.max_digits "
+                       f"({self.max_digits}), or be 0 for no hard problems")
+    if self.hard_digits < 0:
+      raise ValueError(f"data.hard_digits must be >= 0, got {self.hard_digits}")
+    if not 0.0 <= self.hard_fraction <= 1.0:
+      raise ValueError(f"data.hard_fraction must be in [0, 1], got {self.hard_fraction}")
     # Catch too-short lengths here rather than after building the dataset.
-    prompt_need = 2 * self.max_digits + 3  # BOS, a, "+", b, "="
-    answer_need = self.max_digits + 2  # one extra carry digit, EOS
+    width = max(self.max_digits, self.hard_digits)
+    widest = f"data.{'hard_digits' if self.hard_digits else 'max_digits'}={width}"
+    prompt_need = 2 * width + 3  # BOS, a, "+", b, "="
+    answer_need = width + 2  # one extra carry digit, EOS
     if self.max_prompt_len < prompt_need:
       raise ValueError(
           f"data.max_prompt_len={self.max_prompt_len} is too small for"
-          f" data.max_digits={self.max_digits}: prompts need up to"
+          f" {widest}: prompts need up to"
           f" {prompt_need} tokens"
       )
     if self.max_answer_len < answer_need:
       raise ValueError(
           f"data.max_answer_len={self.max_answer_len} is too small for"
-          f" data.max_digits={self.max_digits}: answers need up to"
+          f" {widest}: answers need up to"
           f" {answer_need} tokens"
       )
 
 
 def _make_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
-  if cfg.task == "addition":
+  if cfg.task == "addition" and cfg.hard_digits:
+    builder_cls = builders.EasyHardAddition
+    config = builders.EasyHardConfig.create(
+        easy_digits=cfg.max_digits, hard_digits=cfg.hard_digits,
+        hard_fraction=cfg.hard_fraction, carry_drop=cfg.carry_drop,
+        num_train=cfg.num_train, num_test=cfg.num_test, seed=cfg.seed)
+  elif cfg.task == "addition":
     builder_cls = builders.AdditionPrompts
     config = builders.AdditionConfig.create(
         max_digits=cfg.max_digits,

@@ -24,12 +24,14 @@ import jax
 import jax.numpy as jnp
 
 from rlalign.recipes import base
-from rlalign.rewards import process
-from rlalign.rl import iteration, offline
+from rlalign.rewards import base as reward_base
+from rlalign.rewards import learned, process
+from rlalign.rl import evaluation
+from rlalign.rl import dry_run, iteration, offline, update
 from rlalign.rl import state as state_lib
 from rlalign.rl.experiment import ExperimentConfig
 from rlalign.rl.layout import StepLayout, jit_with_rules
-from rlalign.rl.runtime import Runtime
+from rlalign.rl.runtime import Runtime, role_specs
 
 CHECKPOINT = "alternating"
 
@@ -49,6 +51,10 @@ class AlternatingSettings:
   mc_samples: int = 4
   mc_soft: bool = False
   step_delimiter: str = ""            # the text ending a step; "" makes every token a step
+  # The rollouts the verifier trains on: "all", or "labelled", those of prompts with a
+  # reference answer, when the others have none (easy-to-hard transfer: their verdicts from
+  # ``label_reward`` would be a wrong "no", not a label).
+  verifier_rows: str = "all"
 
   def validate(self, prefix: str, cfg: ExperimentConfig) -> None:
     phases = cfg.phase_configs
@@ -83,6 +89,11 @@ class AlternatingSettings:
                        f"{ver.objective.name!r} trains on "
                        f"{'step' if per_step else 'completion'} labels; monte_carlo labels "
                        "train a process reward model (objective prm)")
+    if self.verifier_rows not in ("all", "labelled"):
+      raise ValueError(f"{prefix}.verifier_rows must be 'all' or 'labelled', got "
+                       f"{self.verifier_rows!r}")
+    if self.verifier_rows == "labelled" and self.labels != "reward":
+      raise ValueError(f"{prefix}.verifier_rows='labelled' needs labels='reward'")
     if self.mc_samples < 1:
       raise ValueError(f"{prefix}.mc_samples must be >= 1, got {self.mc_samples}")
     if not 0.0 <= self.ema < 1.0:
@@ -117,6 +128,8 @@ def alternating_step(state, batch, rng, frozen, *, generator: iteration.Iteratio
               "completion_tokens": rollouts["completion_tokens"],
               "mask": rollouts["completion_mask"],
               ("step_labels" if settings.labels == "monte_carlo" else "labels"): labels}
+  if settings.verifier_rows == "labelled":
+    examples["label_mask"] = reward_base.labelled_rows(rollouts)
   ver_state, ver_metrics = offline.learn(only(verifier.binding.trained_roles), examples,
                                          verifier_rng, frozen, verifier)
   # Metrics come from the first update's forward pass: the verifier has not seen these yet.
@@ -138,43 +151,101 @@ def make_step(layout: StepLayout, **static) -> Any:
                         out_shardings=(layout.state, layout.plan.replicated))
 
 
+def specs(cfg: ExperimentConfig, gen_roles, ver_roles, pad_id: int
+          ) -> Tuple[iteration.IterationSpec, offline.OfflineSpec]:
+  """The generator's iteration and the verifier's update, checked, for ``cfg`` (the runtime's,
+  whose sampling stops at the tokenizer's EOS and whose rewards' text is in token ids)."""
+  settings: AlternatingSettings = cfg.recipe.settings
+  gen_cfg = cfg.phase_configs[settings.generator_phase]
+  ver_cfg = cfg.phase_configs[settings.verifier_phase]
+  bind = lambda phase, roles: update.Binding(phase.objective.objective, phase.objective.hparams,
+                                             roles, phase.slot_map, phase.epochs,
+                                             phase.minibatches)
+  generator = iteration.IterationSpec(cfg.sampling, gen_cfg.rl(), bind(gen_cfg, gen_roles),
+                                      pad_id)
+  if not generator.fused:
+    raise ValueError(f"phases.{settings.generator_phase}.rewards: the alternating recipe runs "
+                     "in one program, so every reward must be in-graph")
+  generator.check()
+  reference = ver_cfg.role("reference")
+  verifier = offline.OfflineSpec(bind(ver_cfg, ver_roles),
+                                 reference if reference in ver_roles else None)
+  verifier.check()
+  return generator, verifier
+
+
 def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   settings: AlternatingSettings = cfg.recipe.settings
   phases = cfg.phase_configs
   gen_cfg, ver_cfg = phases[settings.generator_phase], phases[settings.verifier_phase]
   schedule = [(name, phases[name].steps) for name in settings.before]
   runtime = Runtime(cfg, workdir, schedule + [(CHECKPOINT, gen_cfg.steps)])
-  policy = gen_cfg.role("policy")
-  # The runtime's config has the rewards' text in token ids (a PRM's delimiter, a template).
-  gen_cfg = runtime.cfg.phase_configs[settings.generator_phase]
-  runtime.evaluate_initial(policy)
+  runtime.evaluate_initial(gen_cfg.role("policy"))
   for name in settings.before:
     runtime.run_phase(name)
 
   gen_roles = runtime.role_specs(gen_cfg)
   ver_roles = runtime.role_specs(ver_cfg)
-  # runtime.cfg's sampling also stops at the tokenizer's EOS.
-  generator = iteration.IterationSpec(runtime.cfg.sampling, gen_cfg.rl(),
-                                      runtime.binding(gen_cfg, gen_roles),
-                                      runtime.tokenizer.pad_id)
-  if not generator.fused:
-    raise ValueError(f"phases.{settings.generator_phase}.rewards: the alternating recipe runs "
-                     "in one program, so every reward must be in-graph")
-  generator.check()
-  reference = ver_cfg.role("reference")
-  verifier = offline.OfflineSpec(runtime.binding(ver_cfg, ver_roles),
-                                 reference if reference in ver_roles else None)
-  verifier.check()
+  generator, verifier = specs(runtime.cfg, gen_roles, ver_roles, runtime.tokenizer.pad_id)
   delimiter = process.resolve_delimiter(runtime.tokenizer, settings.step_delimiter,
                                         "recipe.step_delimiter")
+  roles = {**gen_roles, **ver_roles}
   built = runtime.build_phase(
-      CHECKPOINT, gen_cfg, roles={**gen_roles, **ver_roles},
+      CHECKPOINT, gen_cfg, roles=roles,
       make_step=lambda layout: make_step(layout, generator=generator, verifier=verifier,
                                          settings=settings, delimiter=delimiter),
-      extra_state=lambda: {"recipe": {"verifier_accuracy": jnp.float32(0.5)}})
+      extra_state=lambda: {"recipe": {"verifier_accuracy": jnp.float32(0.5)}},
+      also_evaluate=(verdict_evaluator(runtime, roles, generator, ver_cfg.role("model"),
+                                       settings) if settings.labels == "reward" else None))
   runtime.run(built)
   return runtime.finish(f"alternating {gen_cfg.role('policy')} ({gen_cfg.objective.name}) and "
                         f"{ver_cfg.role('model')} ({ver_cfg.objective.name}) on {cfg.data.task}")
 
 
-RECIPE = base.register(base.Recipe("alternating", AlternatingSettings, run))
+def dry_run_program(cfg: ExperimentConfig) -> dry_run.RecipeProgram:
+  """The loop's one program, for ``--dry_run``: both roles' updates and the sampling, on
+  abstract inputs (a step delimiter only changes values, not shapes)."""
+  settings: AlternatingSettings = cfg.recipe.settings
+  gen_cfg = cfg.phase_configs[settings.generator_phase]
+  ver_cfg = cfg.phase_configs[settings.verifier_phase]
+  gen_roles, ver_roles = role_specs(cfg, gen_cfg), role_specs(cfg, ver_cfg)
+  generator, verifier = specs(cfg, gen_roles, ver_roles, dry_run.PAD_ID)
+  return dry_run.RecipeProgram(
+      name=f"{CHECKPOINT}_step", roles={**gen_roles, **ver_roles},
+      make_step=lambda layout: make_step(layout, generator=generator, verifier=verifier,
+                                         settings=settings),
+      rows=gen_cfg.rows_per_step, rollouts=gen_cfg.batch_size, policy=generator.policy,
+      extra_state={"recipe": {"verifier_accuracy": jax.ShapeDtypeStruct((), jnp.float32)}})
+
+
+def verdict_evaluator(runtime: Runtime, roles, generator: iteration.IterationSpec,
+                      verifier: str, settings: AlternatingSettings):
+  """``evaluate(state, frozen)``: the verifier's verdicts on the generator's sampled
+  completions of each held-out split, against ``label_reward`` as the gold judge there, as
+  ``eval/verifier_<metric>`` (test) and ``eval/<split>/verifier_<metric>``. On a split whose
+  labels training never saw, this is the only measure of the verifier, and its false-positive
+  rate is where reward hacking shows."""
+  gold = next(t for t in generator.rewards if t.key == settings.label_reward)
+  judges = (("gold", dataclasses.replace(gold, rows="all", source="")),
+            ("verdict", reward_base.RewardTerm(
+                "reward_model", settings=learned.RewardModelSettings(role=verifier))))
+  evaluate = evaluation.make_evaluator(
+      generator.model, runtime.cfg.sampling, judges, pad_id=runtime.tokenizer.pad_id,
+      plan=runtime.plan, judge_models={verifier: runtime.model(verifier)})
+  policy = generator.policy
+  splits = {"": runtime.eval_data, **{f"{k}/": v for k, v in runtime.extra_eval_data.items()}}
+
+  def verdicts(state, frozen):
+    params = runtime.policy_weights(state, roles, frozen, policy)
+    judge = {verifier: runtime.policy_weights(state, roles, frozen, verifier)}
+    out = {}
+    for prefix, batches in splits.items():
+      rows = {}
+      evaluate(params, batches, runtime.eval_rng, judge, rows)
+      for k, v in evaluation.verdict_summary(rows["verdict"], rows["gold"]).items():
+        out[f"eval/{prefix}verifier_{k}"] = v
+    return out
+  return verdicts
+
+
+RECIPE = base.register(base.Recipe("alternating", AlternatingSettings, run, dry_run_program))

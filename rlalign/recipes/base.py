@@ -8,7 +8,7 @@ copies the driver: the loop, metrics, evaluation and checkpoints are the runtime
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Tuple, Type
+from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 from rlalign import registry
 from rlalign.rl.experiment import ExperimentConfig
@@ -19,6 +19,9 @@ class Recipe:
   name: str
   settings: Type[Any]  # a frozen dataclass; validate(prefix, cfg) may check it against the run
   run: Callable[[ExperimentConfig, str], Dict[str, Any]]
+  # ``--dry_run`` of a recipe with a program of its own (several roles in one step): returns
+  # ``rl.dry_run.RecipeProgram``; None dry-runs the config's first RL phase.
+  dry_run: Optional[Callable[[ExperimentConfig], Any]] = None
 
 
 _REGISTRY: registry.Registry[Recipe] = registry.Registry("recipe")

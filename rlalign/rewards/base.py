@@ -73,6 +73,10 @@ class RewardTerm:
   settings: Any = NoSettings()
   source: str = ""
   transforms: Tuple[Any, ...] = ()  # transforms.TransformSpec, applied in order
+  # The rows it scores: "all", "labelled" (prompts with a reference answer) or "unlabelled"
+  # (prompts without one); it scores 0 on the others. Easy-to-hard transfer rewards labelled
+  # prompts by their answer and unlabelled ones by a learned verifier or a label-free reward.
+  rows: str = "all"
 
   @property
   def key(self) -> str:
@@ -99,6 +103,22 @@ class RewardTerm:
     return self
 
 
+ROWS = ("all", "labelled", "unlabelled")
+
+
+def labelled_rows(rollouts: Mapping[str, jax.Array]) -> jax.Array:
+  """[B] bools: the rows whose prompt has a reference answer (a non-empty ``answer_mask``)."""
+  return jnp.any(rollouts["answer_mask"], axis=1)
+
+
+def row_filter(rows: str, rollouts: Mapping[str, jax.Array]) -> Optional[jax.Array]:
+  """[B] bools of the rows a term with ``rows`` scores, or None for every row."""
+  if rows == "all":
+    return None
+  labelled = labelled_rows(rollouts)
+  return labelled if rows == "labelled" else ~labelled
+
+
 def check_terms(terms: Sequence[RewardTerm], prefix: str, group_size: int = 0) -> None:
   """Each term's reward exists and its settings and transforms are valid; sources are unique.
   ``group_size`` > 0 checks that groupwise transforms (group_norm) have groups to work on."""
@@ -110,6 +130,11 @@ def check_terms(terms: Sequence[RewardTerm], prefix: str, group_size: int = 0) -
                        f"apart, e.g. {{'{term.key}_2': {{'name': {term.name!r}, ...}}}}")
     seen.add(term.key)
     term.reward  # raises for an unknown name
+    if term.rows not in ROWS:
+      raise ValueError(f"{where}.rows must be one of {ROWS}, got {term.rows!r}")
+    if term.rows != "all" and (not term.reward.in_graph or term.finishes_on_host):
+      raise ValueError(f"{where}.rows={term.rows!r}: only in-graph rewards choose their rows; "
+                       f"{term.name!r} is read on the host")
     if hasattr(term.settings, "validate"):
       term.settings.validate(where)
     if term.reward.per_token and term.transforms:
@@ -177,14 +202,18 @@ def score_in_graph(terms: Sequence[RewardTerm], rollouts: Mapping[str, jax.Array
     if reward.in_graph:
       views = {name: roles[name] for name in term.roles}
       out = reward.fn(rollouts, views, term.settings)
+      keep = row_filter(term.rows, rollouts)
       if reward.per_token:
         values, steps = out
+        if keep is not None:
+          values = jnp.where(keep[:, None], values, 0.0)
         scores[term.key] = {"values": values.astype(jnp.float32), "steps": steps.astype(bool)}
       elif term.finishes_on_host:
         tokens, mask = out
         scores[term.key] = {"finish_tokens": tokens, "finish_mask": mask.astype(bool)}
       else:
-        scores[term.key] = out.astype(jnp.float32)
+        out = out.astype(jnp.float32)
+        scores[term.key] = out if keep is None else jnp.where(keep, out, 0.0)
   return scores
 
 

@@ -2,6 +2,7 @@
 summed (``RewardTerm.transforms``, in order).
 
   clip        clip(r, low, high)
+  sigmoid     sigmoid(r): a verifier's logit as its probability that the completion is right
   group_norm  (r - mean_group) / (std_group + eps) over each prompt's group: GDPO's per-source
               normalisation (Liu et al. 2026), so a dense source cannot drown a sparse one
   batch_norm  the same over the whole batch
@@ -95,6 +96,18 @@ class ClipSettings:
 def clip(values: jax.Array, settings: ClipSettings, context: Context) -> jax.Array:
   del context
   return jnp.clip(values, settings.low, settings.high)
+
+
+@dataclasses.dataclass(frozen=True)
+class SigmoidSettings:
+  def validate(self, prefix: str) -> None:
+    del prefix
+
+
+@register("sigmoid", SigmoidSettings)
+def sigmoid(values: jax.Array, settings: SigmoidSettings, context: Context) -> jax.Array:
+  del settings, context
+  return jax.nn.sigmoid(values)
 
 
 @dataclasses.dataclass(frozen=True)

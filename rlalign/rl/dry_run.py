@@ -328,6 +328,123 @@ def dry_run(cfg: ExperimentConfig, reward_model: bool = False,
                       programs=(rl_program, sampler_program), reward_roles=readers)
 
 
+@dataclasses.dataclass(frozen=True)
+class RecipeProgram:
+  """A recipe's own step for the dry run: several roles trained in one program."""
+  name: str
+  roles: Mapping[str, Any]             # role name -> roles.RoleSpec (trained: an optimizer)
+  make_step: Callable[[Any], Callable]  # StepLayout -> jitted step(state, batch, rng, frozen)
+  rows: int                            # dataset rows (prompts) per step
+  rollouts: int                        # sampled completions per step (the KV cache's rows)
+  policy: str                          # the role that samples
+  extra_state: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # abstract arrays
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleBytes:
+  """Per-device bytes one role holds, from its shardings."""
+  name: str
+  trained: bool
+  params: int
+  grads: int       # float32, trained roles only
+  optimizer: int   # trained roles only
+  param_dtype: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeReport:
+  mesh: Mapping[str, int]
+  devices: int
+  platform: str
+  processes: int
+  roles: Tuple[RoleBytes, ...]
+  kv_cache: int
+  kv_shape: Tuple[int, ...]
+  programs: Tuple[ProgramBytes, ...]
+
+  @property
+  def peak(self) -> int:
+    return max(p.peak for p in self.programs)
+
+
+def dry_run_recipe(cfg: ExperimentConfig, program: RecipeProgram,
+                   devices: Optional[Sequence[jax.Device]] = None) -> RecipeReport:
+  """Lowers and compiles a recipe's multi-role step on abstract inputs; runs nothing."""
+  plan = make_plan(cfg, devices)
+  from rlalign.rl import roles as roles_lib  # the role specs' own helpers
+  shardings, abstract, frozen_sh, frozen, held = {}, {}, {}, {}, []
+  for name, spec in program.roles.items():
+    rules = cfg.role_configs[name].rules
+    role_plan = plan if rules is None else ShardingPlan(plan.mesh, rules)
+    params = tfm.abstract_params(spec.model)
+    sh = _checked(lambda: role_plan.params(tfm.logical_axes(spec.model), params))
+    if spec.adapter is not None:
+      raise DryRunError(f"roles.{name}: the dry run of recipe {cfg.recipe.name!r} does not "
+                        "lay out LoRA adapters yet; dry-run it with full fine-tuning")
+    if spec.trained:
+      shardings[name], abstract[name] = sh, params
+      opt = jax.eval_shape(spec.optimizer.init, params)
+      opt_sh = plan.optimizer_state(sh, params, spec.optimizer)
+      held.append(RoleBytes(name, True, per_device_bytes(params, sh),
+                            per_device_bytes(_as_float32(params), sh),
+                            per_device_bytes(opt, opt_sh), spec.model.param_dtype))
+    else:
+      frozen_sh[name], frozen[name] = sh, _with_shardings(params, sh)
+      held.append(RoleBytes(name, False, per_device_bytes(params, sh), 0, 0,
+                            spec.model.param_dtype))
+  optimizers = roles_lib.optimizers(program.roles)
+  state_sh = plan.train_state(shardings, abstract, optimizers)
+  state = jax.eval_shape(lambda p: state_lib.init_state(p, optimizers), abstract)
+  extra = dict(program.extra_state)
+  state = {**state, **extra}
+  state_sh = {**state_sh, **jax.tree.map(lambda _: plan.replicated, extra)}
+  state = _with_shardings(state, state_sh)
+  batch = batch_shapes(cfg, program.rows)
+  batch_sh = plan.batch(batch)
+  batch = _with_shardings(batch, batch_sh)
+  layout = iteration.StepLayout(plan, state_sh, batch_sh, frozen_sh)
+  step = program.make_step(layout)
+  compiled = _compile(program.name, step, (state, batch, _abstract_key(plan), frozen))
+  m = cfg.role_model(program.policy)
+  kv_shape = (m.n_layers, program.rollouts, m.n_kv_heads,
+              cfg.data.max_prompt_len + cfg.sampling.max_new_tokens, m.head_dim)
+  kv_sh = mesh_lib.sharding_for(plan.mesh, tfm.CACHE_AXES, plan.rules)
+  kv = 2 * math.prod(kv_sh.shard_shape(kv_shape)) * jnp.dtype(m.dtype).itemsize
+  return RecipeReport(mesh=dict(plan.mesh.shape), devices=plan.mesh.size,
+                      platform=plan.mesh.devices.flat[0].platform,
+                      processes=jax.process_count(), roles=tuple(held), kv_cache=kv,
+                      kv_shape=kv_shape, programs=(compiled,))
+
+
+def recipe_markdown(report: RecipeReport, budget_bytes: Optional[int] = None) -> str:
+  """Every role's bytes, the compiled step's, and the verdict."""
+  mesh = " x ".join(f"{k}={v}" for k, v in report.mesh.items())
+  lines = [f"mesh {mesh} over {report.devices} {report.platform} device(s) in "
+           f"{report.processes} process(es); all figures are per device", "",
+           "| role | params | gradients (float32) | optimizer state | total |",
+           "|---|---:|---:|---:|---:|"]
+  for r in report.roles:
+    dash = lambda n: _size(n) if r.trained else "-"
+    lines.append(f"| {r.name} ({'trained' if r.trained else 'frozen'}, {r.param_dtype}) | "
+                 f"{_size(r.params)} | {dash(r.grads)} | {dash(r.optimizer)} | "
+                 f"{_size(r.params + r.grads + r.optimizer)} |")
+  total = sum(r.params + r.grads + r.optimizer for r in report.roles)
+  lines += [f"| **all roles** | | | | **{_size(total)}** |", "",
+            f"KV cache of one sampling call: {_size(report.kv_cache)} (k+v "
+            f"{list(report.kv_shape)}), inside the step's temp; gradients are too."]
+  for p in report.programs:
+    lines += ["", f"| {p.name} (XLA memory_analysis) | per device |", "|---|---:|",
+              f"| arguments | {_size(p.arguments)} |", f"| outputs | {_size(p.outputs)} |",
+              f"| aliased (donated) | -{_size(p.aliased)} |", f"| XLA temp | {_size(p.temp)} |",
+              f"| **peak estimate** | **{_size(p.peak)}** |",
+              f"| compile time | {p.compile_s:.1f} s |"]
+  if report.platform == "cpu":
+    lines += ["", "XLA temp compiled for CPU is an estimate of an accelerator's: the CPU backend "
+              "computes bfloat16 in float32 and may copy buffers an accelerator updates in place."]
+  lines += ["", verdict(report, budget_bytes)[1]]
+  return "\n".join(lines)
+
+
 def _compile_learn(spec, plan, state_sh, state, batch, rng, frozen, rm) -> ProgramBytes:
   """A split iteration's largest program, ``learn``, jitted as ``make_rl_step`` jits it."""
   def rollout(params, batch, rng):
@@ -404,15 +521,18 @@ def verdict(report: DryRunReport, budget_bytes: Optional[int]) -> Tuple[bool, st
 
 
 def main(cfg: ExperimentConfig, workdir: str, reward_model: bool = False,
-         device_memory_gib: Optional[float] = None) -> int:
-  """The ``--dry_run`` entry point: prints the report; 1 if over budget, 2 on a bad layout."""
+         device_memory_gib: Optional[float] = None,
+         program: Optional[RecipeProgram] = None) -> int:
+  """The ``--dry_run`` entry point: prints the report; 1 if over budget, 2 on a bad layout.
+  With a recipe's ``program`` it compiles that step, every role it trains and reads."""
   try:
-    report = dry_run(cfg, reward_model)
+    report = dry_run(cfg, reward_model) if program is None else dry_run_recipe(cfg, program)
   except DryRunError as e:
     print(f"dry run: layout error: {e}", file=sys.stderr, flush=True)
     return 2
   budget = None if device_memory_gib is None else int(device_memory_gib * GiB)
-  text = to_markdown(report, budget)
+  text = (to_markdown(report, budget) if program is None
+          else recipe_markdown(report, budget))
   if jax.process_index() == 0:
     print(text, flush=True)
     os.makedirs(workdir, exist_ok=True)

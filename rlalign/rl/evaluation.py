@@ -50,6 +50,26 @@ def win_rate(candidate: np.ndarray, baseline: np.ndarray) -> float:
   return float(np.mean((candidate > baseline) + 0.5 * (candidate == baseline)))
 
 
+def verdict_summary(verdicts: np.ndarray, gold: np.ndarray) -> Dict[str, float]:
+  """A verifier's verdicts (score > 0 passes) on held-out samples against a gold judge's
+  (> 0.5 is right): its accuracy, balanced accuracy, false-positive rate (the wrong samples
+  it passes, the reward a policy trained on it could hack), true-positive rate, the share of
+  samples the gold judge finds right, and its AUROC: how often a right sample scores above a
+  wrong one (ties half), which is what a group-relative advantage reads of a reward, whatever
+  its threshold; NaN when every sample is right or every one wrong."""
+  scores = np.asarray(verdicts, np.float64)
+  passed, right = scores > 0, np.asarray(gold) > 0.5
+  rate = lambda hit, of: float(np.sum(hit & of) / max(np.sum(of), 1))
+  tpr, tnr = rate(passed, right), rate(~passed, ~right)
+  pos, neg = scores[right], scores[~right]
+  auroc = (float(np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])))
+           if pos.size and neg.size else float("nan"))
+  return {"accuracy": float(np.mean(passed == right)) if right.size else 0.0,
+          "balanced_accuracy": 0.5 * (tpr + tnr), "false_positive_rate": 1.0 - tnr
+          if np.any(~right) else 0.0, "true_positive_rate": tpr,
+          "gold_rate": float(np.mean(right)) if right.size else 0.0, "auroc": auroc}
+
+
 def judge_roles(judges: Judges) -> Tuple[str, ...]:
   return tuple(dict.fromkeys(r for _, term in judges for r in term.roles))
 

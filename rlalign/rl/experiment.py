@@ -168,6 +168,8 @@ def to_dict(cfg: Any) -> Any:
     out = {"name": cfg.name, "weight": cfg.weight, **to_dict(cfg.settings)}
     if cfg.transforms:
       out["transforms"] = [{"name": t.name, **to_dict(t.settings)} for t in cfg.transforms]
+    if cfg.rows != "all":
+      out["rows"] = cfg.rows
     return out
   if dataclasses.is_dataclass(cfg):
     return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}

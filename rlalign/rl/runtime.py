@@ -80,6 +80,34 @@ def _with_resolved_rewards(cfg: ExperimentConfig, tokenizer) -> ExperimentConfig
                              train=dataclasses.replace(cfg.train, eval_judges=judges))
 
 
+def role_specs(cfg: ExperimentConfig, phase: phases_lib.PhaseConfig, extra: Sequence[str] = ()
+               ) -> Dict[str, roles_lib.RoleSpec]:
+  """The roles a phase's step sees: the ones it trains (with their optimizers), the policy,
+  the reference when the phase reads one, the roles its rewards read, and ``extra``."""
+  roles = cfg.role_configs
+  specs = {}
+  wanted = list(phase.trained_roles) + [phase.role("policy")]
+  wanted += [phase.role(slot) for slot in phase.objective.objective.reads]
+  # A reference copied from the policy is taken when the first phase reading it starts:
+  # RL phases (which log KL to it) and objectives that need one, never a warm start.
+  if phase.kind == "rl" or phase.objective.objective.needs_reference(phase.objective.hparams):
+    wanted.append(phase.role("reference"))
+  if phase.kind == "rl":
+    wanted += [r for term in phase.rewards + phase.monitors for r in term.roles]
+  for name in list(dict.fromkeys(wanted)) + list(extra):
+    if name not in roles:
+      continue
+    optimizer = adapter = None
+    if name in phase.trained_roles:
+      optimizer = state_lib.make_optimizer(phase.optimizer or roles[name].optimizer)
+      if phase.adapter.lora_rank and name == phase.role("policy"):
+        adapter = phase.adapter.lora()
+      elif roles[name].adapter.lora_rank:
+        adapter = roles[name].adapter.lora()
+    specs[name] = roles_lib.RoleSpec(cfg.role_model(name), optimizer, adapter)
+  return specs
+
+
 @dataclasses.dataclass
 class BuiltPhase:
   """A phase ready to run: its loop, its state (resumed), frozen roles, data, RNG, checkpoints."""
@@ -153,6 +181,11 @@ class Runtime:
                               split)
     self.eval_data = pipeline.eval_batches(cfg.data, self.tokenizer, "test",
                                            cfg.train.eval_batch_size)
+    # Held-out splits beside "test" (an easy-to-hard task's gold-labelled hard problems):
+    # read here for evaluation only; no training iterator ever opens them.
+    self.extra_eval_data = {
+        split: pipeline.eval_batches(cfg.data, self.tokenizer, split, cfg.train.eval_batch_size)
+        for split in cfg.data.eval_splits}
     if jax.process_index() == 0:
       data = json.dumps(experiment.to_dict(declared), indent=2).encode()
       metrics_lib.atomic_write(os.path.join(workdir, "config.json"), lambda f: f.write(data))
@@ -318,30 +351,7 @@ class Runtime:
 
   def role_specs(self, phase: phases_lib.PhaseConfig, extra: Sequence[str] = ()
                  ) -> Dict[str, roles_lib.RoleSpec]:
-    """The roles a phase's step sees: the ones it trains (with their optimizers), the policy,
-    the reference when the phase reads one, the roles its rewards read, and ``extra``."""
-    roles = self.cfg.role_configs
-    specs = {}
-    wanted = list(phase.trained_roles) + [phase.role("policy")]
-    wanted += [phase.role(slot) for slot in phase.objective.objective.reads]
-    # A reference copied from the policy is taken when the first phase reading it starts:
-    # RL phases (which log KL to it) and objectives that need one, never a warm start.
-    if phase.kind == "rl" or phase.objective.objective.needs_reference(phase.objective.hparams):
-      wanted.append(phase.role("reference"))
-    if phase.kind == "rl":
-      wanted += [r for term in phase.rewards + phase.monitors for r in term.roles]
-    for name in list(dict.fromkeys(wanted)) + list(extra):
-      if name not in roles:
-        continue
-      optimizer = adapter = None
-      if name in phase.trained_roles:
-        optimizer = state_lib.make_optimizer(phase.optimizer or roles[name].optimizer)
-        if phase.adapter.lora_rank and name == phase.role("policy"):
-          adapter = phase.adapter.lora()
-        elif roles[name].adapter.lora_rank:
-          adapter = roles[name].adapter.lora()
-      specs[name] = roles_lib.RoleSpec(self.model(name), optimizer, adapter)
-    return specs
+    return role_specs(self.cfg, phase, extra)
 
   def binding(self, phase: phases_lib.PhaseConfig, roles: roles_lib.RoleSpecs) -> update.Binding:
     return update.Binding(phase.objective.objective, phase.objective.hparams, roles,
@@ -424,8 +434,12 @@ class Runtime:
         self._evaluators[key] = evaluation.make_evaluator(
             self.model(policy), self.cfg.sampling, judges, pad_id=self.tokenizer.pad_id,
             plan=self.plan, judge_models={n: self.model(n) for n in names})
-      return self._evaluators[key](params, self.eval_data, self.eval_rng,
-                                   {n: self.weights(n) for n in names}, rows)
+      judge_params = {n: self.weights(n) for n in names}
+      record = self._evaluators[key](params, self.eval_data, self.eval_rng, judge_params, rows)
+      for split, batches in self.extra_eval_data.items():
+        extra = self._evaluators[key](params, batches, self.eval_rng, judge_params)
+        record.update({f"eval/{split}/{k[len('eval/'):]}": v for k, v in extra.items()})
+      return record
     return evaluate
 
   def offline_evaluator(self, name: str, spec: offline.OfflineSpec) -> Callable:
@@ -477,13 +491,16 @@ class Runtime:
                   make_step: Optional[Callable[[StepLayout], Callable]] = None,
                   roles: Optional[roles_lib.RoleSpecs] = None,
                   extra_state: Optional[Callable[[], Any]] = None,
-                  evaluate: Optional[Callable[[Any], Dict[str, float]]] = None) -> BuiltPhase:
+                  evaluate: Optional[Callable[[Any], Dict[str, float]]] = None,
+                  also_evaluate: Optional[Callable[[Any, Mapping[str, Any]], Dict[str, float]]]
+                  = None) -> BuiltPhase:
     """A phase of the schedule, resumed from its checkpoint if it has one.
 
     By default the phase runs ``cfg.phases[name]`` with the step its objective's batch kind
     calls for. A recipe may instead give ``make_step(layout) -> step(state, batch, rng,
     frozen)`` over ``roles`` (every role it trains or reads), ``extra_state()`` for arrays of
-    its own checkpointed beside the roles (``{"recipe": ...}``), and its own ``evaluate``.
+    its own checkpointed beside the roles (``{"recipe": ...}``), and its own ``evaluate``,
+    or ``also_evaluate(state, frozen)`` for metrics beside the phase's own evaluation.
     """
     cfg = self.cfg
     phase_cfg = phase_cfg or cfg.phase_configs[name]
@@ -526,6 +543,9 @@ class Runtime:
         evaluate = lambda st: {**policy_eval(st), **held_out(st, frozen)}
         evaluate_at_start = True  # the held-out pair metrics before any update
     evaluate = evaluate or policy_eval
+    if also_evaluate is not None:
+      own = evaluate
+      evaluate = lambda st: {**own(st), **also_evaluate(st, frozen)}
     data = self.train_iterator(phase_cfg.rows_per_step, index)
     checkpointer = self.checkpointer(name)
     rng = self._phase_rngs[name]
@@ -681,9 +701,11 @@ class Runtime:
     records = metrics_lib.read_jsonl(path)
     evals = [r for r in records if any(k.startswith("eval/") for k in r)]
     # The policy's judges log eval/<metric>; a phase's own held-out metrics eval/<phase>/...
+    splits = tuple(f"eval/{split}/" for split in self.cfg.data.eval_splits)
     pick = lambda record, phase=None: {
         k: v for k, v in record.items() if k.startswith("eval/")
-        and ("/" not in k[5:] or (phase is not None and k.startswith(f"eval/{phase}/")))}
+        and ("/" not in k[5:] or k.startswith(splits)
+             or (phase is not None and k.startswith(f"eval/{phase}/")))}
     summary: Dict[str, Any] = {"status": "completed", "phases": {}}
     for name, steps in self.schedule:
       start, end = self.offsets[name], self.offsets[name] + steps

@@ -214,3 +214,49 @@ def test_a_learned_reward_roles_weights_are_compiled_in_as_arguments():
   assert rl_step.outside == 0
   assert rl_step.arguments >= s.params + s.optimizer + s.reference + s.reward_model
   assert sampler.outside == s.optimizer + s.reference + s.reward_model
+
+
+def test_a_two_model_recipe_compiles_its_own_step_with_every_roles_bytes(tmp_path):
+  """easy_to_hard (the alternating loop): one program trains the generator and the verifier;
+  the report counts each role's params, and the trained ones' gradients and Adam moments,
+  by hand from the layouts of a (2, 2, 2) mesh."""
+  from rlalign import config as config_lib, recipes
+  config = load_config("easy_to_hard_addition", "cotrain,smoke")
+  config.data.data_dir = str(tmp_path)
+  config.mesh.ici = (2, 2, 2)
+  config.model.update(vocab_size=V, d_model=D, n_layers=L, n_heads=H, n_kv_heads=K,
+                      head_dim=HD, d_ff=F, tie_embeddings=False, param_dtype="bfloat16",
+                      dtype="float32")
+  config.phases.generate.batch_size = config.phases.verify.batch_size = 32  # 8 prompts
+  cfg = config_lib.from_config_dict(config)
+  before = {id(a) for a in jax.live_arrays()}
+  program = recipes.get("easy_to_hard").dry_run(cfg)
+  report = dry_run.dry_run_recipe(cfg, program)
+  assert not [a for a in jax.live_arrays() if id(a) not in before and a.size > 64]
+  by_role = {r.name: r for r in report.roles}
+  params = hand_bytes()["params"]
+  scalar_head = params - (D * V // 4) * 2 + (D // 2 + 1) * 2  # no LM head; w, b
+  assert set(by_role) == {"generator", "reference", "verifier"}
+  g, ref, v = by_role["generator"], by_role["reference"], by_role["verifier"]
+  assert (g.trained, ref.trained, v.trained) == (True, False, True)
+  assert g.params == ref.params == params and g.grads == 2 * params
+  # Adam's two moments plus two int32 counts: Adam's and the warmup schedule's.
+  assert g.optimizer == 2 * params + 8
+  # The verifier: the backbone with a scalar head in place of the (untied) LM head.
+  assert v.params == scalar_head
+  assert v.grads == 2 * v.params and v.optimizer == 2 * v.params + 8
+  (step,) = report.programs
+  assert step.name == "alternating_step" and step.arguments >= g.params + v.params + ref.params
+  text = dry_run.recipe_markdown(report, budget_bytes=1)
+  assert "| generator (trained, bfloat16)" in text and "OVER BUDGET" in text
+
+
+def test_cli_dry_runs_a_recipe(tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  cmd = [sys.executable, "-m", "rlalign.main", "--config=cotrain_addition:smoke",
+         f"--workdir={tmp_path}", "--dry_run", "--device_memory_gib=1"]
+  proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "| verifier (trained, float32)" in proc.stdout and "verdict: fits" in proc.stdout
+  assert os.listdir(tmp_path) == ["dry_run.md"]  # no data prepared

@@ -20,6 +20,7 @@ from tests.configs import load_config
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(REPO, "configs", "grpo_addition.py") + ":smoke"
 COTRAIN_SMOKE = os.path.join(REPO, "configs", "cotrain_addition.py") + ":smoke"
+EASY_TO_HARD_SMOKE = os.path.join(REPO, "configs", "easy_to_hard_addition.py") + ":cotrain,smoke"
 
 
 def read_tfevents_scalars(directory):
@@ -87,6 +88,8 @@ def test_main_writes_metrics_tensorboard_plot_and_summary(tmp_path, cli):
 RUNS = {
     "grpo": (SMOKE, "rl", ("policy",)),
     "cotrain": (COTRAIN_SMOKE, "alternating", ("generator", "verifier")),
+    # The generator's reward on hard prompts is the verifier being trained beside it.
+    "easy_to_hard": (EASY_TO_HARD_SMOKE, "alternating", ("generator", "verifier")),
 }
 
 
@@ -123,7 +126,8 @@ def uninterrupted(tmp_path_factory, cli):
 # recipe run's own warm start is the same kind of phase as grpo's, so it is not killed twice.
 @pytest.mark.slow
 @pytest.mark.parametrize("run, kill_when", [("grpo", "warm_start/2"), ("grpo", "rl/2"),
-                                            ("cotrain", "alternating/2")])
+                                            ("cotrain", "alternating/2"),
+                                            ("easy_to_hard", "alternating/2")])
 def test_killed_run_resumes_to_the_same_params(tmp_path, run, kill_when, uninterrupted, cli):
   """SIGKILL at a checkpoint of either phase; the resumed run ends with every trained role
   bit-identical to an uninterrupted run (two models in one checkpoint for ``cotrain``)."""

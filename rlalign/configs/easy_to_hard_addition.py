@@ -1,0 +1,151 @@
+"""Easy-to-hard transfer on addition: labels for 3-digit problems only, judged on 4-digit ones.
+
+  python -m rlalign.main --config=configs/easy_to_hard_addition.py:cotrain --workdir=/tmp/e2h
+  python -m rlalign.studies.easy_to_hard --out=/tmp/e2h_study   # every arm, table and PNG
+
+The task (``data.hard_digits``, ``rlalign.data.addition.generate_easy_hard``): reversed-digit
+addition with operands padded to 4 digits. Easy problems have both operands below 1000 and
+come with their answer and the sloppy teacher's demonstration; hard ones have an operand of
+4 digits and, in the train split (half its rows), no answer and no demonstration. Their gold
+answers exist only in the held-out split ``test_hard``, which only the evaluator reads. The
+warm start imitates the teacher on easy problems; then the generator (GRPO, the main job's
+budget) and a verifier (a scalar head on a copy of the warm start, trained on the generator's
+samples of easy prompts) alternate for 300 iterations. The argument picks the reward on hard
+prompts, the arm (``recipes/easy_to_hard.py``):
+
+  cotrain          the verifier's P(correct)
+  cotrain_balanced the same, its verifier's loss weighing right and wrong samples equally
+  majority         the group's majority answer (self-consistency)
+  self_confidence  the generator's own confidence, exp(mean log p) of its answer
+  easy_only        none: RL on easy prompts alone
+
+``,smoke`` shrinks any arm to seconds (``easy_only,smoke``). ``hf:DIR`` (or ``hf:DIR,smoke``)
+runs the co-trained arm from a Hugging Face checkpoint, its tokenizer and chat template.
+``scale:v5p-8`` and ``scale:8xh100`` are a 1.5B generator plus a 1.5B verifier for
+``--dry_run`` (see ``scale_config``).
+
+The result it reaches is in the README's recipe table and the recipe's study
+(``rlalign/studies/easy_to_hard.py``), which runs the four arms.
+"""
+import dataclasses
+
+import ml_collections
+
+from rlalign import presets
+from rlalign.models import hf
+
+ARMS = {
+    "easy_only": {},
+    "majority": {"majority_vote": {"rows": "unlabelled"}},
+    "self_confidence": {"self_confidence": {"rows": "unlabelled"}},
+    "cotrain": {"verifier": {"name": "reward_model", "role": "verifier", "rows": "unlabelled",
+                             "transforms": ("sigmoid",)}},
+}
+# Added after the first study: the plain verifier, trained on the generator's samples of easy
+# prompts (soon nearly all right), learned to pass everything. This arm weighs its two
+# classes equally in each batch (pointwise ``balanced``); nothing else changes.
+ARMS["cotrain_balanced"] = ARMS["cotrain"]
+VERIFIER = {"cotrain_balanced": dict(balanced=True)}
+EASY_DIGITS, HARD_DIGITS = 3, 4
+
+
+def arm_config(arm: str) -> ml_collections.ConfigDict:
+  if arm not in ARMS:
+    raise ValueError(f"unknown arm {arm!r}; expected one of {sorted(ARMS)}")
+  c = ml_collections.ConfigDict()
+  presets.addition_task(c)
+  c.data.update(max_digits=EASY_DIGITS, hard_digits=HARD_DIGITS, hard_fraction=0.5,
+                max_prompt_len=2 * HARD_DIGITS + 3, max_answer_len=HARD_DIGITS + 2,
+                eval_splits=("test_hard",))
+  c.sampling.max_new_tokens = HARD_DIGITS + 2
+  c.roles = presets.generator_and_verifier("verifier")
+  generator = {"policy": "generator"}
+  rewards = {"exact_match": 1.0, **ARMS[arm]}
+  # Half the warm start's rows are hard prompts without a demonstration: twice the main job's
+  # batch gives it the same demonstrations per step.
+  warm_start = dict(presets.ADDITION_WARM_START, batch_size=2 * 64)
+  c.phases = dict(
+      warm_start=dict(presets.sft_phase(**warm_start), slots=generator),
+      generate=dict(presets.grpo_phase(steps=300, batch_size=256, group_size=8, minibatches=2,
+                                       rewards=rewards), slots=generator),
+      verify=dict(steps=300, batch_size=256,
+                  objective=dict(name="pointwise", **VERIFIER.get(arm, {})),
+                  slots={"model": "verifier"}),
+  )
+  c.recipe = dict(name="easy_to_hard", before=("warm_start",), generator_phase="generate",
+                  verifier_phase="verify", label_reward="exact_match")
+  return c
+
+
+def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
+  """The co-trained arm from a Hugging Face checkpoint: the generator starts from ``hf_dir``
+  (its tokenizer and chat template read the prompts; sampling stops at its EOS), the
+  verifier from the warm-started generator with a fresh scalar head; the generator is
+  exported back to ``<workdir>/hf_generator``."""
+  if not hf_dir:
+    raise ValueError("easy_to_hard_addition:hf needs a checkpoint directory: --config="
+                     "configs/easy_to_hard_addition.py:hf:/path/to/hf_checkpoint")
+  model = dataclasses.replace(hf.model_config_from_dir(hf_dir), param_dtype="float32")
+  eos = hf.read_hf_config(hf_dir).get("eos_token_id")
+  c = arm_config("cotrain")
+  c.model = dataclasses.asdict(model)
+  c.roles.generator.weights = dict(source="hf", path=hf_dir)
+  c.roles.generator.export_hf = True
+  c.data.update(tokenizer_dir=hf_dir, prompt_format="chat", max_prompt_len=64)
+  c.sampling.stop_tokens = tuple([eos] if isinstance(eos, int) else list(eos or []))
+  return c
+
+
+# --dry_run targets: (mesh ici over ("data", "fsdp", "tensor"), prompts per step), 8 samples
+SCALE_TARGETS = {"v5p-8": ((1, 4, 1), 32), "8xh100": ((1, 8, 1), 32)}
+QWEN2_5_1_5B = dict(vocab_size=151936, d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2,
+                    head_dim=128, d_ff=8960, rope_theta=1_000_000.0, norm_eps=1e-6,
+                    tie_embeddings=True, dtype="bfloat16", param_dtype="bfloat16", remat=True)
+
+
+def scale_config(target: str) -> ml_collections.ConfigDict:
+  """The co-trained arm at real scale, for ``--dry_run``: a Qwen2.5-1.5B-shaped generator,
+  its frozen reference and a 1.5B verifier (the generator's backbone with a scalar head),
+  256-token prompts and 512 new tokens, FSDP over the target's devices. A real run needs a
+  tokenizer and weights by override (``data.tokenizer_dir``, ``roles.generator.weights``).
+
+    python -m rlalign.main --config=configs/easy_to_hard_addition.py:scale:v5p-8 \
+        --workdir=DIR --dry_run --device_memory_gib=95   # 4 chips: device_count=4 on a CPU
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m rlalign.main \
+        --config=configs/easy_to_hard_addition.py:scale:8xh100 --workdir=DIR --dry_run \
+        --device_memory_gib=80
+  """
+  if target not in SCALE_TARGETS:
+    raise ValueError(f"easy_to_hard_addition:scale needs a target, one of "
+                     f"{sorted(SCALE_TARGETS)}; got {target!r}")
+  ici, prompts = SCALE_TARGETS[target]
+  c = arm_config("cotrain")
+  c.model = dict(QWEN2_5_1_5B)
+  c.data.update(max_prompt_len=256, max_answer_len=64)
+  c.sampling.max_new_tokens = 512
+  rollouts = prompts * 8
+  c.phases.generate.update(batch_size=rollouts, minibatches=rollouts // 64)
+  c.phases.verify.update(batch_size=rollouts, minibatches=rollouts // 64)
+  c.mesh = presets.mesh(ici=ici)
+  c.sampler_layout = presets.sampler_layout(c.mesh)
+  return c
+
+
+def get_config(arg: str = "cotrain"):
+  arm, _, rest = (arg or "cotrain").partition(",")
+  if arm == "smoke":  # ":smoke" is the co-trained arm's
+    arm, rest = "cotrain", "smoke"
+  if arm.startswith("scale:") or arm == "scale":
+    return ml_collections.ConfigDict(scale_config(arg[len("scale:"):]).to_dict())
+  if arm.startswith("hf:") or arm == "hf":
+    hf_dir, _, rest = arg[3:].partition(",")
+    full = hf_config(hf_dir)
+    c = presets.with_smoke(full, rest, SMOKE)
+    c.model = full.model  # the checkpoint fixes the model; smoke shrinks only the run
+    return c
+  return presets.with_smoke(arm_config(arm), rest, SMOKE)
+
+
+SMOKE = dict(warm_start=dict(steps=4, batch_size=16),
+             generate=dict(steps=4, batch_size=16, group_size=4),
+             verify=dict(steps=4, batch_size=16))
