@@ -82,6 +82,9 @@ def main(argv) -> None:
     except ValueError as e:
       print(f"dry run: {e}", file=sys.stderr)
       sys.exit(USER_ERROR_EXIT_CODE)
+    if program is not None and _DRY_RUN_REWARD_MODEL.value:
+      print(f"dry run: --dry_run_reward_model is for single-policy runs; recipe "
+            f"{cfg.recipe.name!r} compiles its own roles", file=sys.stderr)
     sys.exit(dry_run.main(cfg, _WORKDIR.value, _DRY_RUN_REWARD_MODEL.value,
                           _DEVICE_MEMORY_GIB.value, program))
   from rlalign import recipes

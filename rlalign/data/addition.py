@@ -187,7 +187,8 @@ def generate_easy_hard(
     attempts += 1
     if attempts > 100 * num + 10_000:
       raise ValueError(f"could not draw {num} distinct {split} problems with easy_digits="
-                       f"{easy_digits}, hard_digits={hard_digits}; ask for fewer")
+                       f"{easy_digits}, hard_digits={hard_digits}; ask for fewer "
+                       "(data.num_test)")
     hard = split == "test_hard" or (split == "train" and rng.random() < hard_fraction)
     if hard:
       a, b = sample_operand(rng, hard_digits), sample_operand(rng, hard_digits)

@@ -168,11 +168,17 @@ class DataConfig:
     for name in ("num_train", "num_test"):
       if getattr(self, name) < 1:
         raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
+    if self.hard_digits < 0:
+      raise ValueError(f"data.hard_digits must be >= 0, got {self.hard_digits}")
     if self.hard_digits and self.hard_digits <= self.max_digits:
       raise ValueError(f"data.hard_digits ({self.hard_digits}) must exceed data.max_digits "
                        f"({self.max_digits}), or be 0 for no hard problems")
-    if self.hard_digits < 0:
-      raise ValueError(f"data.hard_digits must be >= 0, got {self.hard_digits}")
+    have = ("test_hard",) if self.hard_digits else ()
+    unknown = [split for split in self.eval_splits if split not in have]
+    if unknown:
+      raise ValueError(f"data.eval_splits names {unknown}, which the addition task does not "
+                       f"have (its extra held-out splits: {list(have)}; test_hard needs "
+                       "data.hard_digits)")
     if not 0.0 <= self.hard_fraction <= 1.0:
       raise ValueError(f"data.hard_fraction must be in [0, 1], got {self.hard_fraction}")
     # Catch too-short lengths here rather than after building the dataset.

@@ -140,6 +140,8 @@ def alternating_step(state, batch, rng, frozen, *, generator: iteration.Iteratio
            "recipe": {"verifier_accuracy": ema}}
   metrics = {**gen_metrics, "verifier_accuracy_ema": ema,
              **{f"verifier/{k}": v for k, v in ver_metrics.items() if k != "tokens"}}
+  if "label_mask" in examples:  # the share of the iteration's rollouts the verifier learns on
+    metrics["verifier/labelled_fraction"] = jnp.mean(examples["label_mask"].astype(jnp.float32))
   return state, metrics
 
 
@@ -231,7 +233,7 @@ def verdict_evaluator(runtime: Runtime, roles, generator: iteration.IterationSpe
                 "reward_model", settings=learned.RewardModelSettings(role=verifier))))
   evaluate = evaluation.make_evaluator(
       generator.model, runtime.cfg.sampling, judges, pad_id=runtime.tokenizer.pad_id,
-      plan=runtime.plan, judge_models={verifier: runtime.model(verifier)})
+      plan=runtime.plan, judge_models={verifier: runtime.model(verifier)}, modes=("sampled",))
   policy = generator.policy
   splits = {"": runtime.eval_data, **{f"{k}/": v for k, v in runtime.extra_eval_data.items()}}
 

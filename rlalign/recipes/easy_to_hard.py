@@ -50,6 +50,11 @@ class EasyToHardSettings(alternating.AlternatingSettings):
       raise ValueError("data.eval_splits must name the held-out split with the unlabelled "
                        "problems' gold answers (\"test_hard\" for addition with "
                        "data.hard_digits): without it nothing measures the transfer")
+    data = cfg.data
+    if data.task == "addition" and not (data.hard_digits and 0 < data.hard_fraction < 1):
+      raise ValueError("data.hard_digits must be set and 0 < data.hard_fraction < 1: the "
+                       "recipe needs both labelled (easy) and unlabelled (hard) prompts, got "
+                       f"hard_digits={data.hard_digits}, hard_fraction={data.hard_fraction}")
     gen = cfg.phase_configs[self.generator_phase]
     label = next(t for t in gen.rewards if t.key == self.label_reward)
     if label.rows == "unlabelled":

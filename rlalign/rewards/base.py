@@ -103,12 +103,17 @@ class RewardTerm:
     return self
 
 
-ROWS = ("all", "labelled", "unlabelled")
+ROW_CHOICES = ("all", "labelled", "unlabelled")
 
 
 def labelled_rows(rollouts: Mapping[str, jax.Array]) -> jax.Array:
   """[B] bools: the rows whose prompt has a reference answer (a non-empty ``answer_mask``)."""
   return jnp.any(rollouts["answer_mask"], axis=1)
+
+
+# scores[key + ROWS] holds the rows a term with ``rows`` scores, so ``combine`` zeroes the
+# others again after the term's transforms (a sigmoid of 0 is not 0).
+ROWS = "#rows"
 
 
 def row_filter(rows: str, rollouts: Mapping[str, jax.Array]) -> Optional[jax.Array]:
@@ -130,8 +135,8 @@ def check_terms(terms: Sequence[RewardTerm], prefix: str, group_size: int = 0) -
                        f"apart, e.g. {{'{term.key}_2': {{'name': {term.name!r}, ...}}}}")
     seen.add(term.key)
     term.reward  # raises for an unknown name
-    if term.rows not in ROWS:
-      raise ValueError(f"{where}.rows must be one of {ROWS}, got {term.rows!r}")
+    if term.rows not in ROW_CHOICES:
+      raise ValueError(f"{where}.rows must be one of {ROW_CHOICES}, got {term.rows!r}")
     if term.rows != "all" and (not term.reward.in_graph or term.finishes_on_host):
       raise ValueError(f"{where}.rows={term.rows!r}: only in-graph rewards choose their rows; "
                        f"{term.name!r} is read on the host")
@@ -214,6 +219,8 @@ def score_in_graph(terms: Sequence[RewardTerm], rollouts: Mapping[str, jax.Array
       else:
         out = out.astype(jnp.float32)
         scores[term.key] = out if keep is None else jnp.where(keep, out, 0.0)
+        if keep is not None:
+          scores[term.key + ROWS] = keep
   return scores
 
 
@@ -255,7 +262,8 @@ def sequence_scores(terms: Sequence[RewardTerm], scores: Mapping[str, Any]
                     ) -> Dict[str, jax.Array]:
   """Every source's [B] scores, per-token ones reduced (for metrics and group selection)."""
   by_key = {t.key: t for t in terms}
-  return {k: as_sequence(by_key[k], v) if k in by_key else v for k, v in scores.items()}
+  return {k: as_sequence(by_key[k], v) if k in by_key else v for k, v in scores.items()
+          if not k.endswith(ROWS)}
 
 
 def combine_steps(terms: Sequence[RewardTerm], scores: Mapping[str, Any]
@@ -300,5 +308,7 @@ def combine(terms: Sequence[RewardTerm], scores: Mapping[str, jax.Array], *,
     context = transforms.Context(group_size, (reference or {}).get(t.key))
     for spec in t.transforms:
       value = transforms.apply(spec, value, context)
+    if t.key + ROWS in scores:  # the rows the term does not score stay at 0
+      value = jnp.where(scores[t.key + ROWS], value, 0.0)
     total = total + t.weight * value
   return total

@@ -39,11 +39,16 @@ def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
   return out
 
 
-def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> Changes:
-  """Every dotted key whose value differs: ``key -> (old, new)``."""
+def diff(old: Mapping[str, Any], new: Mapping[str, Any],
+         defaults: Optional[Mapping[str, Any]] = None) -> Changes:
+  """Every dotted key whose value differs: ``key -> (old, new)``. A key the old config lacks
+  whose new value is its field's default (``defaults``, dotted) is a setting added to the
+  code since the run started, at the value the run had: no change."""
   a, b = flatten(old), flatten(new)
+  defaults = defaults or {}
+  added = lambda k: k not in a and k in defaults and b.get(k, _MISSING) == defaults[k]
   return {k: (a.get(k, _MISSING), b.get(k, _MISSING)) for k in sorted(set(a) | set(b))
-          if a.get(k, _MISSING) != b.get(k, _MISSING)}
+          if a.get(k, _MISSING) != b.get(k, _MISSING) and not added(k)}
 
 
 def _short(value: Any) -> str:
@@ -75,7 +80,8 @@ def split(changes: Changes, schedule: Sequence[str],
 
 def check_resume(workdir: str, new: Mapping[str, Any], schedule: Sequence[str],
                  started: Mapping[str, bool], step: int, allow: bool,
-                 record: bool = True) -> Optional[Changes]:
+                 record: bool = True, defaults: Optional[Mapping[str, Any]] = None
+                 ) -> Optional[Changes]:
   """Compares ``new`` with ``<workdir>/config.json`` when the run has a checkpoint; raises
   ValueError naming the refused keys, or records the accepted changes and returns them."""
   path = os.path.join(workdir, "config.json")
@@ -87,7 +93,7 @@ def check_resume(workdir: str, new: Mapping[str, Any], schedule: Sequence[str],
   except (OSError, ValueError) as e:
     raise ValueError(f"{path}: unreadable stored config ({e}); it is what a resume is "
                      "compared with") from None
-  changes = diff(old, new)
+  changes = diff(old, new, defaults)
   if not changes:
     return None
   accepted, rejected = split(changes, list(schedule), started)

@@ -56,18 +56,20 @@ def verdict_summary(verdicts: np.ndarray, gold: np.ndarray) -> Dict[str, float]:
   it passes, the reward a policy trained on it could hack), true-positive rate, the share of
   samples the gold judge finds right, and its AUROC: how often a right sample scores above a
   wrong one (ties half), which is what a group-relative advantage reads of a reward, whatever
-  its threshold; NaN when every sample is right or every one wrong."""
+  its threshold. A rate over an empty class (no wrong sample, say) is NaN, and so are the
+  balanced accuracy and AUROC then."""
   scores = np.asarray(verdicts, np.float64)
   passed, right = scores > 0, np.asarray(gold) > 0.5
-  rate = lambda hit, of: float(np.sum(hit & of) / max(np.sum(of), 1))
+  nan = float("nan")
+  rate = lambda hit, of: float(np.sum(hit & of) / np.sum(of)) if np.any(of) else nan
   tpr, tnr = rate(passed, right), rate(~passed, ~right)
   pos, neg = scores[right], scores[~right]
   auroc = (float(np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])))
-           if pos.size and neg.size else float("nan"))
-  return {"accuracy": float(np.mean(passed == right)) if right.size else 0.0,
-          "balanced_accuracy": 0.5 * (tpr + tnr), "false_positive_rate": 1.0 - tnr
-          if np.any(~right) else 0.0, "true_positive_rate": tpr,
-          "gold_rate": float(np.mean(right)) if right.size else 0.0, "auroc": auroc}
+           if pos.size and neg.size else nan)
+  return {"accuracy": float(np.mean(passed == right)) if right.size else nan,
+          "balanced_accuracy": 0.5 * (tpr + tnr), "false_positive_rate": 1.0 - tnr,
+          "true_positive_rate": tpr, "gold_rate": float(np.mean(right)) if right.size else nan,
+          "auroc": auroc}
 
 
 def judge_roles(judges: Judges) -> Tuple[str, ...]:
@@ -77,7 +79,8 @@ def judge_roles(judges: Judges) -> Tuple[str, ...]:
 def make_evaluator(model: tfm.ModelConfig, sampling: sampler.SamplingConfig,
                    judges: Judges = DEFAULT_JUDGES, pad_id: int = 0,
                    plan: Optional[ShardingPlan] = None,
-                   judge_models: Optional[Mapping[str, tfm.ModelConfig]] = None) -> Callable:
+                   judge_models: Optional[Mapping[str, tfm.ModelConfig]] = None,
+                   modes: Tuple[str, ...] = ("greedy", "sampled")) -> Callable:
   """Returns ``evaluate(params, batches, rng, judge_params={}) -> {"eval/<metric>_greedy",
   "eval/<metric>_sampled"}``.
 
@@ -99,8 +102,9 @@ def make_evaluator(model: tfm.ModelConfig, sampling: sampler.SamplingConfig,
     kw = dict(out_shardings=plan.replicated) if plan is not None else {}
     return jit_with_rules(fn, plan, **kw)
 
-  greedy = scorer(dataclasses.replace(sampling, temperature=0.0))
-  sampled = scorer(sampling)
+  scorers = {"greedy": lambda: scorer(dataclasses.replace(sampling, temperature=0.0)),
+             "sampled": lambda: scorer(sampling)}
+  scorers = {mode: scorers[mode]() for mode in modes}
 
   def per_row(score, params, batches, rng, judge_params) -> Dict[str, np.ndarray]:
     rows = {metric: [] for metric, _ in judges}
@@ -121,7 +125,7 @@ def make_evaluator(model: tfm.ModelConfig, sampling: sampler.SamplingConfig,
     ``rows[metric]`` (for :func:`win_rate`)."""
     judge_params = dict(judge_params or {})
     out = {}
-    for mode, score in (("greedy", greedy), ("sampled", sampled)):
+    for mode, score in scorers.items():
       scores = per_row(score, params, batches, rng, judge_params)
       for metric, values in scores.items():
         out[f"eval/{metric}_{mode}"] = float(values.mean()) if values.size else 0.0

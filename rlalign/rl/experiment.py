@@ -182,3 +182,32 @@ def to_dict(cfg: Any) -> Any:
   if isinstance(cfg, tuple):
     return [to_dict(v) for v in cfg]
   return cfg
+
+
+def field_defaults(cfg: Any, prefix: str = "") -> Dict[str, Any]:
+  """Every dotted key of ``to_dict(cfg)`` whose field has a default, mapped to that default
+  (as ``to_dict`` writes it): what a key that a stored config lacks (a setting added to the
+  code since) meant when that config was written."""
+  join = lambda name: f"{prefix}.{name}" if prefix else name
+  if isinstance(cfg, ObjectiveConfig):
+    return field_defaults(cfg.hparams, prefix)
+  if isinstance(cfg, RecipeConfig):
+    return field_defaults(cfg.settings, prefix) if cfg.settings is not None else {}
+  if isinstance(cfg, reward_base.RewardTerm):
+    return {**field_defaults(cfg.settings, prefix), join("rows"): "all"}
+  if dataclasses.is_dataclass(cfg):
+    out = {}
+    for f in dataclasses.fields(cfg):
+      if f.default is not dataclasses.MISSING:
+        out[join(f.name)] = to_dict(f.default)
+      elif f.default_factory is not dataclasses.MISSING:
+        out[join(f.name)] = to_dict(f.default_factory())
+      out.update(field_defaults(getattr(cfg, f.name), join(f.name)))
+    return out
+  if isinstance(cfg, tuple) and cfg and all(isinstance(v, reward_base.RewardTerm) for v in cfg):
+    return {k: v for term in cfg for k, v in field_defaults(term, join(term.key)).items()}
+  if isinstance(cfg, tuple) and cfg and all(
+      isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str)
+      and dataclasses.is_dataclass(v[1]) for v in cfg):
+    return {k: v for name, value in cfg for k, v in field_defaults(value, join(name)).items()}
+  return {}

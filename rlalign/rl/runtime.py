@@ -155,7 +155,7 @@ class Runtime:
     changes = config_changes.check_resume(
         workdir, experiment.to_dict(declared), [n for n, _ in self.schedule], started,
         step=self._resume_step(), allow=cfg.train.allow_config_change,
-        record=jax.process_index() == 0)
+        record=jax.process_index() == 0, defaults=experiment.field_defaults(declared))
     if changes:
       log(f"resuming with a changed config: {config_changes.describe(changes)}")
 
@@ -723,6 +723,8 @@ class Runtime:
       summary["after_rl"] = pick(evals[-1])
     summary["params"] = {name: tfm.count_params(self.weights(name))
                          for name in sorted(self.cfg.role_configs)}
+    # A non-finite metric (an AUROC over one class) is null, as in metrics.jsonl.
+    summary = json.loads(json.dumps(summary), parse_constant=lambda _: None)
     with open(os.path.join(self.workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
     if records:

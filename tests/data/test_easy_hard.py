@@ -90,6 +90,8 @@ def test_the_training_iterator_never_sees_a_hard_answer(cfg):
     (dict(max_prompt_len=8), "max_prompt_len=8 is too small for data.hard_digits=3"),
     (dict(eval_splits=("test",)), "data.eval_splits: 'test'"),
     (dict(eval_splits=("test_hard", "test_hard")), "repeats"),
+    (dict(hard_digits=0, eval_splits=("test_hard",)), "data.eval_splits names \\['test_hard'\\]"),
+    (dict(hard_digits=-1), "data.hard_digits must be >= 0"),
 ])
 def test_bad_settings_are_named(cfg, overrides, message):
   with pytest.raises(ValueError, match=message):

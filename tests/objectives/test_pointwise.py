@@ -76,7 +76,8 @@ def test_held_out_verdict_summary_by_hand():
                                # right 1.0, -1.0, 2.0 against wrong 0.3, -0.1, 0.0: 6 of 9
                                "auroc": 6 / 9})
   none_wrong = evaluation.verdict_summary(np.array([1.0, -1.0]), np.array([1.0, 1.0]))
-  assert none_wrong["false_positive_rate"] == 0.0 and none_wrong["true_positive_rate"] == 0.5
-  assert np.isnan(none_wrong["auroc"])
+  assert none_wrong["true_positive_rate"] == 0.5 and none_wrong["accuracy"] == 0.5
+  for undefined in ("false_positive_rate", "balanced_accuracy", "auroc"):
+    assert np.isnan(none_wrong[undefined]), undefined
   tied = evaluation.verdict_summary(np.array([1.0, 1.0, 1.0]), np.array([1.0, 0.0, 1.0]))
   assert tied["auroc"] == 0.5 and tied["balanced_accuracy"] == 0.5

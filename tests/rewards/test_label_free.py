@@ -96,6 +96,14 @@ def test_rows_scores_only_the_chosen_rows():
   np.testing.assert_array_equal(scores["all"], [1, 1, 1, 0])
   np.testing.assert_array_equal(scores["unlabelled"], [0, 0, 1, 0])
   np.testing.assert_array_equal(scores["labelled"], [1, 1, 0, 0])
+  # Through the transforms: the rows a term skips stay 0 (sigmoid(0) would be 0.5).
+  sig = (TransformSpec("sigmoid", transforms.get("sigmoid").settings()),)
+  terms = [base.RewardTerm("majority_vote", 2.0, source="u", rows="unlabelled",
+                           transforms=sig)]
+  total = base.combine(terms, base.score_in_graph(terms, r, {}), group_size=2)
+  s1, s0 = 1 / (1 + np.exp(-1.0)), 0.5
+  np.testing.assert_allclose(total, [0, 0, 2 * s1, 2 * s0], rtol=1e-6)
+  assert set(base.sequence_scores(terms, base.score_in_graph(terms, r, {}))) == {"u"}
 
 
 def test_rows_in_configs_round_trip_and_bad_values_are_named():

@@ -110,3 +110,27 @@ def test_an_unreadable_stored_config_names_its_file(tmp_path):
   (tmp_path / "config.json").write_text('{"seed": 0')  # truncated
   with pytest.raises(ValueError, match=r"config\.json: unreadable stored config"):
     config_changes.check_resume(str(tmp_path), STORED, SCHEDULE, {"rl": True}, 4, False)
+
+
+def test_a_setting_added_to_the_code_since_the_run_started_is_no_change_at_its_default():
+  """A config.json written before a field existed lacks its key: at the field's default it is
+  the same run; at any other value it is a change."""
+  import dataclasses
+  from rlalign.rl import experiment
+  from rlalign.data.pipeline import DataConfig
+  from rlalign.rl.phases import PhaseConfig
+  cfg = experiment.ExperimentConfig(data=DataConfig(data_dir="/d"),
+                                    phases=(("verify", PhaseConfig()),))
+  new = experiment.to_dict(cfg)
+  old = json.loads(json.dumps(new))
+  for section, key in (("data", "eval_splits"), ("data", "hard_digits")):
+    del old[section][key]
+  del old["phases"]["verify"]["objective"]["clip_eps"]
+  defaults = experiment.field_defaults(cfg)
+  assert defaults["data.hard_digits"] == 0 and defaults["phases.verify.objective.clip_eps"] == 0.2
+  assert config_changes.diff(old, new, defaults) == {}
+  assert set(config_changes.diff(old, new)) == {"data.eval_splits", "data.hard_digits",
+                                                 "phases.verify.objective.clip_eps"}
+  moved = experiment.to_dict(dataclasses.replace(cfg, data=dataclasses.replace(
+      cfg.data, hard_digits=4, max_digits=3)))
+  assert config_changes.diff(old, moved, defaults) == {"data.hard_digits": ("<absent>", 4)}

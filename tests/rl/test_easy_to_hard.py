@@ -33,6 +33,7 @@ def typed(arg, tmp_path, **changes):
      "the label reward cannot score unlabelled rows"),
     ({"phases.generate.rewards": {"exact_match": {"rows": "hard"}}},
      "rows must be one of"),
+    ({"data.hard_fraction": 1.0}, "both labelled \\(easy\\) and unlabelled"),
 ])
 def test_the_recipe_refuses_runs_that_could_not_measure_or_would_mislabel(
     changes, message, tmp_path):
@@ -46,15 +47,23 @@ def test_a_run_logs_gold_hard_accuracy_and_the_verifiers_false_positives(tmp_pat
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   final = summary["phases"]["alternating"]["eval"]
   for split in ("", "test_hard/"):
-    for metric in ("pass@1_greedy", "pass@1_sampled", "verifier_accuracy",
-                   "verifier_false_positive_rate", "verifier_balanced_accuracy"):
+    for metric in ("pass@1_greedy", "pass@1_sampled", "verifier_accuracy", "verifier_gold_rate"):
       assert 0.0 <= final[f"eval/{split}{metric}"] <= 1.0, (split, metric)
+    # Rates over a class that has no sample (a smoke generator is never right) are null.
+    one_class = final[f"eval/{split}verifier_gold_rate"] in (0.0, 1.0)
+    for metric in ("verifier_balanced_accuracy", "verifier_auroc"):
+      value = final[f"eval/{split}{metric}"]
+      assert (value is None) if one_class else (0.0 <= value <= 1.0), (split, metric)
   assert "eval/test_hard/pass@1_greedy" in summary["phases"]["warm_start"]["eval"]
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   trained = [r for r in records if "reward/verifier" in r]
   assert trained and all(np.isfinite(r["verifier/loss"]) for r in trained)
-  # The verifier's training rows are the labelled ones: its label rate is a mean over them.
-  assert all(0.0 <= r["verifier/label_rate"] <= 1.0 for r in trained)
+  # The verifier learns on the labelled rows only: its label rate (exact match over them)
+  # times their share is exact match over every row, which is 0 where there is no label.
+  assert any(0 < r["verifier/labelled_fraction"] < 1 for r in trained)
+  for r in trained:
+    np.testing.assert_allclose(r["verifier/label_rate"] * r["verifier/labelled_fraction"],
+                               r["reward/exact_match"], atol=1e-6)
 
 
 @pytest.mark.slow
