@@ -95,6 +95,16 @@ def format_prompt(a: int, b: int, width: int) -> str:
   return f"{reverse_digits(a).ljust(width, '0')}+{reverse_digits(b).ljust(width, '0')}="
 
 
+def _in_split(a: int, b: int, want_test: bool, seen: set) -> bool:
+  """Whether the pair belongs to the split: a train pair, or a test pair not drawn before
+  (``seen`` keeps the test pairs drawn)."""
+  if is_test_pair(a, b) != want_test or (want_test and (a, b) in seen):
+    return False
+  if want_test:
+    seen.add((a, b))
+  return True
+
+
 def generate_problems(
     split: str, num: int, max_digits: int, carry_drop: float, seed: int
 ) -> Iterator[dict[str, str]]:
@@ -130,12 +140,8 @@ def generate_problems(
   while produced < num:
     a = sample_operand(rng, max_digits)
     b = sample_operand(rng, max_digits)
-    if is_test_pair(a, b) != want_test:
+    if not _in_split(a, b, want_test, seen):
       continue
-    if want_test:
-      if (a, b) in seen:
-        continue
-      seen.add((a, b))
     yield {
         "prompt": format_prompt(a, b, max_digits),
         "answer": correct_answer(a, b),
@@ -196,12 +202,8 @@ def generate_easy_hard(
         continue
     else:
       a, b = sample_operand(rng, easy_digits), sample_operand(rng, easy_digits)
-    if is_test_pair(a, b) != want_test:
+    if not _in_split(a, b, want_test, seen):
       continue
-    if want_test:
-      if (a, b) in seen:
-        continue
-      seen.add((a, b))
     prompt = format_prompt(a, b, hard_digits)
     if split == "train" and hard:
       yield {"prompt": prompt, "answer": "", "demonstration": ""}

@@ -432,17 +432,7 @@ def recipe_markdown(report: RecipeReport, budget_bytes: Optional[int] = None) ->
   lines += [f"| **all roles** | | | | **{_size(total)}** |", "",
             f"KV cache of one sampling call: {_size(report.kv_cache)} (k+v "
             f"{list(report.kv_shape)}), inside the step's temp; gradients are too."]
-  for p in report.programs:
-    lines += ["", f"| {p.name} (XLA memory_analysis) | per device |", "|---|---:|",
-              f"| arguments | {_size(p.arguments)} |", f"| outputs | {_size(p.outputs)} |",
-              f"| aliased (donated) | -{_size(p.aliased)} |", f"| XLA temp | {_size(p.temp)} |",
-              f"| **peak estimate** | **{_size(p.peak)}** |",
-              f"| compile time | {p.compile_s:.1f} s |"]
-  if report.platform == "cpu":
-    lines += ["", "XLA temp compiled for CPU is an estimate of an accelerator's: the CPU backend "
-              "computes bfloat16 in float32 and may copy buffers an accelerator updates in place."]
-  lines += ["", verdict(report, budget_bytes)[1]]
-  return "\n".join(lines)
+  return "\n".join(lines + _programs_and_verdict(report, budget_bytes))
 
 
 def _compile_learn(spec, plan, state_sh, state, batch, rng, frozen, rm) -> ProgramBytes:
@@ -492,19 +482,25 @@ def to_markdown(report: DryRunReport, budget_bytes: Optional[int] = None) -> str
              if s.sampler_params else []),
            f"| KV cache, one sampling call | {_size(s.kv_cache)} | k+v {list(s.kv_shape)} "
            f"split {s.kv_spec}; inside the sampler's temp |"]
+  return "\n".join(lines + _programs_and_verdict(report, budget_bytes))
+
+
+def _programs_and_verdict(report, budget_bytes: Optional[int]) -> list:
+  """One table per compiled program, the CPU caveat and the verdict line."""
+  lines = []
   for p in report.programs:
+    outside = [f"| held outside the program{': ' + p.outside_what if p.outside_what else ''} "
+               f"| {_size(p.outside)} |"]
     lines += ["", f"| {p.name} (XLA memory_analysis) | per device |", "|---|---:|",
               f"| arguments | {_size(p.arguments)} |", f"| outputs | {_size(p.outputs)} |",
               f"| aliased (donated) | -{_size(p.aliased)} |", f"| XLA temp | {_size(p.temp)} |",
-              f"| held outside the program{': ' + p.outside_what if p.outside_what else ''} | "
-              f"{_size(p.outside)} |",
+              *outside,
               f"| **peak estimate** | **{_size(p.peak)}** |",
               f"| compile time | {p.compile_s:.1f} s |"]
   if report.platform == "cpu":
     lines += ["", "XLA temp compiled for CPU is an estimate of an accelerator's: the CPU backend "
               "computes bfloat16 in float32 and may copy buffers an accelerator updates in place."]
-  lines += ["", verdict(report, budget_bytes)[1]]
-  return "\n".join(lines)
+  return lines + ["", verdict(report, budget_bytes)[1]]
 
 
 def verdict(report: DryRunReport, budget_bytes: Optional[int]) -> Tuple[bool, str]:
