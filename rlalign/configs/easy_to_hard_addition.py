@@ -24,8 +24,13 @@ runs the co-trained arm from a Hugging Face checkpoint, its tokenizer and chat t
 ``scale:v5p-8`` and ``scale:8xh100`` are a 1.5B generator plus a 1.5B verifier for
 ``--dry_run`` (see ``scale_config``).
 
-The result it reaches is in the README's recipe table and the recipe's study
-(``rlalign/studies/easy_to_hard.py``), which runs the four arms.
+Measured (one seed, about 4 minutes an arm on 2 CPU cores): gold greedy pass@1 on
+test_hard from 0.045 after the warm start to 0.494 with ``cotrain``, against 0.121 for
+``easy_only``, 0.166 for ``majority`` and 0.107 for ``self_confidence`` (easy: 0.994, 1.000,
+0.473, 0.344). The co-trained verifier passes nearly every hard sample (false-positive rate
+1.0), yet ranks them (AUROC 0.71), which is what GRPO reads. No arm learns the hard answers
+one digit longer than any labelled one. ``rlalign/studies/easy_to_hard.py`` runs every arm;
+README.md, "Self-improvement without labels", has the tables and the reading.
 """
 import dataclasses
 
