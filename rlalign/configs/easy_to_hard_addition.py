@@ -24,13 +24,14 @@ runs the co-trained arm from a Hugging Face checkpoint, its tokenizer and chat t
 ``scale:v5p-8`` and ``scale:8xh100`` are a 1.5B generator plus a 1.5B verifier for
 ``--dry_run`` (see ``scale_config``).
 
-Measured (one seed, about 4 minutes an arm on 2 CPU cores): gold greedy pass@1 on
-test_hard from 0.045 after the warm start to 0.494 with ``cotrain``, against 0.121 for
-``easy_only``, 0.166 for ``majority`` and 0.107 for ``self_confidence`` (easy: 0.994, 1.000,
-0.473, 0.344). The co-trained verifier passes nearly every hard sample (false-positive rate
-1.0), yet ranks them (AUROC 0.71), which is what GRPO reads. No arm learns the hard answers
-one digit longer than any labelled one. ``rlalign/studies/easy_to_hard.py`` runs every arm;
-README.md, "Self-improvement without labels", has the tables and the reading.
+Measured (about 4 minutes an arm on 2 CPU cores), gold greedy pass@1 on test_hard. Seed 0:
+0.045 after the warm start; 0.494 with ``cotrain``, against 0.121 for ``easy_only``, 0.166
+for ``majority`` and 0.107 for ``self_confidence`` (easy: 0.994, 1.000, 0.473, 0.344). Over
+seeds 0-3, ``cotrain`` 0.494, 0.127, 0.438, 0.416 against ``easy_only`` 0.121, 0.352, 0.080,
+0.275: better in 3 of 4, mean 0.369 against 0.207. In seed 1 the generator hacked its
+verifier: the verifier's AUROC on the hard samples fell below 0.5 and the generator fell from
+0.416 to 0.127. ``rlalign/studies/easy_to_hard.py`` runs the arms (``--seed``); README.md,
+"Self-improvement without labels", has the tables and the reading.
 """
 import dataclasses
 
