@@ -251,6 +251,7 @@ def test_a_two_model_recipe_compiles_its_own_step_with_every_roles_bytes(tmp_pat
   assert "| generator (trained, bfloat16)" in text and "OVER BUDGET" in text
 
 
+@pytest.mark.slow
 def test_cli_dry_runs_a_recipe(tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
