@@ -182,6 +182,8 @@ def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   gen_cfg, ver_cfg = phases[settings.generator_phase], phases[settings.verifier_phase]
   schedule = [(name, phases[name].steps) for name in settings.before]
   runtime = Runtime(cfg, workdir, schedule + [(CHECKPOINT, gen_cfg.steps)])
+  # The runtime's config has the rewards' text in token ids (a PRM's delimiter, a template).
+  gen_cfg = runtime.cfg.phase_configs[settings.generator_phase]
   runtime.evaluate_initial(gen_cfg.role("policy"))
   for name in settings.before:
     runtime.run_phase(name)
