@@ -39,6 +39,7 @@ from rlalign.parallel import mesh as mesh_lib
 from rlalign.parallel.logical import axis_rules
 from rlalign.parallel.sharding import ShardingPlan
 from rlalign.rl import iteration
+from rlalign.rl import roles as roles_lib
 from rlalign.rl import state as state_lib
 from rlalign.sampling import sampler
 
@@ -170,20 +171,28 @@ def state_bytes(cfg: ExperimentConfig, plan: ShardingPlan, reward_model: bool = 
                                                                 tfm.abstract_params(m)))
            for m in models)
   m = cfg.model
-  kv_shape = (m.n_layers, rl.batch_size, m.n_kv_heads,
-              cfg.data.max_prompt_len + cfg.sampling.max_new_tokens, m.head_dim)
   sp = sampler_plan or plan
-  kv_sh = mesh_lib.sharding_for(sp.mesh, tfm.CACHE_AXES, sp.rules)
+  kv, kv_shape, kv_sh = kv_cache_bytes(cfg, m, rl.batch_size, sp)
   sampler_params = 0
   if sampler_plan is not None:
     sampler_params = per_device_bytes(abstract, sp.params(tfm.logical_axes(m), abstract))
-  kv = 2 * math.prod(kv_sh.shard_shape(kv_shape)) * jnp.dtype(m.dtype).itemsize  # keys + values
   return StateBytes(
       params=params, grads=per_device_bytes(_as_float32(abstract), param_sh),
       optimizer=per_device_bytes(jax.eval_shape(optimizer.init, abstract), opt_sh),
       reference=params, reward_model=rm, kv_cache=kv, sampler_params=sampler_params,
       param_dtype=m.param_dtype,
       kv_shape=kv_shape, kv_spec=str(kv_sh.spec))
+
+
+def kv_cache_bytes(cfg: ExperimentConfig, model: tfm.ModelConfig, rows: int,
+                   plan: ShardingPlan):
+  """``(bytes per device, shape, sharding)`` of the keys and values of one sampling call of
+  ``rows`` sequences, prompt plus every new token."""
+  shape = (model.n_layers, rows, model.n_kv_heads,
+           cfg.data.max_prompt_len + cfg.sampling.max_new_tokens, model.head_dim)
+  sharding = mesh_lib.sharding_for(plan.mesh, tfm.CACHE_AXES, plan.rules)
+  size = 2 * math.prod(sharding.shard_shape(shape)) * jnp.dtype(model.dtype).itemsize
+  return size, shape, sharding
 
 
 def _compile(name: str, jitted, args: Sequence[Any], outside_what: str = "", outside: int = 0
@@ -371,7 +380,6 @@ def dry_run_recipe(cfg: ExperimentConfig, program: RecipeProgram,
                    devices: Optional[Sequence[jax.Device]] = None) -> RecipeReport:
   """Lowers and compiles a recipe's multi-role step on abstract inputs; runs nothing."""
   plan = make_plan(cfg, devices)
-  from rlalign.rl import roles as roles_lib  # the role specs' own helpers
   shardings, abstract, frozen_sh, frozen, held = {}, {}, {}, {}, []
   for name, spec in program.roles.items():
     rules = cfg.role_configs[name].rules
@@ -405,11 +413,7 @@ def dry_run_recipe(cfg: ExperimentConfig, program: RecipeProgram,
   layout = iteration.StepLayout(plan, state_sh, batch_sh, frozen_sh)
   step = program.make_step(layout)
   compiled = _compile(program.name, step, (state, batch, _abstract_key(plan), frozen))
-  m = cfg.role_model(program.policy)
-  kv_shape = (m.n_layers, program.rollouts, m.n_kv_heads,
-              cfg.data.max_prompt_len + cfg.sampling.max_new_tokens, m.head_dim)
-  kv_sh = mesh_lib.sharding_for(plan.mesh, tfm.CACHE_AXES, plan.rules)
-  kv = 2 * math.prod(kv_sh.shard_shape(kv_shape)) * jnp.dtype(m.dtype).itemsize
+  kv, kv_shape, _ = kv_cache_bytes(cfg, cfg.role_model(program.policy), program.rollouts, plan)
   return RecipeReport(mesh=dict(plan.mesh.shape), devices=plan.mesh.size,
                       platform=plan.mesh.devices.flat[0].platform,
                       processes=jax.process_count(), roles=tuple(held), kv_cache=kv,

@@ -3,6 +3,7 @@ verifier's verdicts against gold, and the same recipe from a tiny random Hugging
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -86,10 +87,5 @@ def test_from_a_hugging_face_checkpoint(tmp_path):
   _, start = hf.load_hf_checkpoint(ckpt)
   _, trained = hf.load_hf_checkpoint(os.path.join(workdir, "hf_generator"))
   moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-              for a, b in zip(jax_leaves(start), jax_leaves(trained)))
+              for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(trained)))
   assert moved > 1e-4, "the warm start and co-training should have changed the generator"
-
-
-def jax_leaves(tree):
-  import jax
-  return jax.tree.leaves(tree)
