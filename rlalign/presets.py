@@ -67,6 +67,10 @@ ADDITION_DATA = dict(task="addition", data_dir="", max_prompt_len=10, max_answer
 ADDITION_SAMPLING = dict(max_new_tokens=5, temperature=1.0, top_k=0, top_p=1.0)
 ADDITION_WARM_START = dict(steps=1000, batch_size=64,
                            optimizer=dict(learning_rate=3e-3, warmup_steps=100))
+# The shape of Qwen2.5-1.5B (random weights), for the recipes' real-scale dry runs.
+QWEN2_5_1_5B = dict(vocab_size=151936, d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2,
+                    head_dim=128, d_ff=8960, rope_theta=1_000_000.0, norm_eps=1e-6,
+                    tie_embeddings=True, dtype="bfloat16", param_dtype="bfloat16", remat=True)
 LOOP = dict(log_every=10, eval_every=50, checkpoint_every=50, eval_batch_size=256,
             max_consecutive_skips=5, allow_config_change=False,
             # Weights & Biases beside JSONL and TensorBoard: --config.train.wandb.enabled=True

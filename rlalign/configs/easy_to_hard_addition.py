@@ -104,9 +104,6 @@ def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
 
 # --dry_run targets: (mesh ici over ("data", "fsdp", "tensor"), prompts per step), 8 samples
 SCALE_TARGETS = {"v5p-8": ((1, 4, 1), 32), "8xh100": ((1, 8, 1), 32)}
-QWEN2_5_1_5B = dict(vocab_size=151936, d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2,
-                    head_dim=128, d_ff=8960, rope_theta=1_000_000.0, norm_eps=1e-6,
-                    tie_embeddings=True, dtype="bfloat16", param_dtype="bfloat16", remat=True)
 
 
 def scale_config(target: str) -> ml_collections.ConfigDict:
@@ -126,7 +123,7 @@ def scale_config(target: str) -> ml_collections.ConfigDict:
                      f"{sorted(SCALE_TARGETS)}; got {target!r}")
   ici, prompts = SCALE_TARGETS[target]
   c = arm_config("cotrain")
-  c.model = dict(QWEN2_5_1_5B)
+  c.model = dict(presets.QWEN2_5_1_5B)
   c.data.update(max_prompt_len=256, max_answer_len=64)
   c.sampling.max_new_tokens = 512
   rollouts = prompts * 8

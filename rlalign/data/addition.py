@@ -105,15 +105,33 @@ def _in_split(a: int, b: int, want_test: bool, seen: set) -> bool:
   return True
 
 
+HIDDEN = "?"
+
+
+def hide_units_digit(prompt: str) -> str:
+  """The prompt with the second operand's units digit (its first, reversed) written "?"."""
+  plus = prompt.index("+")
+  return prompt[:plus + 1] + HIDDEN + prompt[plus + 2:]
+
+
 def generate_problems(
-    split: str, num: int, max_digits: int, carry_drop: float, seed: int
+    split: str, num: int, max_digits: int, carry_drop: float, seed: int,
+    hidden_fraction: float = 0.0,
 ) -> Iterator[dict[str, str]]:
   """Yields `num` problems {"prompt", "answer", "demonstration"} for `split`.
 
   The train split draws only train pairs (repeats allowed); the test split
   draws only test pairs and never repeats an ordered pair. Deterministic in
-  (split, num, max_digits, carry_drop, seed).
+  (split, num, max_digits, carry_drop, seed, hidden_fraction).
+
+  With `hidden_fraction` > 0 that share of prompts shows the second operand's
+  units digit as "?" (`hide_units_digit`): the answer is still the true sum, so
+  a first answer is a guess among ten, and the news that it was wrong rules one
+  out (the task of the RISE recipe, where a second attempt has something to use).
+  The demonstration is the teacher's for the true operands, a guess to the student.
   """
+  if not 0.0 <= hidden_fraction <= 1.0:
+    raise ValueError(f"hidden_fraction must be in [0, 1], got {hidden_fraction}")
   if split not in _SPLIT_SEED_OFFSETS:
     raise ValueError(
         f"split must be one of {tuple(_SPLIT_SEED_OFFSETS)}, got {split!r}"
@@ -142,8 +160,12 @@ def generate_problems(
     b = sample_operand(rng, max_digits)
     if not _in_split(a, b, want_test, seen):
       continue
+    prompt = format_prompt(a, b, max_digits)
+    # No draw at all without hidden digits, so those streams are unchanged.
+    if hidden_fraction and rng.random() < hidden_fraction:
+      prompt = hide_units_digit(prompt)
     yield {
-        "prompt": format_prompt(a, b, max_digits),
+        "prompt": prompt,
         "answer": correct_answer(a, b),
         "demonstration": sloppy_answer(a, b, carry_drop, rng),
     }

@@ -92,6 +92,7 @@ class AdditionConfig(tfds.core.BuilderConfig):
   num_train: int = 50_000
   num_test: int = 512
   seed: int = 0
+  hidden_fraction: float = 0.0
 
   @classmethod
   def create(
@@ -102,12 +103,15 @@ class AdditionConfig(tfds.core.BuilderConfig):
       num_train: int,
       num_test: int,
       seed: int,
+      hidden_fraction: float = 0.0,
   ) -> AdditionConfig:
-    carry_drop = float(carry_drop)
-    # repr() of a float round-trips, so distinct values give distinct names.
+    carry_drop, hidden_fraction = float(carry_drop), float(hidden_fraction)
+    # repr() of a float round-trips, so distinct values give distinct names; a task
+    # without hidden digits keeps the name it always had.
     name = (
         f"d{max_digits}-drop{carry_drop!r}-train{num_train}"
         f"-test{num_test}-seed{seed}"
+        + (f"-hidden{hidden_fraction!r}" if hidden_fraction else "")
     )
     return cls(
         name=name,
@@ -116,6 +120,7 @@ class AdditionConfig(tfds.core.BuilderConfig):
         num_train=num_train,
         num_test=num_test,
         seed=seed,
+        hidden_fraction=hidden_fraction,
     )
 
 
@@ -148,7 +153,7 @@ class AdditionPrompts(_LocalBuilder):
   def _generate_examples(self, split: str, num: int):
     c = self.builder_config
     problems = addition.generate_problems(
-        split, num, c.max_digits, c.carry_drop, c.seed
+        split, num, c.max_digits, c.carry_drop, c.seed, c.hidden_fraction
     )
     for index, problem in enumerate(problems):
       yield index, {**dict.fromkeys(_TEXT_KEYS, ""), "label": False,

@@ -75,6 +75,12 @@ class DataConfig:
   # answers are only in the held-out split "test_hard".
   hard_digits: int = 0
   hard_fraction: float = 0.5
+  # addition only: the share of problems whose second operand's units digit is shown as "?"
+  # (`addition.hide_units_digit`; needs alphabet "ascii"): a first answer is a guess.
+  hidden_fraction: float = 0.0
+  # The character tokenizer's alphabet: "" the task's own (addition: digits, "+" and "="),
+  # "ascii" printable ASCII and newline, for text beside the task's (a recipe's feedback).
+  alphabet: str = ""
   train_path: str = ""            # jsonl only
   test_path: str = ""             # jsonl only
   # tfds only: the prepared dataset's TFDS name (under data_dir), and its splits (any TFDS
@@ -129,6 +135,11 @@ class DataConfig:
           "data.prompt_format='chat' needs data.tokenizer_dir (a tokenizer with a"
           " chat template)"
       )
+    if self.alphabet not in ("", "ascii"):
+      raise ValueError(f"data.alphabet must be '' (the task's) or 'ascii', got {self.alphabet!r}")
+    if self.alphabet and self.tokenizer_dir:
+      raise ValueError("data.alphabet picks a character tokenizer; data.tokenizer_dir gives a "
+                       "Hugging Face one: set one of them")
     buckets.validate(self.prompt_buckets, self.max_prompt_len)
     for split in self.eval_splits:
       if split in ("train", "test") or not split or "/" in split:
@@ -181,6 +192,14 @@ class DataConfig:
                        "data.hard_digits)")
     if not 0.0 <= self.hard_fraction <= 1.0:
       raise ValueError(f"data.hard_fraction must be in [0, 1], got {self.hard_fraction}")
+    if not 0.0 <= self.hidden_fraction <= 1.0:
+      raise ValueError(f"data.hidden_fraction must be in [0, 1], got {self.hidden_fraction}")
+    if self.hidden_fraction and self.hard_digits:
+      raise ValueError("data.hidden_fraction and data.hard_digits are two different addition "
+                       "tasks; set one")
+    if self.hidden_fraction and self.alphabet != "ascii" and not self.tokenizer_dir:
+      raise ValueError("data.hidden_fraction writes '?' in prompts, which the addition "
+                       "alphabet lacks: set data.alphabet='ascii'")
     # Catch too-short lengths here rather than after building the dataset.
     width = max(self.max_digits, self.hard_digits)
     widest = f"data.{'hard_digits' if self.hard_digits else 'max_digits'}={width}"
@@ -215,6 +234,7 @@ def _make_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
         num_train=cfg.num_train,
         num_test=cfg.num_test,
         seed=cfg.seed,
+        hidden_fraction=cfg.hidden_fraction,
     )
   else:
     builder_cls = builders.JsonlPrompts

@@ -105,6 +105,8 @@ def tokenizer_for(cfg: DataConfig):
   if cfg.tokenizer_dir:
     from rlalign.data.hf_tokenizer import HFTokenizer  # keeps `tokenizers` off this import path
     return HFTokenizer.from_dir(cfg.tokenizer_dir)
+  if cfg.alphabet == "ascii":
+    return CharTokenizer(ASCII_ALPHABET)
   if cfg.task == "addition":
     return CharTokenizer(ADDITION_ALPHABET)
   if cfg.task in ("jsonl", "tfds", "hf"):

@@ -37,15 +37,20 @@ def rwr_loss(hp: RWRConfig, outputs: Mapping[str, base.ModelOutputs],
              batch: Mapping[str, jax.Array]):
   policy = outputs["policy"]
   mask = batch["mask"].astype(bool)
-  weights = jax.lax.stop_gradient(
-      jax.nn.softmax(batch["rewards"].astype(jnp.float32) / hp.tau))
+  # Rows without a token (a dynamic-sampling filler, a turn a RISE rollout did not take) get
+  # no weight: the softmax runs over the others.
+  has_tokens = jnp.any(mask, axis=1)
+  logits = jnp.where(has_tokens, batch["rewards"].astype(jnp.float32) / hp.tau, -jnp.inf)
+  weights = jax.lax.stop_gradient(jnp.where(
+      has_tokens, jax.nn.softmax(jnp.where(jnp.any(has_tokens), logits, 0.0)), 0.0))
   nll = base.masked_row_mean(-jnp.where(mask, policy.logprobs, 0.0), mask)  # [B]
   loss = jnp.sum(weights * nll)
   metrics = {
       "nll": base.aggregate(-jnp.where(mask, policy.logprobs, 0.0), mask, "token"),
       "weight_max": jnp.max(weights),
       # Kish's effective sample size 1 / sum w^2, as a fraction of the rows: 1 is uniform.
-      "effective_sample_fraction": 1.0 / (jnp.sum(jnp.square(weights)) * weights.shape[0]),
+      "effective_sample_fraction": 1.0 / (jnp.sum(jnp.square(weights))
+                                          * jnp.maximum(jnp.sum(has_tokens), 1)),
   }
   return loss, metrics
 

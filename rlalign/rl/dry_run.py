@@ -185,11 +185,11 @@ def state_bytes(cfg: ExperimentConfig, plan: ShardingPlan, reward_model: bool = 
 
 
 def kv_cache_bytes(cfg: ExperimentConfig, model: tfm.ModelConfig, rows: int,
-                   plan: ShardingPlan):
+                   plan: ShardingPlan, slots: int = 0):
   """``(bytes per device, shape, sharding)`` of the keys and values of one sampling call of
-  ``rows`` sequences, prompt plus every new token."""
-  shape = (model.n_layers, rows, model.n_kv_heads,
-           cfg.data.max_prompt_len + cfg.sampling.max_new_tokens, model.head_dim)
+  ``rows`` sequences of ``slots`` slots (0: prompt plus every new token)."""
+  slots = slots or cfg.data.max_prompt_len + cfg.sampling.max_new_tokens
+  shape = (model.n_layers, rows, model.n_kv_heads, slots, model.head_dim)
   sharding = mesh_lib.sharding_for(plan.mesh, tfm.CACHE_AXES, plan.rules)
   size = 2 * math.prod(sharding.shard_shape(shape)) * jnp.dtype(model.dtype).itemsize
   return size, shape, sharding
@@ -347,6 +347,7 @@ class RecipeProgram:
   rollouts: int                        # sampled completions per step (the KV cache's rows)
   policy: str                          # the role that samples
   extra_state: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # abstract arrays
+  cache_slots: int = 0                 # the KV cache's length; 0: prompt plus new tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,7 +414,8 @@ def dry_run_recipe(cfg: ExperimentConfig, program: RecipeProgram,
   layout = iteration.StepLayout(plan, state_sh, batch_sh, frozen_sh)
   step = program.make_step(layout)
   compiled = _compile(program.name, step, (state, batch, _abstract_key(plan), frozen))
-  kv, kv_shape, _ = kv_cache_bytes(cfg, cfg.role_model(program.policy), program.rollouts, plan)
+  kv, kv_shape, _ = kv_cache_bytes(cfg, cfg.role_model(program.policy), program.rollouts, plan,
+                                   program.cache_slots)
   return RecipeReport(mesh=dict(plan.mesh.shape), devices=plan.mesh.size,
                       platform=plan.mesh.devices.flat[0].platform,
                       processes=jax.process_count(), roles=tuple(held), kv_cache=kv,

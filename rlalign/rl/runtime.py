@@ -493,14 +493,17 @@ class Runtime:
                   extra_state: Optional[Callable[[], Any]] = None,
                   evaluate: Optional[Callable[[Any], Dict[str, float]]] = None,
                   also_evaluate: Optional[Callable[[Any, Mapping[str, Any]], Dict[str, float]]]
-                  = None) -> BuiltPhase:
+                  = None, also_evaluate_at_start: bool = False) -> BuiltPhase:
     """A phase of the schedule, resumed from its checkpoint if it has one.
 
     By default the phase runs ``cfg.phases[name]`` with the step its objective's batch kind
     calls for. A recipe may instead give ``make_step(layout) -> step(state, batch, rng,
     frozen)`` over ``roles`` (every role it trains or reads), ``extra_state()`` for arrays of
     its own checkpointed beside the roles (``{"recipe": ...}``), and its own ``evaluate``,
-    or ``also_evaluate(state, frozen)`` for metrics beside the phase's own evaluation.
+    or ``also_evaluate(state, frozen)`` for metrics beside the phase's own evaluation;
+    ``also_evaluate_at_start`` logs those before the phase's first update too (a fresh
+    start), joining the record of the phase before it at that step (the names are the
+    recipe's own, so nothing is overwritten).
     """
     cfg = self.cfg
     phase_cfg = phase_cfg or cfg.phase_configs[name]
@@ -568,6 +571,8 @@ class Runtime:
       # overwrite, at the shared step, the last evaluation of the phase before it.
       if evaluate_at_start:
         self.writer.write(self.offsets[name], {**record, **held_out(state, frozen)})
+    if fresh and num_steps and also_evaluate is not None and also_evaluate_at_start:
+      self.writer.write(self.offsets[name], also_evaluate(state, frozen))
     buckets_ = cfg.data.prompt_buckets if phase_cfg.kind == "rl" else ()
     # RL metrics keep plain names (reward, kl, ...); offline ones are prefixed by the phase.
     phase = phases_lib.Phase(

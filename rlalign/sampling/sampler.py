@@ -205,27 +205,33 @@ def reply(conversation: Conversation, rng: jax.Array, model_cfg: tfm.ModelConfig
   return after, samples
 
 
-def say(conversation: Conversation, tokens: Sequence[int], model_cfg: tfm.ModelConfig,
-        active: Optional[jax.Array] = None) -> Conversation:
-  """Appends the same fixed tokens (feedback) to every ``active`` row [B] in one forward
-  pass; the others' slots stay masked."""
+def say(conversation: Conversation, tokens, model_cfg: tfm.ModelConfig,
+        active: Optional[jax.Array] = None, mask: Optional[jax.Array] = None
+        ) -> Conversation:
+  """Appends text in one forward pass: the same ids [L] for every row (feedback), or each
+  row's own [B, L] with ``mask`` [B, L] (its prompt again, left-padded: a row's last slot
+  must be a real token). Rows not ``active`` [B] keep their slots masked."""
   c0 = conversation
-  L = len(tokens)
+  B = c0.tokens.shape[0]
+  ids = jnp.asarray(tokens, jnp.int32)
+  ids = jnp.broadcast_to(ids, (B,) + ids.shape) if ids.ndim == 1 else ids
+  L = ids.shape[1]
   if not L:
     raise ValueError("say needs at least one token")
   if c0.cursor + L > c0.slots:
     raise ValueError(f"{L} tokens from slot {c0.cursor} overflow the conversation's "
                      f"{c0.slots} slots")
-  B = c0.tokens.shape[0]
-  active = jnp.ones((B,), bool) if active is None else active.astype(bool)
-  ids = jnp.broadcast_to(jnp.asarray(tokens, jnp.int32), (B, L))
-  key_mask = c0.key_mask.at[:, c0.cursor:c0.cursor + L].set(active[:, None])
-  positions = c0.position[:, None] + jnp.arange(L)[None, :]
+  real = jnp.ones((B,), bool) if active is None else active.astype(bool)
+  real = jnp.broadcast_to(real[:, None], (B, L))
+  if mask is not None:
+    real = real & mask.astype(bool)
+  key_mask = c0.key_mask.at[:, c0.cursor:c0.cursor + L].set(real)
+  positions = c0.position[:, None] + jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0)
   hidden, cache = tfm.forward(c0.params, ids, positions, key_mask, model_cfg, cache=c0.cache,
                               cache_index=c0.cursor)
   logits = tfm.lm_logits(c0.params, hidden[:, -1], model_cfg)
   return Conversation(c0.params, cache, c0.tokens.at[:, c0.cursor:c0.cursor + L].set(ids),
-                      key_mask, c0.position + jnp.where(active, L, 0), logits, c0.cursor + L)
+                      key_mask, c0.position + real.sum(axis=1), logits, c0.cursor + L)
 
 
 def _rows(conversation: Conversation, fn) -> Conversation:

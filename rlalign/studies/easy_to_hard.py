@@ -35,14 +35,12 @@ import dataclasses
 import json
 import math
 import os
-import subprocess
-import sys
-import time
 from typing import Any, Dict, List, Sequence
 
 from rlalign import metrics as metrics_lib
 from rlalign import workdir as workdir_lib
 from rlalign.configs import easy_to_hard_addition as config_module
+from rlalign.studies import arms as arms_lib
 
 ARMS = ("easy_only", "majority", "self_confidence", "cotrain", "cotrain_balanced")
 COLUMNS = (  # (heading, metric)
@@ -61,26 +59,7 @@ CURVES = (("hard pass@1 greedy (gold)", "eval/test_hard/pass@1_greedy"),
 
 
 def run_arm(out: str, arm: str, smoke: bool, seed: int = 0) -> float:
-  """Runs (or resumes) one arm; returns the wall time in seconds of the run that trained it
-  (kept in ``<arm>/study_wall_s.json``; a resumed arm counts only its last invocation)."""
-  workdir = os.path.join(out, arm)
-  summary, wall_file = os.path.join(workdir, "summary.json"), os.path.join(workdir, WALL_FILE)
-  if os.path.exists(summary) and os.path.exists(wall_file):
-    with open(summary) as f:
-      if json.load(f).get("status") == "completed":
-        with open(wall_file) as w:
-          return float(json.load(w))
-  arg = arm + (",smoke" if smoke else "")
-  start = time.perf_counter()
-  subprocess.run([sys.executable, "-m", "rlalign.main",
-                  f"--config=easy_to_hard_addition:{arg}", f"--workdir={workdir}",
-                  *([f"--config.seed={seed}"] if seed else [])], check=True)
-  wall = time.perf_counter() - start
-  metrics_lib.atomic_write(wall_file, lambda f: f.write(json.dumps(wall).encode()))
-  return wall
-
-
-WALL_FILE = "study_wall_s.json"
+  return arms_lib.run_arm(out, "easy_to_hard_addition", arm, smoke, seed)
 
 
 def warm_start_steps(smoke: bool) -> int:

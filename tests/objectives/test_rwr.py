@@ -70,6 +70,23 @@ def test_rwr_gradient_is_minus_weight_over_length():
   _close(g_r, np.zeros(3))
 
 
+def test_rwr_rows_without_tokens_take_no_weight():
+  """A row with an empty mask (a turn a RISE rollout skipped) is left out of the softmax:
+  the loss is the two-row one by hand, whatever the empty row's reward."""
+  mask = np.array(MASK)
+  mask[2] = False
+  outputs = {"policy": base.ModelOutputs(jnp.asarray(LOGP, jnp.float32))}
+  for r in (2.0, -50.0, 50.0):
+    loss, metrics = rwr.rwr_loss(rwr.RWRConfig(tau=0.4), outputs, {
+        "mask": jnp.asarray(mask), "rewards": jnp.asarray([1.0, 0.0, r], jnp.float32)})
+    w = _weights(REWARDS[:2], 0.4)
+    _close(loss, np.sum(w * ROW_NLL[:2]), tol=1e-5)
+    _close(metrics["effective_sample_fraction"], 1 / np.sum(w ** 2) / 2, tol=1e-5)
+  nothing, _ = rwr.rwr_loss(rwr.RWRConfig(), outputs, {
+      "mask": jnp.zeros_like(jnp.asarray(mask)), "rewards": jnp.asarray(REWARDS, jnp.float32)})
+  _close(nothing, 0.0)
+
+
 @pytest.mark.parametrize("tau", [0.0, -1.0, float("nan")])
 def test_rwr_config_rejects_a_bad_tau(tau):
   with pytest.raises(ValueError, match=r"^objective\.tau "):

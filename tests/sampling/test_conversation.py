@@ -118,3 +118,31 @@ def test_misuse_fails_before_tracing_a_loop(params):
     sampler.say(c, FEEDBACK, CFG)
   with pytest.raises(ValueError, match="cannot hold prompts"):
     sampler.start(params, jnp.asarray(PROMPTS), jnp.asarray(PROMPT_MASK), CFG, 2)
+
+
+def test_saying_each_rows_own_left_padded_text(params):
+  """The prompt said again after the feedback (per-row ids and mask): the next turn is the
+  plain sampler's on the written-out history, pads and all dropped."""
+  cfg = sampler.SamplingConfig(max_new_tokens=N, temperature=0.0, stop_tokens=(STOP, 9))
+  P = PROMPTS.shape[1]
+
+  def run(p, r):
+    c = sampler.start(p, jnp.asarray(PROMPTS), jnp.asarray(PROMPT_MASK), CFG,
+                      2 * P + 2 * N + len(FEEDBACK))
+    c, first = sampler.reply(c, r, CFG, cfg)
+    c = sampler.say(c, FEEDBACK, CFG)
+    c = sampler.say(c, jnp.asarray(PROMPTS), CFG, mask=jnp.asarray(PROMPT_MASK))
+    history = c.history()
+    c, second = sampler.reply(c, r, CFG, cfg)
+    return first, second, history
+
+  first, second, (tokens, mask) = jax.jit(run)(params, jax.random.PRNGKey(0))
+  for b in range(3):
+    prompt = list(PROMPTS[b][PROMPT_MASK[b]])
+    want = (prompt + list(np.asarray(first.tokens[b])[np.asarray(first.mask[b])])
+            + list(FEEDBACK) + prompt)
+    np.testing.assert_array_equal(np.asarray(tokens[b])[np.asarray(mask[b])], want)
+  plain = jax.jit(lambda p, t, m, r: sampler.sample(p, t, m, r, CFG, cfg))(
+      params, tokens, mask, jax.random.PRNGKey(9))
+  np.testing.assert_array_equal(second.tokens, plain.tokens)
+  np.testing.assert_allclose(second.logprobs, plain.logprobs, atol=1e-5)

@@ -1,0 +1,126 @@
+"""RISE on addition with a hidden digit: a policy taught to use "that was wrong" over turns.
+
+  python -m rlalign.main --config=configs/rise_addition.py --workdir=/tmp/rise
+  python -m rlalign.main --config=configs/rise_addition.py:single_turn --workdir=/tmp/rise1
+  python -m rlalign.studies.rise --out=/tmp/rise_study   # both arms, table and PNG
+
+The task (``data.hidden_fraction``): the default reversed-digit addition (3-digit operands,
+the sloppy teacher's warm start), except that half the prompts show the second operand's
+units digit as "?". The answer is the true sum, so on those a first answer is a guess among
+ten, and hearing that it was wrong rules one out: a second attempt has something to use,
+and the best a policy can do is never to repeat a wrong guess. The prompts are printable
+ASCII so that the feedback can be said in words: after a wrong answer the policy reads "The
+answer is incorrect. Please try again." and then the question again (``restate_prompt``: a
+model this small, which never saw an instruction, does not otherwise answer a second time),
+in the same dialogue and KV cache. The warm start imitates the sloppy teacher on single
+questions, then (``dialogue``, 300 steps) in the dialogue's form: the policy's own first
+answer, the feedback where it was wrong, and the teacher's answer after it. RISE starts from
+chat models that answer a second turn; without this phase the warm-started model's second
+answers are never right, and best-of-4 has nothing to keep.
+
+The argument picks the arm (``recipes/rise.py``), each with the same warm start, optimizer,
+prompts and steps (150 iterations of 32 prompts x 8 samples):
+
+  rise         (default) two turns per training rollout: a wrong first answer is followed
+               by the best of 4 second answers sampled from its own history; RWR, tau 0.4,
+               on every turn taken
+  single_turn  RWR on first answers alone (turns=1): what training buys without dialogue
+
+Both are evaluated over three turns, greedy, on the held-out problems (``eval/turn<k>_...``,
+with the oracle that stops a right answer, and without it). ``,smoke`` shrinks either to
+seconds; ``hf:DIR[,smoke]`` starts the policy from a Hugging Face checkpoint with its
+tokenizer and chat template (the feedback is the user's next turn); ``scale:v5p-8`` and
+``scale:8xh100`` are a Qwen2.5-1.5B-shaped policy for ``--dry_run``.
+
+Measured figures are in README.md, "Self-improvement without labels".
+"""
+import dataclasses
+
+import ml_collections
+
+from rlalign import presets
+from rlalign.models import hf
+
+ARMS = {"rise": dict(turns=2, best_of=4), "single_turn": dict(turns=1, best_of=1)}
+SMOKE = dict(warm_start=dict(steps=4, batch_size=16), dialogue=dict(steps=4, batch_size=16),
+             rise=dict(steps=4, batch_size=16, group_size=4))
+
+
+def arm_config(arm: str) -> ml_collections.ConfigDict:
+  if arm not in ARMS:
+    raise ValueError(f"unknown arm {arm!r}; expected one of {sorted(ARMS)}")
+  c = ml_collections.ConfigDict()
+  presets.addition_task(c)
+  c.model.vocab_size = 128  # printable ASCII
+  c.data.update(alphabet="ascii", hidden_fraction=0.5)
+  c.roles = presets.policy_and_reference(optimizer=dict(presets.ADDITION_RL_OPTIMIZER))
+  c.phases = dict(
+      warm_start=presets.sft_phase(**presets.ADDITION_WARM_START),
+      # The same teacher in the dialogue's form (recipe.format_phase), a third as long.
+      dialogue=presets.sft_phase(steps=300, batch_size=64,
+                                 optimizer=dict(presets.ADDITION_WARM_START["optimizer"])),
+      rise=presets.rl_phase(dict(name="rwr", tau=0.4), minibatches=1, steps=150))
+  c.recipe = dict(name="rise", before=("warm_start",), format_phase="dialogue", phase="rise",
+                  judge="exact_match", eval_turns=3, restate_prompt=True, **ARMS[arm])
+  return c
+
+
+def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
+  """The RISE arm from a Hugging Face checkpoint: its tokenizer and chat template read the
+  prompts and say the feedback as the user's next turn; sampling stops at its EOS; the
+  policy is exported back to ``<workdir>/hf``."""
+  if not hf_dir:
+    raise ValueError("rise_addition:hf needs a checkpoint directory: --config="
+                     "configs/rise_addition.py:hf:/path/to/hf_checkpoint")
+  model = dataclasses.replace(hf.model_config_from_dir(hf_dir), param_dtype="float32")
+  eos = hf.read_hf_config(hf_dir).get("eos_token_id")
+  c = arm_config("rise")
+  c.model = dataclasses.asdict(model)
+  c.roles.policy.weights = dict(source="hf", path=hf_dir)
+  c.roles.policy.export_hf = True
+  c.data.update(alphabet="", tokenizer_dir=hf_dir, prompt_format="chat", max_prompt_len=64)
+  c.recipe.restate_prompt = False  # a chat model reads the question in its history
+  c.sampling.stop_tokens = tuple([eos] if isinstance(eos, int) else list(eos or []))
+  return c
+
+
+SCALE_TARGETS = {"v5p-8": ((1, 4, 1), 32), "8xh100": ((1, 8, 1), 32)}
+
+
+def scale_config(target: str) -> ml_collections.ConfigDict:
+  """RISE at real scale, for ``--dry_run``: a Qwen2.5-1.5B-shaped policy and its frozen
+  reference, 256-token prompts and 512 new tokens a turn, two turns with best-of-4, FSDP
+  over the target's devices (the KV cache holds prompt, both turns and the feedback).
+
+    python -m rlalign.main --config=configs/rise_addition.py:scale:v5p-8 --workdir=DIR \
+        --dry_run --device_memory_gib=95   # on a CPU: device_count=4
+  """
+  if target not in SCALE_TARGETS:
+    raise ValueError(f"rise_addition:scale needs a target, one of {sorted(SCALE_TARGETS)}; "
+                     f"got {target!r}")
+  ici, prompts = SCALE_TARGETS[target]
+  c = arm_config("rise")
+  c.model = dict(presets.QWEN2_5_1_5B)
+  c.data.update(alphabet="", max_prompt_len=256, max_answer_len=64)
+  c.recipe.restate_prompt = False
+  c.sampling.max_new_tokens = 512
+  rollouts = prompts * 8
+  c.phases.rise.update(batch_size=rollouts)
+  c.mesh = presets.mesh(ici=ici)
+  c.sampler_layout = presets.sampler_layout(c.mesh)
+  return c
+
+
+def get_config(arg: str = "rise"):
+  arm, _, rest = (arg or "rise").partition(",")
+  if arm == "smoke":
+    arm, rest = "rise", "smoke"
+  if arm.startswith("scale:") or arm == "scale":
+    return ml_collections.ConfigDict(scale_config(arg[len("scale:"):]).to_dict())
+  if arm.startswith("hf:") or arm == "hf":
+    hf_dir, _, rest = arg[3:].partition(",")
+    full = hf_config(hf_dir)
+    c = presets.with_smoke(full, rest, SMOKE)
+    c.model = full.model  # the checkpoint fixes the model; smoke shrinks only the run
+    return c
+  return presets.with_smoke(arm_config(arm), rest, SMOKE)

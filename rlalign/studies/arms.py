@@ -1,0 +1,37 @@
+"""Running the arms of a study: one ``python -m rlalign.main`` per arm of a shipped config.
+
+A killed study resumes: a finished arm is read back with the wall time it took, an
+unfinished one resumes from its checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from rlalign import metrics as metrics_lib
+
+WALL_FILE = "study_wall_s.json"
+
+
+def run_arm(out: str, config: str, arm: str, smoke: bool, seed: int = 0) -> float:
+  """Runs (or resumes) ``--config=<config>:<arm>[,smoke]`` in ``<out>/<arm>``; returns the
+  wall time in seconds of the run that trained it (kept in ``<arm>/study_wall_s.json``; a
+  resumed arm counts only its last invocation)."""
+  workdir = os.path.join(out, arm)
+  summary, wall_file = os.path.join(workdir, "summary.json"), os.path.join(workdir, WALL_FILE)
+  if os.path.exists(summary) and os.path.exists(wall_file):
+    with open(summary) as f:
+      if json.load(f).get("status") == "completed":
+        with open(wall_file) as w:
+          return float(json.load(w))
+  arg = arm + (",smoke" if smoke else "")
+  start = time.perf_counter()
+  subprocess.run([sys.executable, "-m", "rlalign.main", f"--config={config}:{arg}",
+                  f"--workdir={workdir}", *([f"--config.seed={seed}"] if seed else [])],
+                 check=True)
+  wall = time.perf_counter() - start
+  metrics_lib.atomic_write(wall_file, lambda f: f.write(json.dumps(wall).encode()))
+  return wall
