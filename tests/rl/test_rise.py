@@ -230,17 +230,17 @@ def test_from_a_hugging_face_checkpoint(tmp_path):
   config = load_config("rise_addition", f"hf:{ckpt},smoke")
   config.data.data_dir = str(tmp_path / "tfds")
   config.data.hidden_fraction = 0.0  # the tiny tokenizer has no "?"
-  config.recipe.feedback = "retry"   # nor the letters of the full sentence
+  config.recipe.feedback = "restart"  # nor the letters of the full sentence
   config.mesh.ici = (-1, 1, 1)
   config.phases.rise.batch_size = 32
   cfg = config_lib.from_config_dict(config)
   assert cfg.data.prompt_format == "chat" and not cfg.recipe.settings.restate_prompt
   from rlalign.data.hf_tokenizer import HFTokenizer
   tok = HFTokenizer.from_dir(ckpt)
-  ids = rise.feedback_ids(tok, cfg.data, "retry", cfg.sampling.stop_tokens)
-  # The user's next turn after the assistant's stop token: "\n<|im_start|>user\nretry..."
-  assert tok.decode(ids, strict=False).startswith("\n") and "retry" in tok.decode(
-      ids, strict=False)
+  ids = rise.feedback_ids(tok, cfg.data, "restart", cfg.sampling.stop_tokens)
+  # The user's next turn, after the "<|im_end|>" that the answer's stop token already is.
+  assert ids == tuple(tok.encode("\n<|im_start|>user\nrestart<|im_end|>\n"
+                                 "<|im_start|>assistant\n"))
   workdir = str(tmp_path / "run")
   summary = recipes.run(cfg, workdir)
   assert "eval/turn2_accuracy" in summary["phases"]["rise"]["eval"]
