@@ -21,6 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SMOKE = os.path.join(REPO, "configs", "grpo_addition.py") + ":smoke"
 COTRAIN_SMOKE = os.path.join(REPO, "configs", "cotrain_addition.py") + ":smoke"
 EASY_TO_HARD_SMOKE = os.path.join(REPO, "configs", "easy_to_hard_addition.py") + ":cotrain,smoke"
+RISE_SMOKE = os.path.join(REPO, "configs", "rise_addition.py") + ":rise,smoke"
 
 
 def read_tfevents_scalars(directory):
@@ -90,6 +91,8 @@ RUNS = {
     "cotrain": (COTRAIN_SMOKE, "alternating", ("generator", "verifier")),
     # The generator's reward on hard prompts is the verifier being trained beside it.
     "easy_to_hard": (EASY_TO_HARD_SMOKE, "alternating", ("generator", "verifier")),
+    # Multi-turn rollouts; its dialogue warm start is a phase with a step of the recipe's own.
+    "rise": (RISE_SMOKE, "rise", ("policy",)),
 }
 
 
@@ -127,7 +130,8 @@ def uninterrupted(tmp_path_factory, cli):
 @pytest.mark.slow
 @pytest.mark.parametrize("run, kill_when", [("grpo", "warm_start/2"), ("grpo", "rl/2"),
                                             ("cotrain", "alternating/2"),
-                                            ("easy_to_hard", "alternating/2")])
+                                            ("easy_to_hard", "alternating/2"),
+                                            ("rise", "dialogue/2"), ("rise", "rise/2")])
 def test_killed_run_resumes_to_the_same_params(tmp_path, run, kill_when, uninterrupted, cli):
   """SIGKILL at a checkpoint of either phase; the resumed run ends with every trained role
   bit-identical to an uninterrupted run (two models in one checkpoint for ``cotrain``)."""
