@@ -101,11 +101,13 @@ def scale_config(target: str) -> ml_collections.ConfigDict:
   ici, prompts = SCALE_TARGETS[target]
   c = arm_config("rise")
   c.model = dict(presets.QWEN2_5_1_5B)
-  c.data.update(alphabet="", max_prompt_len=256, max_answer_len=64)
+  c.data.update(max_prompt_len=256, max_answer_len=64)
   c.recipe.restate_prompt = False
   c.sampling.max_new_tokens = 512
   rollouts = prompts * 8
-  c.phases.rise.update(batch_size=rollouts)
+  # Both turns' examples (2 x rollouts rows) train in minibatches of 64, as the e2h recipe's
+  # single turn does; RWR's weights then normalise within each minibatch.
+  c.phases.rise.update(batch_size=rollouts, minibatches=2 * rollouts // 64)
   c.mesh = presets.mesh(ici=ici)
   c.sampler_layout = presets.sampler_layout(c.mesh)
   return c

@@ -251,6 +251,26 @@ def test_a_two_model_recipe_compiles_its_own_step_with_every_roles_bytes(tmp_pat
   assert "| generator (trained, bfloat16)" in text and "OVER BUDGET" in text
 
 
+def test_rise_dry_runs_every_turn_in_one_program_with_the_dialogues_cache(tmp_path):
+  """The RISE loop's step (both turns' sampling, best-of-4, the update) compiles on a
+  (2, 2, 2) mesh, and the KV cache it reports holds the whole dialogue by hand: prompt, two
+  answers, the feedback and the question again, for every best-of-4 candidate."""
+  from rlalign import config as config_lib, recipes
+  from rlalign.recipes import rise
+  config = load_config("rise_addition", "rise,smoke")
+  config.data.data_dir = str(tmp_path)
+  config.mesh.ici = (2, 2, 2)
+  config.phases.rise.batch_size = 32  # 8 prompts x 4
+  cfg = config_lib.from_config_dict(config)
+  report = dry_run.dry_run_recipe(cfg, recipes.get("rise").dry_run(cfg))
+  (step,) = report.programs
+  assert step.name == "rise_step"
+  P, N, F = cfg.data.max_prompt_len, cfg.sampling.max_new_tokens, len(rise.FEEDBACK)
+  m = cfg.role_model("policy")
+  assert report.kv_shape == (m.n_layers, 32 * 4, m.n_kv_heads, P + 2 * N + F + P, m.head_dim)
+  assert {r.name for r in report.roles} == {"policy", "reference"}
+
+
 @pytest.mark.slow
 def test_cli_dry_runs_a_recipe(tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
