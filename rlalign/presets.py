@@ -176,3 +176,40 @@ def addition_preference(arg: str, phase: Dict[str, Any], config_name: str, *,
               name: dict(PREFERENCE_BUDGET, **phase)}
   c.recipe = dict(name="sequence", order=("warm_start", name))
   return ml_collections.ConfigDict(c.to_dict())
+
+
+def start_from_hf(c, hf_dir: str, role: str, config_name: str) -> None:
+  """``c``'s ``role`` starts from the Hugging Face checkpoint ``hf_dir`` and is exported back
+  to ``<workdir>/hf[_<role>]``: the checkpoint's model (float32 params), its tokenizer and
+  chat template read the prompts, and sampling stops at its EOS."""
+  import dataclasses
+  from rlalign.models import hf  # only for configs that read a checkpoint
+  if not hf_dir:
+    raise ValueError(f"{config_name}:hf needs a checkpoint directory: --config="
+                     f"configs/{config_name}.py:hf:/path/to/hf_checkpoint")
+  model = dataclasses.replace(hf.model_config_from_dir(hf_dir), param_dtype="float32")
+  eos = hf.read_hf_config(hf_dir).get("eos_token_id")
+  c.model = dataclasses.asdict(model)
+  c.roles[role].weights = dict(source="hf", path=hf_dir)
+  c.roles[role].export_hf = True
+  c.data.update(tokenizer_dir=hf_dir, prompt_format="chat", max_prompt_len=64)
+  c.sampling.stop_tokens = tuple([eos] if isinstance(eos, int) else list(eos or []))
+
+
+def recipe_config(arg: str, default_arm: str, arm_config, hf_config, scale_config,
+                  smoke: Mapping[str, Dict[str, Any]]) -> ml_collections.ConfigDict:
+  """A recipe config's argument: ``ARM[,smoke]``, ``smoke`` (the default arm's),
+  ``hf:DIR[,smoke]`` (``hf_config(DIR)``; smoke shrinks the run, not the checkpoint's model)
+  or ``scale:TARGET`` (``scale_config(TARGET)``, for ``--dry_run``)."""
+  arm, _, rest = (arg or default_arm).partition(",")
+  if arm == "smoke":
+    arm, rest = default_arm, "smoke"
+  if arm.startswith("scale:") or arm == "scale":
+    return ml_collections.ConfigDict(scale_config(arg[len("scale:"):]).to_dict())
+  if arm.startswith("hf:") or arm == "hf":
+    hf_dir, _, rest = arg[3:].partition(",")
+    full = hf_config(hf_dir)
+    c = with_smoke(full, rest, smoke)
+    c.model = full.model  # the checkpoint fixes the model; smoke shrinks only the run
+    return c
+  return with_smoke(arm_config(arm), rest, smoke)

@@ -17,3 +17,18 @@ def load_config(name: str, arg: str = ""):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def typed_config(name: str, arg: str, data_dir: str, **changes):
+  """``configs/<name>.py:<arg>`` typed and validated, its data in ``data_dir``, after
+  ``changes`` ({"dotted.path": value}) to the ConfigDict."""
+  from rlalign import config as config_lib
+  config = load_config(name, arg)
+  config.data.data_dir = str(data_dir)
+  for path, value in changes.items():
+    node = config
+    *parents, key = path.split(".")
+    for p in parents:
+      node = node[p]
+    node[key] = value
+  return config_lib.from_config_dict(config)

@@ -33,12 +33,10 @@ verifier: the verifier's AUROC on the hard samples fell below 0.5 and the genera
 0.416 to 0.127. ``rlalign/studies/easy_to_hard.py`` runs the arms (``--seed``); README.md,
 "Self-improvement without labels", has the tables and the reading.
 """
-import dataclasses
 
 import ml_collections
 
 from rlalign import presets
-from rlalign.models import hf
 
 ARMS = {
     "easy_only": {},
@@ -88,17 +86,8 @@ def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
   (its tokenizer and chat template read the prompts; sampling stops at its EOS), the
   verifier from the warm-started generator with a fresh scalar head; the generator is
   exported back to ``<workdir>/hf_generator``."""
-  if not hf_dir:
-    raise ValueError("easy_to_hard_addition:hf needs a checkpoint directory: --config="
-                     "configs/easy_to_hard_addition.py:hf:/path/to/hf_checkpoint")
-  model = dataclasses.replace(hf.model_config_from_dir(hf_dir), param_dtype="float32")
-  eos = hf.read_hf_config(hf_dir).get("eos_token_id")
   c = arm_config("cotrain")
-  c.model = dataclasses.asdict(model)
-  c.roles.generator.weights = dict(source="hf", path=hf_dir)
-  c.roles.generator.export_hf = True
-  c.data.update(tokenizer_dir=hf_dir, prompt_format="chat", max_prompt_len=64)
-  c.sampling.stop_tokens = tuple([eos] if isinstance(eos, int) else list(eos or []))
+  presets.start_from_hf(c, hf_dir, "generator", "easy_to_hard_addition")
   return c
 
 
@@ -135,18 +124,7 @@ def scale_config(target: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "cotrain"):
-  arm, _, rest = (arg or "cotrain").partition(",")
-  if arm == "smoke":  # ":smoke" is the co-trained arm's
-    arm, rest = "cotrain", "smoke"
-  if arm.startswith("scale:") or arm == "scale":
-    return ml_collections.ConfigDict(scale_config(arg[len("scale:"):]).to_dict())
-  if arm.startswith("hf:") or arm == "hf":
-    hf_dir, _, rest = arg[3:].partition(",")
-    full = hf_config(hf_dir)
-    c = presets.with_smoke(full, rest, SMOKE)
-    c.model = full.model  # the checkpoint fixes the model; smoke shrinks only the run
-    return c
-  return presets.with_smoke(arm_config(arm), rest, SMOKE)
+  return presets.recipe_config(arg, "cotrain", arm_config, hf_config, scale_config, SMOKE)
 
 
 SMOKE = dict(warm_start=dict(steps=4, batch_size=16),

@@ -34,12 +34,10 @@ tokenizer and chat template (the feedback is the user's next turn); ``scale:v5p-
 
 Measured figures are in README.md, "Self-improvement without labels".
 """
-import dataclasses
 
 import ml_collections
 
 from rlalign import presets
-from rlalign.models import hf
 
 ARMS = {"rise": dict(turns=2, best_of=4), "single_turn": dict(turns=1, best_of=1)}
 SMOKE = dict(warm_start=dict(steps=4, batch_size=16), dialogue=dict(steps=4, batch_size=16),
@@ -69,18 +67,10 @@ def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
   """The RISE arm from a Hugging Face checkpoint: its tokenizer and chat template read the
   prompts and say the feedback as the user's next turn; sampling stops at its EOS; the
   policy is exported back to ``<workdir>/hf``."""
-  if not hf_dir:
-    raise ValueError("rise_addition:hf needs a checkpoint directory: --config="
-                     "configs/rise_addition.py:hf:/path/to/hf_checkpoint")
-  model = dataclasses.replace(hf.model_config_from_dir(hf_dir), param_dtype="float32")
-  eos = hf.read_hf_config(hf_dir).get("eos_token_id")
   c = arm_config("rise")
-  c.model = dataclasses.asdict(model)
-  c.roles.policy.weights = dict(source="hf", path=hf_dir)
-  c.roles.policy.export_hf = True
-  c.data.update(alphabet="", tokenizer_dir=hf_dir, prompt_format="chat", max_prompt_len=64)
+  presets.start_from_hf(c, hf_dir, "policy", "rise_addition")
+  c.data.alphabet = ""  # the checkpoint's tokenizer
   c.recipe.restate_prompt = False  # a chat model reads the question in its history
-  c.sampling.stop_tokens = tuple([eos] if isinstance(eos, int) else list(eos or []))
   return c
 
 
@@ -114,15 +104,4 @@ def scale_config(target: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "rise"):
-  arm, _, rest = (arg or "rise").partition(",")
-  if arm == "smoke":
-    arm, rest = "rise", "smoke"
-  if arm.startswith("scale:") or arm == "scale":
-    return ml_collections.ConfigDict(scale_config(arg[len("scale:"):]).to_dict())
-  if arm.startswith("hf:") or arm == "hf":
-    hf_dir, _, rest = arg[3:].partition(",")
-    full = hf_config(hf_dir)
-    c = presets.with_smoke(full, rest, SMOKE)
-    c.model = full.model  # the checkpoint fixes the model; smoke shrinks only the run
-    return c
-  return presets.with_smoke(arm_config(arm), rest, SMOKE)
+  return presets.recipe_config(arg, "rise", arm_config, hf_config, scale_config, SMOKE)

@@ -5,11 +5,14 @@ unfinished one resumes from its checkpoints.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+
+from typing import List, Sequence, Tuple
 
 from rlalign import metrics as metrics_lib
 
@@ -35,3 +38,22 @@ def run_arm(out: str, config: str, arm: str, smoke: bool, seed: int = 0) -> floa
   wall = time.perf_counter() - start
   metrics_lib.atomic_write(wall_file, lambda f: f.write(json.dumps(wall).encode()))
   return wall
+
+
+def parse(prog: str, doc: str, arms: Sequence[str], argv: Sequence[str] | None
+          ) -> Tuple[argparse.Namespace, List[str]]:
+  """A study's command line: ``--out``, ``--arms`` (of ``arms``), ``--smoke``, ``--seed``."""
+  parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+  parser.add_argument("--out", required=True, help="a directory; one workdir per arm")
+  parser.add_argument("--arms", default=",".join(arms),
+                      help=f"comma-separated, of {', '.join(arms)}")
+  parser.add_argument("--smoke", action="store_true", help="every arm shrunk to seconds")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="the runs' seed (init and sampling; the data stay the same)")
+  args = parser.parse_args(argv)
+  chosen = [a for a in args.arms.split(",") if a]
+  unknown = [a for a in chosen if a not in arms]
+  if unknown or not chosen:
+    parser.error(f"--arms: unknown arm(s) {unknown}; choose from {', '.join(arms)}")
+  os.makedirs(args.out, exist_ok=True)
+  return args, chosen

@@ -30,7 +30,6 @@ cotrain only), cotrain wins in three and loses in one, where its verifier was ha
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -156,20 +155,7 @@ def plot(results: Dict[str, Dict[str, Any]], path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
-  parser = argparse.ArgumentParser(prog="python -m rlalign.studies.easy_to_hard",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out", required=True, help="a directory; one workdir per arm")
-  parser.add_argument("--arms", default=",".join(ARMS),
-                      help=f"comma-separated, of {', '.join(ARMS)}")
-  parser.add_argument("--smoke", action="store_true", help="every arm shrunk to seconds")
-  parser.add_argument("--seed", type=int, default=0,
-                      help="the runs' seed (init and sampling; the data stay the same)")
-  args = parser.parse_args(argv)
-  arms: List[str] = [a for a in args.arms.split(",") if a]
-  unknown = [a for a in arms if a not in ARMS]
-  if unknown or not arms:
-    parser.error(f"--arms: unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
-  os.makedirs(args.out, exist_ok=True)
+  args, arms = arms_lib.parse("python -m rlalign.studies.easy_to_hard", __doc__, ARMS, argv)
   walls = {arm: run_arm(args.out, arm, args.smoke, args.seed) for arm in arms}
   offset = warm_start_steps(args.smoke)
   results = {arm: arm_results(args.out, arm, offset) for arm in arms}

@@ -12,10 +12,9 @@ and each arm's turn accuracies over iterations).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Sequence
 
 from rlalign import metrics as metrics_lib
 from rlalign.configs import rise_addition as config_module
@@ -101,20 +100,7 @@ def plot(results: Dict[str, Dict[str, Any]], path: str, turns: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
-  parser = argparse.ArgumentParser(prog="python -m rlalign.studies.rise",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out", required=True, help="a directory; one workdir per arm")
-  parser.add_argument("--arms", default=",".join(ARMS),
-                      help=f"comma-separated, of {', '.join(ARMS)}")
-  parser.add_argument("--smoke", action="store_true", help="every arm shrunk to seconds")
-  parser.add_argument("--seed", type=int, default=0,
-                      help="the runs' seed (init and sampling; the data stay the same)")
-  args = parser.parse_args(argv)
-  arms: List[str] = [a for a in args.arms.split(",") if a]
-  unknown = [a for a in arms if a not in ARMS]
-  if unknown or not arms:
-    parser.error(f"--arms: unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
-  os.makedirs(args.out, exist_ok=True)
+  args, arms = arms_lib.parse("python -m rlalign.studies.rise", __doc__, ARMS, argv)
   walls = {arm: arms_lib.run_arm(args.out, "rise_addition", arm, args.smoke, args.seed)
            for arm in arms}
   turns = config_module.get_config("rise").recipe.eval_turns

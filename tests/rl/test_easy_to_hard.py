@@ -9,22 +9,14 @@ import pytest
 
 from rlalign import config as config_lib
 from rlalign import recipes
-from tests.configs import load_config
+from tests.configs import load_config, typed_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(REPO, "configs", "easy_to_hard_addition.py") + ":cotrain,smoke"
 
 
 def typed(arg, tmp_path, **changes):
-  config = load_config("easy_to_hard_addition", arg)
-  config.data.data_dir = str(tmp_path)
-  for path, value in changes.items():
-    node = config
-    *parents, key = path.split(".")
-    for p in parents:
-      node = node[p]
-    node[key] = value
-  return config_lib.from_config_dict(config)
+  return typed_config("easy_to_hard_addition", arg, tmp_path, **changes)
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -14,25 +14,16 @@ from rlalign.data import addition
 from rlalign.data.tokenizer import ASCII_ALPHABET, CharTokenizer
 from rlalign.models import transformer as tfm
 from rlalign.recipes import rise
-from rlalign.rewards import base as reward_base
 from rlalign.rl import iteration, update
 from rlalign.rl import roles as roles_lib
-from tests.configs import load_config
+from tests.configs import load_config, typed_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(REPO, "configs", "rise_addition.py") + ":rise,smoke"
 
 
 def typed(arg, tmp_path, **changes):
-  config = load_config("rise_addition", arg)
-  config.data.data_dir = str(tmp_path)
-  for path, value in changes.items():
-    node = config
-    *parents, key = path.split(".")
-    for p in parents:
-      node = node[p]
-    node[key] = value
-  return config_lib.from_config_dict(config)
+  return typed_config("rise_addition", arg, tmp_path, **changes)
 
 
 @pytest.mark.parametrize("changes, message", [
