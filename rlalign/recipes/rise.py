@@ -351,11 +351,13 @@ def turn_summary(right: np.ndarray, right_no_oracle: np.ndarray) -> Dict[str, fl
   return out
 
 
-def turn_evaluator(runtime: Runtime, roles, spec: iteration.IterationSpec,
-                   settings: RISESettings, feedback: Tuple[int, ...], bos_id=None):
-  """``evaluate(state, frozen)``: the held-out dialogue, greedy, with and without the oracle,
-  on the test split and each extra one (``eval/<split>/turn...``). Its judge is the judge
-  reward with every row scored, as the runtime's evaluation scores answers."""
+def turn_evaluator(runtime: Runtime, spec: iteration.IterationSpec, settings: RISESettings,
+                   feedback: Tuple[int, ...], bos_id=None):
+  """``for_roles(roles) -> evaluate(state, frozen)``: the held-out dialogue, greedy, with and
+  without the oracle, on the test split and each extra one (``eval/<split>/turn...``), of
+  the policy as a phase over ``roles`` holds it (one compiled program serves every phase).
+  Its judge is the judge reward with every row scored, as the runtime's evaluation scores
+  answers."""
   judge = next(t for t in spec.rewards if t.key == settings.judge)
   judge = dataclasses.replace(judge, rows="all")
   greedy = dataclasses.replace(spec.sampling, temperature=0.0)
@@ -379,21 +381,24 @@ def turn_evaluator(runtime: Runtime, roles, spec: iteration.IterationSpec,
   score = jit_with_rules(per_row, plan, out_shardings=plan.replicated)
   splits = {"": runtime.eval_data, **{f"{k}/": v for k, v in runtime.extra_eval_data.items()}}
 
-  def evaluate(state, frozen):
-    params = runtime.policy_weights(state, roles, frozen, spec.policy)
-    out = {}
-    for prefix, batches in splits.items():
-      rows = {"oracle": [], "no_oracle": []}
-      for i, batch in enumerate(batches):
-        arrays = plan.put_global_batch({k: v for k, v in batch.items() if k != "valid"})
-        got = jax.device_get(score(params, arrays, jax.random.fold_in(runtime.eval_rng, i)))
-        valid = np.asarray(batch["valid"])
-        for name in rows:
-          rows[name].append(np.asarray(got[name])[valid])
-      summary = turn_summary(np.concatenate(rows["oracle"]), np.concatenate(rows["no_oracle"]))
-      out.update({k.replace("eval/", f"eval/{prefix}", 1): v for k, v in summary.items()})
-    return out
-  return evaluate
+  def for_roles(roles):
+    def evaluate(state, frozen):
+      params = runtime.policy_weights(state, roles, frozen, spec.policy)
+      out = {}
+      for prefix, batches in splits.items():
+        rows = {"oracle": [], "no_oracle": []}
+        for i, batch in enumerate(batches):
+          arrays = plan.put_global_batch({k: v for k, v in batch.items() if k != "valid"})
+          got = jax.device_get(score(params, arrays, jax.random.fold_in(runtime.eval_rng, i)))
+          valid = np.asarray(batch["valid"])
+          for name in rows:
+            rows[name].append(np.asarray(got[name])[valid])
+        summary = turn_summary(np.concatenate(rows["oracle"]),
+                               np.concatenate(rows["no_oracle"]))
+        out.update({k.replace("eval/", f"eval/{prefix}", 1): v for k, v in summary.items()})
+      return out
+    return evaluate
+  return for_roles
 
 
 def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
@@ -414,24 +419,23 @@ def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   roles = runtime.role_specs(phase_cfg)
   spec = spec_for(runtime.cfg, roles, runtime.tokenizer.pad_id)
   bos_id = runtime.tokenizer.bos_id
-  evaluate_turns = turn_evaluator(runtime, roles, spec, settings, feedback, bos_id)
+  evaluate_turns = turn_evaluator(runtime, spec, settings, feedback, bos_id)
   if settings.format_phase:
     fmt_cfg = runtime.cfg.phase_configs[settings.format_phase]
     fmt_roles = runtime.role_specs(fmt_cfg)
     learner = offline.OfflineSpec(runtime.binding(fmt_cfg, fmt_roles))
     learner.check()
-    fmt_turns = turn_evaluator(runtime, fmt_roles, spec, settings, feedback, bos_id)
     runtime.run(runtime.build_phase(
         settings.format_phase, fmt_cfg, roles=fmt_roles,
         make_step=lambda layout: make_step(layout, format_step, spec=spec, learner=learner,
                                            settings=settings, feedback=feedback,
                                            bos_id=bos_id),
-        also_evaluate=fmt_turns, also_evaluate_at_start=True))
+        also_evaluate=evaluate_turns(fmt_roles), also_evaluate_at_start=True))
   built = runtime.build_phase(
       CHECKPOINT, phase_cfg, roles=roles,
       make_step=lambda layout: make_step(layout, spec=spec, settings=settings,
                                          feedback=feedback, bos_id=bos_id),
-      also_evaluate=evaluate_turns, also_evaluate_at_start=True)
+      also_evaluate=evaluate_turns(roles), also_evaluate_at_start=True)
   runtime.run(built)
   summary = runtime.finish(f"RISE: {phase_cfg.role('policy')} ({phase_cfg.objective.name}) "
                            f"over {settings.turns} turns on {cfg.data.task}")

@@ -135,10 +135,11 @@ def test_the_dialogue_continues_only_wrong_rows_with_their_history():
     seen.append(B)
     return {"exact_match": right.astype(jnp.float32), "short": -length}, -length
 
-  turns = rise.dialogue(params, batch["prompt_tokens"], batch["prompt_mask"],
-                        {k: batch[k] for k in ("answer_tokens", "answer_mask")},
-                        jax.random.PRNGKey(0), spec, settings, feedback, turns=2, best_of=3,
-                        judge_scores=judge_scores, bos_id=TOK.bos_id)
+  turns = jax.jit(lambda p, b, r: rise.dialogue(
+      p, b["prompt_tokens"], b["prompt_mask"],
+      {k: b[k] for k in ("answer_tokens", "answer_mask")}, r, spec, settings, feedback,
+      turns=2, best_of=3, judge_scores=judge_scores, bos_id=TOK.bos_id))(
+          params, batch, jax.random.PRNGKey(0))
   assert seen == [4, 12]  # turn 1 of 4 rows; turn 2 of 3 candidates each
   (first, _, took1), (second, scores2, took2) = turns
   np.testing.assert_array_equal(took1, True)
@@ -177,11 +178,14 @@ def test_the_best_of_candidates_is_kept():
     totals.append(count)
     return {"exact_match": jnp.zeros_like(count)}, count
 
-  turns = rise.dialogue(params, batch["prompt_tokens"], batch["prompt_mask"],
-                        {k: batch[k] for k in ("answer_tokens", "answer_mask")},
-                        jax.random.PRNGKey(3), spec, settings, feedback, turns=2, best_of=8,
-                        judge_scores=judge_scores)
-  candidates = np.asarray(totals[1]).reshape(2, 8)
+  def run(p, b, r):
+    out = rise.dialogue(p, b["prompt_tokens"], b["prompt_mask"],
+                        {k: b[k] for k in ("answer_tokens", "answer_mask")}, r, spec, settings,
+                        feedback, turns=2, best_of=8, judge_scores=judge_scores)
+    return out, totals[1]
+
+  turns, candidates = jax.jit(run)(params, batch, jax.random.PRNGKey(3))
+  candidates = np.asarray(candidates).reshape(2, 8)
   kept = np.sum((np.asarray(turns[1][0]["completion_tokens"]) == target)
                 & np.asarray(turns[1][0]["completion_mask"]), axis=1)
   np.testing.assert_array_equal(kept, candidates.max(axis=1))
