@@ -22,6 +22,8 @@ Held out, the policy runs the same dialogue greedily, and the recipe logs per tu
   eval/turn<k>_fixed               of the rows wrong at turn k-1, the share turn k fixes
   eval/turn<k>_broken              of the rows right at turn k-1, the share turn k breaks
                                    (no oracle: every row told it was wrong)
+  eval/turn<k>_majority            the most frequent of the first k answers right, no oracle
+                                   (RISE's inference without one; a tie: the earliest)
 
 before the loop (the untrained model's turns) and at every evaluation; ``rise_turns.png`` in
 the workdir plots accuracy over turns before and after. ``eval_turns`` may exceed ``turns``
@@ -336,13 +338,31 @@ def spec_for(cfg: ExperimentConfig, roles, pad_id: int) -> iteration.IterationSp
   return spec
 
 
-def turn_summary(right: np.ndarray, right_no_oracle: np.ndarray) -> Dict[str, float]:
+def majority_right(answers: jax.Array, right: jax.Array) -> jax.Array:
+  """[B, turns]: whether the most frequent of the first k answers ([B, turns, N] tokens, -1
+  past each answer) is right (``right`` [B, turns]); a tie goes to the earliest answer.
+  RISE's inference without an oracle."""
+  same = jnp.all(answers[:, :, None, :] == answers[:, None, :, :], axis=-1)  # [B, T, T]
+  T = answers.shape[1]
+  out = []
+  for k in range(1, T + 1):
+    votes = jnp.sum(same[:, :k, :k], axis=2)                                    # [B, k]
+    pick = jnp.argmax(votes, axis=1)
+    out.append(jnp.take_along_axis(right[:, :k], pick[:, None], axis=1)[:, 0])
+  return jnp.stack(out, axis=1)
+
+
+def turn_summary(right: np.ndarray, right_no_oracle: np.ndarray,
+                 majority: np.ndarray | None = None) -> Dict[str, float]:
   """``right`` [rows, turns]: each turn's answer right under the oracle (a row that was right
-  stays right: it stopped); ``right_no_oracle`` the same with feedback after every answer."""
+  stays right: it stopped); ``right_no_oracle`` the same with feedback after every answer;
+  ``majority`` whether the majority of the answers so far is right, without the oracle."""
   out = {}
   for k in range(right.shape[1]):
     out[f"eval/turn{k + 1}_accuracy"] = float(right[:, :k + 1].any(axis=1).mean())
     out[f"eval/turn{k + 1}_accuracy_no_oracle"] = float(right_no_oracle[:, k].mean())
+    if majority is not None:
+      out[f"eval/turn{k + 1}_majority"] = float(majority[:, k].mean())
     if k:
       before, now = right[:, :k].any(axis=1), right[:, k]
       out[f"eval/turn{k + 1}_fixed"] = float(now[~before].mean()) if (~before).any() else 0.0
@@ -375,6 +395,9 @@ def turn_evaluator(runtime: Runtime, spec: iteration.IterationSpec, settings: RI
                        judge_scores=judge_scores, oracle=oracle, sampling=greedy,
                        bos_id=bos_id)
       out[name] = jnp.stack([(s[judge.key] > 0.5) & active for _, s, active in taken], axis=1)
+    answers_so_far = jnp.stack([jnp.where(r["completion_mask"], r["completion_tokens"], -1)
+                                for r, _, _ in taken], axis=1)
+    out["majority"] = majority_right(answers_so_far, out["no_oracle"])
     return out
 
   plan = runtime.plan
@@ -386,15 +409,15 @@ def turn_evaluator(runtime: Runtime, spec: iteration.IterationSpec, settings: RI
       params = runtime.policy_weights(state, roles, frozen, spec.policy)
       out = {}
       for prefix, batches in splits.items():
-        rows = {"oracle": [], "no_oracle": []}
+        rows = {"oracle": [], "no_oracle": [], "majority": []}
         for i, batch in enumerate(batches):
           arrays = plan.put_global_batch({k: v for k, v in batch.items() if k != "valid"})
           got = jax.device_get(score(params, arrays, jax.random.fold_in(runtime.eval_rng, i)))
           valid = np.asarray(batch["valid"])
           for name in rows:
             rows[name].append(np.asarray(got[name])[valid])
-        summary = turn_summary(np.concatenate(rows["oracle"]),
-                               np.concatenate(rows["no_oracle"]))
+        summary = turn_summary(*(np.concatenate(rows[k])
+                                 for k in ("oracle", "no_oracle", "majority")))
         out.update({k.replace("eval/", f"eval/{prefix}", 1): v for k, v in summary.items()})
       return out
     return evaluate

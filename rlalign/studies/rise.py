@@ -24,12 +24,13 @@ ARMS = ("rise", "single_turn")
 
 
 def columns(turns: int):
-  """(heading, metric) of the table: accuracy per turn with the oracle, then without, then
-  turn 2's fixed and broken rates."""
+  """(heading, metric) of the table: accuracy per turn with the oracle, then without, the
+  majority of every turn's answer without it, then turn 2's fixed and broken rates."""
   return ([(f"turn {k}", f"eval/turn{k}_accuracy") for k in range(1, turns + 1)]
           + [(f"turn {k}, no oracle", f"eval/turn{k}_accuracy_no_oracle")
              for k in range(2, turns + 1)]
-          + [("fixed at turn 2", "eval/turn2_fixed"), ("broken at turn 2", "eval/turn2_broken")])
+          + [(f"majority of {turns}, no oracle", f"eval/turn{turns}_majority"),
+             ("fixed at turn 2", "eval/turn2_fixed"), ("broken at turn 2", "eval/turn2_broken")])
 
 
 def stage_steps(smoke: bool) -> Dict[str, int]:

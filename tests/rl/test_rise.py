@@ -74,6 +74,18 @@ def test_turn_summary_by_hand():
   assert got["eval/turn3_broken"] == 0.5                  # rows 1, 2 right; row 2 broken
 
 
+def test_majority_over_turns_by_hand():
+  # Answers per turn (3 tokens, -1 past the end) of three rows, and which are right.
+  a, b, c = [1, 2, -1], [3, -1, -1], [1, 2, 3]
+  answers = jnp.asarray([[a, b, b], [a, b, a], [a, b, c]])
+  right = jnp.asarray([[True, False, False], [False, True, True], [False, False, True]])
+  got = np.asarray(rise.majority_right(answers, right))
+  # Row 0: a; a-b tie -> a (earliest); b twice -> b. Row 1: a; tie -> a; a twice -> a.
+  # Row 2: a; tie -> a; all differ -> a.
+  np.testing.assert_array_equal(got, [[True, True, False], [False, False, False],
+                                      [False, False, False]])
+
+
 def test_best_rows_takes_the_first_best_of_each_run():
   total = jnp.asarray([0.0, 1.0, 1.0, 0.0,   0.0, 0.0, 0.0, 0.0,   0.2, 0.1, 0.9, 0.3])
   np.testing.assert_array_equal(rise.best_rows(total, 4), [1, 4, 10])
@@ -201,6 +213,9 @@ def test_a_run_logs_each_turns_accuracy_before_and_after(tmp_path, cli):
     for k in (1, 2, 3):
       assert 0.0 <= record[f"eval/turn{k}_accuracy"] <= 1.0
       assert 0.0 <= record[f"eval/turn{k}_accuracy_no_oracle"] <= 1.0
+      assert 0.0 <= record[f"eval/turn{k}_majority"] <= 1.0
+    # One answer is its own majority.
+    assert record["eval/turn1_majority"] == record["eval/turn1_accuracy_no_oracle"]
     # With the oracle a right answer stays right: accuracy never falls over turns.
     assert (record["eval/turn1_accuracy"] <= record["eval/turn2_accuracy"]
             <= record["eval/turn3_accuracy"])
