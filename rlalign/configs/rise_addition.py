@@ -32,7 +32,11 @@ seconds; ``hf:DIR[,smoke]`` starts the policy from a Hugging Face checkpoint wit
 tokenizer and chat template (the feedback is the user's next turn); ``scale:v5p-8`` and
 ``scale:8xh100`` are a Qwen2.5-1.5B-shaped policy for ``--dry_run``.
 
-Measured figures are in README.md, "Self-improvement without labels".
+Measured on 2 CPU cores (seed 0; 7.3 min for rise, 3.7 for single_turn), held-out greedy
+accuracy by turn 1 -> turn 2 with the oracle: rise 0.527 -> 0.566 (it fixes 8% of its wrong
+first answers), single_turn 0.537 -> 0.543 (1%), the dialogue warm start 0.109 -> 0.109.
+Over seeds 0-2 the second turn adds +0.039, +0.062, +0.010 for rise and +0.006, +0.008,
++0.006 for single_turn: 2 of 3 seeds. README.md, "RISE", has every figure and reads them.
 """
 
 import ml_collections
