@@ -485,10 +485,13 @@ def plot_turns(metrics_path: str, png_path: str, turns: int) -> None:
   curves = turn_curves(metrics_lib.read_jsonl(metrics_path), turns)
   if not curves["oracle"]:
     return
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  # A Figure on an Agg canvas, as metrics.plot_curves: no pyplot, so a caller's backend and
+  # open figures are left alone.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(10, 4), layout="constrained")
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, 2)
   x = np.arange(1, turns + 1)
   for ax, mode, title in ((axes[0], "oracle", "feedback only after a wrong answer (oracle)"),
                           (axes[1], "no_oracle", "feedback after every answer")):
@@ -502,9 +505,8 @@ def plot_turns(metrics_path: str, png_path: str, turns: int) -> None:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
-  fig.tight_layout()
-  metrics_lib.atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=100))
-  plt.close(fig)
+  metrics_lib.atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=100),
+                           suffix=".png")
 
 
 def dry_run_program(cfg: ExperimentConfig) -> dry_run.RecipeProgram:
