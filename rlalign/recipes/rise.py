@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlalign import metrics as metrics_lib
+from rlalign.data import turns as turns_lib
 from rlalign.recipes import base
 from rlalign.rewards import base as reward_base
 from rlalign.rl import dry_run, iteration, offline, update
@@ -127,29 +128,6 @@ class RISESettings:
       if self.format_phase in self.before:
         raise ValueError(f"{prefix}.format_phase {self.format_phase!r} runs after "
                          f"{prefix}.before, in the dialogue's form; do not list it there too")
-
-
-def feedback_ids(tokenizer, data_cfg, text: str, stop_tokens: Sequence[int]) -> Tuple[int, ...]:
-  """The feedback's token ids after an answer. A chat prompt gets it as the user's next turn
-  through the tokenizer's chat template, without what the answer's own stop token already
-  ended (the end of the assistant's turn); raw text is said as written."""
-  try:
-    if data_cfg.prompt_format != "chat":
-      return tuple(int(i) for i in tokenizer.encode(text))
-    question, answer = [{"role": "user", "content": "Q"}], {"role": "assistant", "content": "A"}
-    opened = tokenizer.apply_chat_template(question, True) + "A"
-    closed = tokenizer.apply_chat_template(
-        question + [answer, {"role": "user", "content": text}], True)
-  except ValueError as e:
-    raise ValueError(f"recipe.feedback {text!r}: {e}") from None
-  if not closed.startswith(opened):
-    raise ValueError("recipe.feedback: the chat template does not render a second user turn "
-                     "after the first answer as written; give raw prompts (data.prompt_format="
-                     "'raw') for RISE with this tokenizer")
-  ids = [int(i) for i in tokenizer.encode(closed[len(opened):])]
-  if ids and ids[0] in tuple(stop_tokens):  # the answer's stop token closed the turn already
-    ids = ids[1:]
-  return tuple(ids)
 
 
 def _rollouts(prompt_tokens, prompt_mask, samples: sampler.Samples, answers, stop):
@@ -432,8 +410,9 @@ def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
     schedule.append((settings.format_phase, cfg.phase_configs[settings.format_phase].steps))
   runtime = Runtime(cfg, workdir, schedule + [(CHECKPOINT, phase_cfg.steps)])
   phase_cfg = runtime.cfg.phase_configs[settings.phase]
-  feedback = feedback_ids(runtime.tokenizer, cfg.data, settings.feedback,
-                          cfg.sampling.stop_tokens or (runtime.tokenizer.eos_id,))
+  feedback = turns_lib.said_after_answer(
+      runtime.tokenizer, cfg.data, settings.feedback,
+      cfg.sampling.stop_tokens or (runtime.tokenizer.eos_id,), "recipe.feedback")
   if not feedback:
     raise ValueError(f"recipe.feedback {settings.feedback!r} is no tokens in this tokenizer")
   runtime.evaluate_initial(phase_cfg.role("policy"))

@@ -56,28 +56,42 @@ class Template:
       raise ValueError(f"{who}: the template has not been tokenised (resolve(tokenizer))")
 
 
+def left_pack(parts: Sequence[Tuple[jax.Array, jax.Array]]) -> Tuple[jax.Array, jax.Array]:
+  """``parts`` (tokens [B, n_i], mask [B, n_i]) side by side, left-packed: every masked-out
+  position moves to the front, stably, so the real tokens keep their order, the last column
+  is the last part's last real token and positions run unbroken over the real ones."""
+  tokens = jnp.concatenate([t.astype(jnp.int32) for t, _ in parts], axis=1)
+  mask = jnp.concatenate([m.astype(bool) for _, m in parts], axis=1)
+  order = jnp.argsort(mask, axis=1, stable=True)  # pads (False) first, real tokens in order
+  return (jnp.take_along_axis(tokens, order, axis=1),
+          jnp.take_along_axis(mask, order, axis=1))
+
+
+def constant(ids: Sequence[int], rows: int) -> Tuple[jax.Array, jax.Array]:
+  """Fixed text ``ids`` on every one of ``rows`` rows, as a part for ``left_pack``."""
+  return (jnp.broadcast_to(jnp.asarray(ids, jnp.int32), (rows, len(ids))),
+          jnp.ones((rows, len(ids)), bool))
+
+
+def without_stop(tokens: jax.Array, mask: jax.Array, stop_ids: Sequence[int]) -> jax.Array:
+  """``mask`` less the stop tokens: an answer quoted inside a longer text does not end it."""
+  keep = mask.astype(bool)
+  if stop_ids:
+    keep = keep & ~jnp.isin(tokens, jnp.asarray(stop_ids, jnp.int32))
+  return keep
+
+
 def judge_input(rollouts: Rollouts, template: Template) -> Tuple[jax.Array, jax.Array]:
   """The verifier's tokens and mask [B, T], left-packed: every pad (of the prompt's left
   padding, the completion's right padding and its stop token) moves to the front, so the
   last column is the template's last token and positions run unbroken over the real ones."""
   B = rollouts["prompt_tokens"].shape[0]
-
-  def const(ids):
-    return (jnp.broadcast_to(jnp.asarray(ids, jnp.int32), (B, len(ids))),
-            jnp.ones((B, len(ids)), bool))
-
   completion = rollouts["completion_tokens"]
-  keep = rollouts["completion_mask"].astype(bool)
-  if template.stop_ids:
-    keep = keep & ~jnp.isin(completion, jnp.asarray(template.stop_ids, jnp.int32))
-  parts = [const(template.prefix_ids),
-           (rollouts["prompt_tokens"], rollouts["prompt_mask"].astype(bool)),
-           const(template.middle_ids), (completion, keep), const(template.suffix_ids)]
-  tokens = jnp.concatenate([p[0].astype(jnp.int32) for p in parts], axis=1)
-  mask = jnp.concatenate([p[1] for p in parts], axis=1)
-  order = jnp.argsort(mask, axis=1, stable=True)  # pads (False) first, real tokens in order
-  return (jnp.take_along_axis(tokens, order, axis=1),
-          jnp.take_along_axis(mask, order, axis=1))
+  keep = without_stop(completion, rollouts["completion_mask"], template.stop_ids)
+  return left_pack([constant(template.prefix_ids, B),
+                    (rollouts["prompt_tokens"], rollouts["prompt_mask"]),
+                    constant(template.middle_ids, B), (completion, keep),
+                    constant(template.suffix_ids, B)])
 
 
 def _first_token(tokenizer: Any, word: str, who: str) -> int:

@@ -271,6 +271,28 @@ def test_rise_dry_runs_every_turn_in_one_program_with_the_dialogues_cache(tmp_pa
   assert {r.name for r in report.roles} == {"policy", "reference"}
 
 
+def test_spark_dry_runs_the_answers_and_every_task_in_one_program(tmp_path):
+  """The SPARK step (the answers, three tasks' sampling, one update on all) compiles on a
+  (2, 2, 2) mesh, and its KV cache holds the widest task by hand: the pairwise one's question,
+  two answers and its texts, or the reflection's question said twice."""
+  from rlalign import config as config_lib, recipes
+  config = load_config("spark_addition", "spark,smoke")
+  config.data.data_dir = str(tmp_path)
+  config.mesh.ici = (2, 2, 2)
+  config.phases.spark.batch_size = 32  # 8 prompts x 4
+  cfg = config_lib.from_config_dict(config)
+  report = dry_run.dry_run_recipe(cfg, recipes.get("spark").dry_run(cfg))
+  (step,) = report.programs
+  assert step.name == "spark_step"
+  s = cfg.recipe.settings
+  P, N = cfg.data.max_prompt_len, cfg.sampling.max_new_tokens
+  widest = max(P + N + len(s.pointwise), P + 2 * N + len(s.pair_between) + len(s.pairwise),
+               2 * P + N + len(s.reflection))
+  m = cfg.role_model("policy")
+  assert report.kv_shape == (m.n_layers, 32, m.n_kv_heads, widest + N, m.head_dim)
+  assert {r.name for r in report.roles} == {"policy", "reference"}
+
+
 @pytest.mark.slow
 def test_cli_dry_runs_a_recipe(tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

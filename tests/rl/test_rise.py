@@ -11,6 +11,7 @@ import pytest
 from rlalign import config as config_lib
 from rlalign import recipes
 from rlalign.data import addition
+from rlalign.data import turns as turns_lib
 from rlalign.data.tokenizer import ASCII_ALPHABET, CharTokenizer
 from rlalign.models import transformer as tfm
 from rlalign.recipes import rise
@@ -94,7 +95,7 @@ def test_best_rows_takes_the_first_best_of_each_run():
 def test_feedback_is_said_as_written_in_raw_prompts(tmp_path):
   tok = CharTokenizer(ASCII_ALPHABET)
   cfg = typed("smoke", tmp_path).data
-  assert rise.feedback_ids(tok, cfg, rise.FEEDBACK, (tok.eos_id,)) == tuple(
+  assert turns_lib.said_after_answer(tok, cfg, rise.FEEDBACK, (tok.eos_id,)) == tuple(
       tok.encode(rise.FEEDBACK))
 
 
@@ -247,7 +248,7 @@ def test_from_a_hugging_face_checkpoint(tmp_path):
   assert cfg.data.prompt_format == "chat" and not cfg.recipe.settings.restate_prompt
   from rlalign.data.hf_tokenizer import HFTokenizer
   tok = HFTokenizer.from_dir(ckpt)
-  ids = rise.feedback_ids(tok, cfg.data, "restart", cfg.sampling.stop_tokens)
+  ids = turns_lib.said_after_answer(tok, cfg.data, "restart", cfg.sampling.stop_tokens)
   # The user's next turn, after the "<|im_end|>" that the answer's stop token already is.
   assert ids == tuple(tok.encode("\n<|im_start|>user\nrestart<|im_end|>\n"
                                  "<|im_start|>assistant\n"))

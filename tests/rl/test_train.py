@@ -22,6 +22,7 @@ SMOKE = os.path.join(REPO, "configs", "grpo_addition.py") + ":smoke"
 COTRAIN_SMOKE = os.path.join(REPO, "configs", "cotrain_addition.py") + ":smoke"
 EASY_TO_HARD_SMOKE = os.path.join(REPO, "configs", "easy_to_hard_addition.py") + ":cotrain,smoke"
 RISE_SMOKE = os.path.join(REPO, "configs", "rise_addition.py") + ":rise,smoke"
+SPARK_SMOKE = os.path.join(REPO, "configs", "spark_addition.py") + ":spark,smoke"
 
 
 def read_tfevents_scalars(directory):
@@ -93,6 +94,8 @@ RUNS = {
     "easy_to_hard": (EASY_TO_HARD_SMOKE, "alternating", ("generator", "verifier")),
     # Multi-turn rollouts; its dialogue warm start is a phase with a step of the recipe's own.
     "rise": (RISE_SMOKE, "rise", ("policy",)),
+    # Verifier tasks built from each iteration's answers, in the same program.
+    "spark": (SPARK_SMOKE, "spark", ("policy",)),
 }
 
 
@@ -131,7 +134,8 @@ def uninterrupted(tmp_path_factory, cli):
 @pytest.mark.parametrize("run, kill_when", [("grpo", "warm_start/2"), ("grpo", "rl/2"),
                                             ("cotrain", "alternating/2"),
                                             ("easy_to_hard", "alternating/2"),
-                                            ("rise", "dialogue/2"), ("rise", "rise/2")])
+                                            ("rise", "dialogue/2"), ("rise", "rise/2"),
+                                            ("spark", "spark/2")])
 def test_killed_run_resumes_to_the_same_params(tmp_path, run, kill_when, uninterrupted, cli):
   """SIGKILL at a checkpoint of either phase; the resumed run ends with every trained role
   bit-identical to an uninterrupted run (two models in one checkpoint for ``cotrain``)."""
