@@ -196,6 +196,23 @@ def start_from_hf(c, hf_dir: str, role: str, config_name: str) -> None:
   c.sampling.stop_tokens = tuple([eos] if isinstance(eos, int) else list(eos or []))
 
 
+# Real-scale dry-run targets: (ici mesh sizes, prompts per step). FSDP over the chips.
+SCALE_TARGETS = {"v5p-8": (1, 4, 1), "8xh100": (1, 8, 1)}
+
+
+def at_scale(c, target: str, config_name: str) -> None:
+  """``c`` as a Qwen2.5-1.5B-shaped run for ``--dry_run`` on ``target``: the model, 256-token
+  prompts, 64-token answers, 512 new tokens and FSDP over the target's devices."""
+  if target not in SCALE_TARGETS:
+    raise ValueError(f"{config_name}:scale needs a target, one of {sorted(SCALE_TARGETS)}; "
+                     f"got {target!r}")
+  c.model = dict(QWEN2_5_1_5B)
+  c.data.update(max_prompt_len=256, max_answer_len=64)
+  c.sampling.max_new_tokens = 512
+  c.mesh = mesh(ici=SCALE_TARGETS[target])
+  c.sampler_layout = sampler_layout(c.mesh)
+
+
 def recipe_config(arg: str, default_arm: str, arm_config, hf_config, scale_config,
                   smoke: Mapping[str, Dict[str, Any]]) -> ml_collections.ConfigDict:
   """A recipe config's argument: ``ARM[,smoke]``, ``smoke`` (the default arm's),

@@ -92,9 +92,6 @@ def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
 
 
 # --dry_run targets: (mesh ici over ("data", "fsdp", "tensor"), prompts per step), 8 samples
-SCALE_TARGETS = {"v5p-8": ((1, 4, 1), 32), "8xh100": ((1, 8, 1), 32)}
-
-
 def scale_config(target: str) -> ml_collections.ConfigDict:
   """The co-trained arm at real scale, for ``--dry_run``: a Qwen2.5-1.5B-shaped generator,
   its frozen reference and a 1.5B verifier (the generator's backbone with a scalar head),
@@ -107,19 +104,11 @@ def scale_config(target: str) -> ml_collections.ConfigDict:
         --config=configs/easy_to_hard_addition.py:scale:8xh100 --workdir=DIR --dry_run \
         --device_memory_gib=80
   """
-  if target not in SCALE_TARGETS:
-    raise ValueError(f"easy_to_hard_addition:scale needs a target, one of "
-                     f"{sorted(SCALE_TARGETS)}; got {target!r}")
-  ici, prompts = SCALE_TARGETS[target]
   c = arm_config("cotrain")
-  c.model = dict(presets.QWEN2_5_1_5B)
-  c.data.update(max_prompt_len=256, max_answer_len=64)
-  c.sampling.max_new_tokens = 512
-  rollouts = prompts * 8
+  presets.at_scale(c, target, "easy_to_hard_addition")
+  rollouts = 32 * 8
   c.phases.generate.update(batch_size=rollouts, minibatches=rollouts // 64)
   c.phases.verify.update(batch_size=rollouts, minibatches=rollouts // 64)
-  c.mesh = presets.mesh(ici=ici)
-  c.sampler_layout = presets.sampler_layout(c.mesh)
   return c
 
 

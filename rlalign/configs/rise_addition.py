@@ -78,9 +78,6 @@ def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
   return c
 
 
-SCALE_TARGETS = {"v5p-8": ((1, 4, 1), 32), "8xh100": ((1, 8, 1), 32)}
-
-
 def scale_config(target: str) -> ml_collections.ConfigDict:
   """RISE at real scale, for ``--dry_run``: a Qwen2.5-1.5B-shaped policy and its frozen
   reference, 256-token prompts and 512 new tokens a turn, two turns with best-of-4, FSDP
@@ -89,21 +86,13 @@ def scale_config(target: str) -> ml_collections.ConfigDict:
     python -m rlalign.main --config=configs/rise_addition.py:scale:v5p-8 --workdir=DIR \
         --dry_run --device_memory_gib=95   # on a CPU: device_count=4
   """
-  if target not in SCALE_TARGETS:
-    raise ValueError(f"rise_addition:scale needs a target, one of {sorted(SCALE_TARGETS)}; "
-                     f"got {target!r}")
-  ici, prompts = SCALE_TARGETS[target]
   c = arm_config("rise")
-  c.model = dict(presets.QWEN2_5_1_5B)
-  c.data.update(max_prompt_len=256, max_answer_len=64)
+  presets.at_scale(c, target, "rise_addition")
   c.recipe.restate_prompt = False
-  c.sampling.max_new_tokens = 512
-  rollouts = prompts * 8
+  rollouts = 32 * 8
   # Both turns' examples (2 x rollouts rows) train in minibatches of 64, as the e2h recipe's
   # single turn does; RWR's weights then normalise within each minibatch.
   c.phases.rise.update(batch_size=rollouts, minibatches=2 * rollouts // 64)
-  c.mesh = presets.mesh(ici=ici)
-  c.sampler_layout = presets.sampler_layout(c.mesh)
   return c
 
 

@@ -22,6 +22,13 @@ iterations of 32 prompts x 8 samples:
 ``,smoke`` shrinks either to seconds; ``hf:DIR[,smoke]`` starts the policy from a Hugging
 Face checkpoint with its tokenizer and chat template (each task's question is the user's next
 turn); ``scale:v5p-8`` and ``scale:8xh100`` are a Qwen2.5-1.5B-shaped policy for --dry_run.
+
+Measured on 2 CPU cores (seed 0; 8.0 min for spark, 2.6 for grpo), held out: generation
+0.170 -> 0.998 greedy (grpo 1.000). The policy did not learn to verify. On the balanced
+gold-vs-near-miss benchmark its pointwise verdicts score 0.500 (it says "yes" to everything
+from iteration 75 on) and its pairwise ones 0.461, where grpo's untrained verdicts score
+0.500 and 0.500. Self-verified best of 4 is 0.986 against one sample's 0.991. The finding
+does not reproduce. README.md, "SPARK", has every figure and reads them.
 """
 
 import ml_collections
@@ -71,9 +78,6 @@ def hf_config(hf_dir: str) -> ml_collections.ConfigDict:
   return c
 
 
-SCALE_TARGETS = {"v5p-8": ((1, 4, 1), 32), "8xh100": ((1, 8, 1), 32)}
-
-
 def scale_config(target: str) -> ml_collections.ConfigDict:
   """SPARK at real scale, for ``--dry_run``: a Qwen2.5-1.5B-shaped policy and its frozen
   reference, 256-token prompts and 512 new tokens, three tasks per prompt (the pairwise one
@@ -82,20 +86,14 @@ def scale_config(target: str) -> ml_collections.ConfigDict:
     python -m rlalign.main --config=configs/spark_addition.py:scale:v5p-8 --workdir=DIR \
         --dry_run --device_memory_gib=95   # on a CPU: device_count=4
   """
-  if target not in SCALE_TARGETS:
-    raise ValueError(f"spark_addition:scale needs a target, one of {sorted(SCALE_TARGETS)}; "
-                     f"got {target!r}")
-  ici, prompts = SCALE_TARGETS[target]
   c = arm_config("spark")
-  c.model = dict(presets.QWEN2_5_1_5B)
-  c.data.update(max_prompt_len=256, max_answer_len=64)
-  c.sampling.max_new_tokens = 512
-  rollouts = prompts * 8
-  # Answers and three tasks' responses (4 x rollouts rows) in minibatches of 64, as the
-  # e2h and RISE dry runs train.
+  presets.at_scale(c, target, "spark_addition")
+  # Answers and three tasks' responses: 4 x rollouts rows a step, which the reference scores
+  # all at once (its log-probs over the vocabulary dominate the peak), so half the e2h and
+  # RISE dry runs' 32 prompts: at 32, v5p-8 peaks at 119 GiB. Minibatches of 64 rows
+  # (the recipe makes 4 x minibatches of them).
+  rollouts = 16 * 8
   c.phases.spark.update(batch_size=rollouts, minibatches=rollouts // 64)
-  c.mesh = presets.mesh(ici=ici)
-  c.sampler_layout = presets.sampler_layout(c.mesh)
   return c
 
 

@@ -30,7 +30,7 @@ from rlalign.rl import evaluation
 from rlalign.rl import dry_run, iteration, offline, update
 from rlalign.rl import state as state_lib
 from rlalign.rl.experiment import ExperimentConfig
-from rlalign.rl.layout import StepLayout, jit_with_rules
+from rlalign.rl.layout import StepLayout, jit_step
 from rlalign.rl.runtime import Runtime, role_specs
 
 CHECKPOINT = "alternating"
@@ -146,11 +146,7 @@ def alternating_step(state, batch, rng, frozen, *, generator: iteration.Iteratio
 
 
 def make_step(layout: StepLayout, **static) -> Any:
-  fn = functools.partial(alternating_step, **static)
-  return jit_with_rules(fn, layout.plan, donate_argnums=(0,),
-                        in_shardings=(layout.state, layout.batch, layout.plan.replicated,
-                                      layout.frozen),
-                        out_shardings=(layout.state, layout.plan.replicated))
+  return jit_step(functools.partial(alternating_step, **static), layout)
 
 
 def specs(cfg: ExperimentConfig, gen_roles, ver_roles, pad_id: int

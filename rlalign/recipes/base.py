@@ -24,6 +24,21 @@ class Recipe:
   dry_run: Optional[Callable[[ExperimentConfig], Any]] = None
 
 
+def check_phases(prefix: str, cfg: ExperimentConfig, phase: str, before: Tuple[str, ...]):
+  """A one-RL-phase recipe's settings against the run: ``phase`` (``<prefix>.phase``) is an
+  RL phase of the config and ``before`` names phases of it; returns that phase's config."""
+  phases = cfg.phase_configs
+  if phase not in phases:
+    raise ValueError(f"{prefix}.phase {phase!r} is not in phases ({sorted(phases)})")
+  unknown = [p for p in before if p not in phases]
+  if unknown:
+    raise ValueError(f"{prefix}.before names {unknown}, which are not in phases")
+  if phases[phase].kind != "rl":
+    raise ValueError(f"{prefix}.phase {phase!r} must train on rollouts; its objective "
+                     f"{phases[phase].objective.name!r} does not")
+  return phases[phase]
+
+
 _REGISTRY: registry.Registry[Recipe] = registry.Registry("recipe")
 
 

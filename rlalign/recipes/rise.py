@@ -47,11 +47,11 @@ from rlalign import metrics as metrics_lib
 from rlalign.data import turns as turns_lib
 from rlalign.recipes import base
 from rlalign.rewards import base as reward_base
-from rlalign.rl import dry_run, iteration, offline, update
+from rlalign.rl import dry_run, iteration, offline
 from rlalign.rl import state as state_lib
 from rlalign.rl.experiment import ExperimentConfig
-from rlalign.rl.layout import StepLayout, jit_with_rules
-from rlalign.rl.runtime import Runtime, role_specs
+from rlalign.rl.layout import StepLayout, jit_step
+from rlalign.rl.runtime import Runtime, fused_spec, role_specs
 from rlalign.sampling import sampler
 
 CHECKPOINT = "rise"
@@ -83,15 +83,7 @@ class RISESettings:
 
   def validate(self, prefix: str, cfg: ExperimentConfig) -> None:
     phases = cfg.phase_configs
-    if self.phase not in phases:
-      raise ValueError(f"{prefix}.phase {self.phase!r} is not in phases ({sorted(phases)})")
-    unknown = [p for p in self.before if p not in phases]
-    if unknown:
-      raise ValueError(f"{prefix}.before names {unknown}, which are not in phases")
-    phase = phases[self.phase]
-    if phase.kind != "rl":
-      raise ValueError(f"{prefix}.phase {self.phase!r} must train on rollouts; its objective "
-                       f"{phase.objective.name!r} does not")
+    phase = base.check_phases(prefix, cfg, self.phase, self.before)
     rl = phase.rl()
     where = f"phases.{self.phase}"
     if rl.estimator.min_group_size > 1 or rl.estimator.greedy_baseline:
@@ -296,24 +288,12 @@ def format_step(state, batch, rng, frozen, *, spec: iteration.IterationSpec,
 
 
 def make_step(layout: StepLayout, step_fn=None, **static) -> Any:
-  fn = functools.partial(step_fn or rise_step, **static)
-  return jit_with_rules(fn, layout.plan, donate_argnums=(0,),
-                        in_shardings=(layout.state, layout.batch, layout.plan.replicated,
-                                      layout.frozen),
-                        out_shardings=(layout.state, layout.plan.replicated))
+  return jit_step(functools.partial(step_fn or rise_step, **static), layout)
 
 
 def spec_for(cfg: ExperimentConfig, roles, pad_id: int) -> iteration.IterationSpec:
-  settings: RISESettings = cfg.recipe.settings
-  phase = cfg.phase_configs[settings.phase]
-  binding = update.Binding(phase.objective.objective, phase.objective.hparams, roles,
-                           phase.slot_map, phase.epochs, phase.minibatches)
-  spec = iteration.IterationSpec(cfg.sampling, phase.rl(), binding, pad_id)
-  if not spec.fused:
-    raise ValueError(f"phases.{settings.phase}.rewards: the rise recipe judges each turn "
-                     "inside its one program, so every reward must be in-graph")
-  spec.check()
-  return spec
+  return fused_spec(cfg, cfg.recipe.settings.phase, roles, pad_id,
+                    "the rise recipe judges each turn")
 
 
 def majority_right(answers: jax.Array, right: jax.Array) -> jax.Array:
@@ -378,28 +358,8 @@ def turn_evaluator(runtime: Runtime, spec: iteration.IterationSpec, settings: RI
     out["majority"] = majority_right(answers_so_far, out["no_oracle"])
     return out
 
-  plan = runtime.plan
-  score = jit_with_rules(per_row, plan, out_shardings=plan.replicated)
-  splits = {"": runtime.eval_data, **{f"{k}/": v for k, v in runtime.extra_eval_data.items()}}
-
-  def for_roles(roles):
-    def evaluate(state, frozen):
-      params = runtime.policy_weights(state, roles, frozen, spec.policy)
-      out = {}
-      for prefix, batches in splits.items():
-        rows = {"oracle": [], "no_oracle": [], "majority": []}
-        for i, batch in enumerate(batches):
-          arrays = plan.put_global_batch({k: v for k, v in batch.items() if k != "valid"})
-          got = jax.device_get(score(params, arrays, jax.random.fold_in(runtime.eval_rng, i)))
-          valid = np.asarray(batch["valid"])
-          for name in rows:
-            rows[name].append(np.asarray(got[name])[valid])
-        summary = turn_summary(*(np.concatenate(rows[k])
-                                 for k in ("oracle", "no_oracle", "majority")))
-        out.update({k.replace("eval/", f"eval/{prefix}", 1): v for k, v in summary.items()})
-      return out
-    return evaluate
-  return for_roles
+  summarize = lambda rows: turn_summary(rows["oracle"], rows["no_oracle"], rows["majority"])
+  return runtime.per_row_evaluator(per_row, summarize, spec.policy)
 
 
 def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:

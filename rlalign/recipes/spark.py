@@ -57,11 +57,11 @@ from rlalign.data import turns as turns_lib
 from rlalign.recipes import base
 from rlalign.rewards import base as reward_base
 from rlalign.rewards import judges
-from rlalign.rl import dry_run, evaluation, iteration, update
+from rlalign.rl import dry_run, evaluation, iteration
 from rlalign.rl import state as state_lib
 from rlalign.rl.experiment import ExperimentConfig
-from rlalign.rl.layout import StepLayout, jit_with_rules
-from rlalign.rl.runtime import Runtime, role_specs
+from rlalign.rl.layout import StepLayout, jit_step
+from rlalign.rl.runtime import Runtime, fused_spec, role_specs
 
 CHECKPOINT = "spark"
 TASKS = ("pointwise", "pairwise", "reflection")
@@ -87,16 +87,7 @@ class SPARKSettings:
   restate_prompt: bool = False
 
   def validate(self, prefix: str, cfg: ExperimentConfig) -> None:
-    phases = cfg.phase_configs
-    if self.phase not in phases:
-      raise ValueError(f"{prefix}.phase {self.phase!r} is not in phases ({sorted(phases)})")
-    unknown = [p for p in self.before if p not in phases]
-    if unknown:
-      raise ValueError(f"{prefix}.before names {unknown}, which are not in phases")
-    phase = phases[self.phase]
-    if phase.kind != "rl":
-      raise ValueError(f"{prefix}.phase {self.phase!r} must train on rollouts; its objective "
-                       f"{phase.objective.name!r} does not")
+    phase = base.check_phases(prefix, cfg, self.phase, self.before)
     rl, where = phase.rl(), f"phases.{self.phase}"
     if rl.group_size < 2 and self.tasks:
       raise ValueError(f"{where}.group_size must be >= 2: a pairwise task needs a right and a "
@@ -349,24 +340,12 @@ def spark_step(state, batch, rng, frozen, *, spec: iteration.IterationSpec,
 
 
 def make_step(layout: StepLayout, **static) -> Any:
-  fn = functools.partial(spark_step, **static)
-  return jit_with_rules(fn, layout.plan, donate_argnums=(0,),
-                        in_shardings=(layout.state, layout.batch, layout.plan.replicated,
-                                      layout.frozen),
-                        out_shardings=(layout.state, layout.plan.replicated))
+  return jit_step(functools.partial(spark_step, **static), layout)
 
 
 def spec_for(cfg: ExperimentConfig, roles, pad_id: int) -> iteration.IterationSpec:
-  settings: SPARKSettings = cfg.recipe.settings
-  phase = cfg.phase_configs[settings.phase]
-  binding = update.Binding(phase.objective.objective, phase.objective.hparams, roles,
-                           phase.slot_map, phase.epochs, phase.minibatches)
-  spec = iteration.IterationSpec(cfg.sampling, phase.rl(), binding, pad_id)
-  if not spec.fused:
-    raise ValueError(f"phases.{settings.phase}.rewards: the spark recipe scores its verifier "
-                     "tasks inside its one program, so every reward must be in-graph")
-  spec.check()
-  return spec
+  return fused_spec(cfg, cfg.recipe.settings.phase, roles, pad_id,
+                    "the spark recipe scores its verifier tasks")
 
 
 def verdict_probability(params, model, tokens, mask, ids: Tuple[int, ...], other: Tuple[int, ...]
@@ -396,7 +375,7 @@ def self_evaluator(runtime: Runtime, spec: iteration.IterationSpec, settings: SP
   judge = dataclasses.replace(next(t for t in spec.rewards if t.key == settings.judge),
                               rows="all")
   N = settings.eval_samples
-  model, stop = spec.model, jnp.asarray(ids.stop, jnp.int32)
+  model = spec.model
   greedy = dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling,
                                                                   temperature=0.0))
 
@@ -447,27 +426,7 @@ def self_evaluator(runtime: Runtime, spec: iteration.IterationSpec, settings: SP
       out["near_miss_pairwise"] = (p_first > 0.5) == good_first
     return out
 
-  plan = runtime.plan
-  score = jit_with_rules(per_row, plan, out_shardings=plan.replicated)
-  splits = {"": runtime.eval_data, **{f"{k}/": v for k, v in runtime.extra_eval_data.items()}}
-
-  def for_roles(roles):
-    def evaluate(state, frozen):
-      params = runtime.policy_weights(state, roles, frozen, spec.policy)
-      out = {}
-      for prefix, batches in splits.items():
-        rows: Dict[str, list] = {}
-        for i, batch in enumerate(batches):
-          arrays = plan.put_global_batch({k: v for k, v in batch.items() if k != "valid"})
-          got = jax.device_get(score(params, arrays, jax.random.fold_in(runtime.eval_rng, i)))
-          valid = np.asarray(batch["valid"])
-          for name, value in got.items():
-            rows.setdefault(name, []).append(np.asarray(value)[valid])
-        summary = self_summary({k: np.concatenate(v) for k, v in rows.items()})
-        out.update({k.replace("eval/", f"eval/{prefix}", 1): v for k, v in summary.items()})
-      return out
-    return evaluate
-  return for_roles
+  return runtime.per_row_evaluator(per_row, self_summary, spec.policy)
 
 
 def self_summary(rows: Mapping[str, np.ndarray]) -> Dict[str, float]:

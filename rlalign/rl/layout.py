@@ -44,3 +44,12 @@ def jit_with_rules(fn: Callable, plan: Optional[ShardingPlan], **jit_kwargs) -> 
   return jax.jit(traced, **jit_kwargs)
 
 
+
+
+def jit_step(fn: Callable, layout: StepLayout) -> Callable:
+  """A recipe's ``step(state, batch, rng, frozen) -> (state, metrics)`` jitted on ``layout``:
+  the state donated and kept in its layout, the metrics replicated."""
+  return jit_with_rules(fn, layout.plan, donate_argnums=(0,),
+                        in_shardings=(layout.state, layout.batch, layout.plan.replicated,
+                                      layout.frozen),
+                        out_shardings=(layout.state, layout.plan.replicated))

@@ -180,13 +180,14 @@ def run_phase(phase: Phase, state, data_iter, rng: jax.Array, frozen: Mapping[st
       window_steps += 1
       window_tokens += metrics.pop("tokens")
       last = step == phase.num_steps
-      if step % phase.log_every == 0 or last or diverged:
+      # An evaluation is due whatever the log cadence (eval_every need not divide by it).
+      eval_due = bool(phase.eval_every) and step % phase.eval_every == 0
+      if step % phase.log_every == 0 or last or diverged or eval_due:
         elapsed = time.perf_counter() - window_start
         record = {f"{phase.metric_prefix}{k}": v for k, v in metrics.items()}
         record[f"{phase.metric_prefix}step_time_s"] = elapsed / window_steps
         record[f"{phase.metric_prefix}tokens_per_s"] = window_tokens / elapsed
-        if phase.evaluate is not None and not diverged and (
-            last or (phase.eval_every and step % phase.eval_every == 0)):
+        if phase.evaluate is not None and not diverged and (last or eval_due):
           record.update(phase.evaluate(state))
         writer.write(phase.step_offset + step, record)
         bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()

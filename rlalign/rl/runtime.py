@@ -584,6 +584,35 @@ class Runtime:
         max_consecutive_skips=cfg.train.max_consecutive_skips)
     return BuiltPhase(name, phase_cfg, phase, state, frozen, data, rng, checkpointer, roles)
 
+  def per_row_evaluator(self, per_row: Callable, summarize: Callable, policy: str
+                        ) -> Callable[[roles_lib.RoleSpecs], Callable]:
+    """``for_roles(roles) -> evaluate(state, frozen)`` for a recipe's held-out metrics:
+    ``per_row(params, batch, rng)`` (compiled once, whichever phase's roles hold the policy)
+    returns arrays with a leading row axis; the valid rows of every batch of a split, joined,
+    go to ``summarize(rows) -> {"eval/<name>": value}``, logged as they are for the test split
+    and as ``eval/<split>/<name>`` for each extra one."""
+    plan = self.plan
+    score = jit_with_rules(per_row, plan, out_shardings=plan.replicated)
+    splits = {"": self.eval_data, **{f"{k}/": v for k, v in self.extra_eval_data.items()}}
+
+    def for_roles(roles):
+      def evaluate(state, frozen):
+        params = self.policy_weights(state, roles, frozen, policy)
+        out = {}
+        for prefix, batches in splits.items():
+          rows: Dict[str, List[np.ndarray]] = {}
+          for i, batch in enumerate(batches):
+            arrays = plan.put_global_batch({k: v for k, v in batch.items() if k != "valid"})
+            got = jax.device_get(score(params, arrays, jax.random.fold_in(self.eval_rng, i)))
+            valid = np.asarray(batch["valid"])
+            for name, value in got.items():
+              rows.setdefault(name, []).append(np.asarray(value)[valid])
+          summary = summarize({k: np.concatenate(v) for k, v in rows.items()})
+          out.update({k.replace("eval/", f"eval/{prefix}", 1): v for k, v in summary.items()})
+        return out
+      return evaluate
+    return for_roles
+
   def policy_weights(self, state, roles: roles_lib.RoleSpecs, frozen: Mapping[str, Any],
                      role: str = "policy"):
     """A role's weights as a state has them: trained params, or base + merged adapters."""
@@ -736,6 +765,22 @@ class Runtime:
       metrics_lib.plot_curves(path, os.path.join(self.workdir, "curves.png"),
                               keys=plot_keys(records), title=title)
     return summary
+
+
+
+def fused_spec(cfg: ExperimentConfig, phase_name: str, roles: roles_lib.RoleSpecs, pad_id: int,
+               why: str) -> iteration.IterationSpec:
+  """The RL phase ``phase_name``'s iteration over ``roles``, checked, for a recipe whose one
+  program scores every reward in-graph (``why`` says what it scores there)."""
+  phase = cfg.phase_configs[phase_name]
+  binding = update.Binding(phase.objective.objective, phase.objective.hparams, roles,
+                           phase.slot_map, phase.epochs, phase.minibatches)
+  spec = iteration.IterationSpec(cfg.sampling, phase.rl(), binding, pad_id)
+  if not spec.fused:
+    raise ValueError(f"phases.{phase_name}.rewards: {why} inside its one program, so every "
+                     "reward must be in-graph")
+  spec.check()
+  return spec
 
 
 def write_failed_summary(workdir: str, error: str) -> None:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from typing import List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from rlalign import metrics as metrics_lib
 
@@ -57,3 +57,16 @@ def parse(prog: str, doc: str, arms: Sequence[str], argv: Sequence[str] | None
     parser.error(f"--arms: unknown arm(s) {unknown}; choose from {', '.join(arms)}")
   os.makedirs(args.out, exist_ok=True)
   return args, chosen
+
+
+def write_results(out: str, results: Dict[str, Any], walls: Dict[str, float], text: str,
+                  plot: Callable[[str], None], png: str) -> None:
+  """A study's outputs in ``out``: ``results.json`` (the results and each arm's wall time),
+  ``results.md`` (``text``, its tables) and ``plot(path)``'s PNG ``png``; then the tables
+  on stdout."""
+  data = json.dumps({"results": results, "wall_s": walls}, indent=2).encode()
+  metrics_lib.atomic_write(os.path.join(out, "results.json"), lambda f: f.write(data))
+  metrics_lib.atomic_write(os.path.join(out, "results.md"),
+                           lambda f: f.write((text + "\n").encode()))
+  plot(os.path.join(out, png))
+  print(text)

@@ -31,7 +31,6 @@ cotrain only), cotrain wins in three and loses in one, where its verifier was ha
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Dict, List, Sequence
@@ -165,12 +164,7 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
   for arm in arms:
     results[arm]["hard_greedy_by_answer_length"] = breakdown[arm]
   text = table(results, walls) + "\n\n" + length_table(breakdown)
-  data = json.dumps({"results": results, "wall_s": walls}, indent=2).encode()
-  metrics_lib.atomic_write(os.path.join(args.out, "results.json"), lambda f: f.write(data))
-  metrics_lib.atomic_write(os.path.join(args.out, "results.md"),
-                           lambda f: f.write((text + "\n").encode()))
-  plot(results, os.path.join(args.out, "easy_to_hard.png"))
-  print(text)
+  arms_lib.write_results(args.out, results, walls, text, lambda path: plot(results, path), "easy_to_hard.png")
   return results
 
 

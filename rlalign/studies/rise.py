@@ -12,7 +12,6 @@ and each arm's turn accuracies over iterations).
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, Sequence
 
@@ -108,12 +107,7 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
   stages = stage_steps(args.smoke)
   results = {arm: arm_results(args.out, arm, stages, turns) for arm in arms}
   text = table(results, walls, turns)
-  data = json.dumps({"results": results, "wall_s": walls}, indent=2).encode()
-  metrics_lib.atomic_write(os.path.join(args.out, "results.json"), lambda f: f.write(data))
-  metrics_lib.atomic_write(os.path.join(args.out, "results.md"),
-                           lambda f: f.write((text + "\n").encode()))
-  plot(results, os.path.join(args.out, "rise.png"), turns)
-  print(text)
+  arms_lib.write_results(args.out, results, walls, text, lambda path: plot(results, path, turns), "rise.png")
   return results
 
 

@@ -11,7 +11,6 @@ sampling keys; they differ only in the verifier tasks. Writes ``<out>/results.js
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, Sequence
 
@@ -102,12 +101,7 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
   samples, start = config.recipe.eval_samples, config.phases.warm_start.steps
   results = {arm: arm_results(args.out, arm, start, samples) for arm in arms}
   text = table(results, walls, samples)
-  data = json.dumps({"results": results, "wall_s": walls}, indent=2).encode()
-  metrics_lib.atomic_write(os.path.join(args.out, "results.json"), lambda f: f.write(data))
-  metrics_lib.atomic_write(os.path.join(args.out, "results.md"),
-                           lambda f: f.write((text + "\n").encode()))
-  plot(results, os.path.join(args.out, "spark.png"), samples)
-  print(text)
+  arms_lib.write_results(args.out, results, walls, text, lambda path: plot(results, path, samples), "spark.png")
   return results
 
 

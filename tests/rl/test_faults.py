@@ -4,6 +4,7 @@ run stops without checkpointing NaN, and a preemption signal saves the current s
 The CLI's side of the same faults (exit codes, summary.json, resuming) is in
 ``tests/rl/test_fault_injection.py``.
 """
+import json
 import signal
 
 import jax
@@ -216,3 +217,22 @@ def test_a_skip_logged_under_a_role_counts_too(tmp_path):
 
   with pytest.raises(phases.NonFiniteError, match=r"steps 1\.\.2 "):
     run(make_phase(verifier_skips, max_consecutive_skips=2), tmp_path)
+
+
+def test_evaluations_follow_eval_every_whatever_the_log_cadence(tmp_path):
+  """eval_every=3 with log_every=2 over 8 steps: logs at 2, 4, 6, 8 and, for the
+  evaluations, 3 and 6; the evaluation at 6, 3 and the last step 8 (a cadence that does not
+  divide by the log's once evaluated only where both met)."""
+  evaluated = []
+
+  def evaluate(state):
+    evaluated.append(int(state["step"]))
+    return {"eval/w": float(state["roles"]["r"]["params"]["w"])}
+
+  phase = phases.Phase("p", add_step(), num_steps=8, step_offset=0, log_every=2,
+                       eval_every=3, evaluate=evaluate)
+  run(phase, tmp_path)
+  assert evaluated == [3, 6, 8]
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in records] == [2, 3, 4, 6, 8]
+  assert [r["step"] for r in records if "eval/w" in r] == [3, 6, 8]

@@ -15,8 +15,7 @@ from rlalign import objectives
 from rlalign.data.tokenizer import ASCII_ALPHABET, CharTokenizer
 from rlalign.models import transformer as tfm
 from rlalign.recipes import spark
-from rlalign.rl import iteration, update
-from rlalign.rl import roles as roles_lib
+from rlalign.rl import iteration
 from rlalign.rl import state as state_lib
 from rlalign.sampling import sampler
 from tests.configs import typed_config
