@@ -271,6 +271,7 @@ def test_rise_dry_runs_every_turn_in_one_program_with_the_dialogues_cache(tmp_pa
   assert {r.name for r in report.roles} == {"policy", "reference"}
 
 
+@pytest.mark.slow  # the default suite is near its 10 minutes; rise's dry run stays in it
 def test_spark_dry_runs_the_answers_and_every_task_in_one_program(tmp_path):
   """The SPARK step (the answers, three tasks' sampling, one update on all) compiles on a
   (2, 2, 2) mesh, and its KV cache holds the widest task by hand: the pairwise one's question,
