@@ -11,6 +11,7 @@ sampling keys; they differ only in the verifier tasks. Writes ``<out>/results.js
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Dict, Sequence
 
@@ -39,11 +40,13 @@ def arm_results(out: str, arm: str, start: int, samples: int) -> Dict[str, Any]:
   records = metrics_lib.read_jsonl(os.path.join(out, arm, "metrics.jsonl"))
   evals = [r for r in records if "eval/self_pass@1" in r]
   metrics = [m for _, m in columns(samples)]
-  pick = lambda r: {m: r[m] for m in metrics if r.get(m) is not None}
+  # A rate over an empty class is NaN (no right sample at smoke size): left out, shown "-".
+  defined = lambda v: v is not None and not math.isnan(v)
+  pick = lambda r: {m: r[m] for m in metrics if defined(r.get(m))}
   opening = next((pick(r) for r in evals if r["step"] == start), {})
   return {"warm_start": opening, "final": pick(evals[-1]) if evals else {},
           "curves": {m: [(r["step"] - start, r[m]) for r in evals
-                         if r["step"] >= start and r.get(m) is not None] for m in metrics}}
+                         if r["step"] >= start and defined(r.get(m))] for m in metrics}}
 
 
 def table(results: Dict[str, Dict[str, Any]], walls: Dict[str, float], samples: int) -> str:
