@@ -376,8 +376,13 @@ def plot_curves(
     fig.suptitle(title)
 
   os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-  atomic_write(png_path, lambda f: fig.savefig(f, format="png"), suffix=".png")
+  save_png(fig, png_path, dpi=fig.dpi)
   return png_path
+
+
+def save_png(fig, path: str, dpi: int = 110) -> None:
+  """A matplotlib figure written to ``path`` as a PNG, atomically (no half-written file)."""
+  atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi), suffix=".png")
 
 
 def progress(total: int, initial: int = 0, desc: str = "", *, enabled: bool = True):

@@ -89,6 +89,14 @@ def addition_task(c) -> None:
   c.train = dict(LOOP)
 
 
+def ascii_addition_task(c) -> None:
+  """The default task in printable ASCII, so that a recipe can say words after an answer
+  (a feedback, a verifier's question)."""
+  addition_task(c)
+  c.model.vocab_size = 128
+  c.data.alphabet = "ascii"
+
+
 def addition_pairs_task(c, arg: str, config_name: str) -> None:
   """The addition task from JSONL files of preference pairs (``rlalign.data.addition``
   writes them): ``arg`` is ``train.jsonl,test.jsonl``. Printable-ASCII characters, prompts

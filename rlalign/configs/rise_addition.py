@@ -52,9 +52,8 @@ def arm_config(arm: str) -> ml_collections.ConfigDict:
   if arm not in ARMS:
     raise ValueError(f"unknown arm {arm!r}; expected one of {sorted(ARMS)}")
   c = ml_collections.ConfigDict()
-  presets.addition_task(c)
-  c.model.vocab_size = 128  # printable ASCII
-  c.data.update(alphabet="ascii", hidden_fraction=0.5)
+  presets.ascii_addition_task(c)
+  c.data.hidden_fraction = 0.5
   c.roles = presets.policy_and_reference(optimizer=dict(presets.ADDITION_RL_OPTIMIZER))
   c.phases = dict(
       warm_start=presets.sft_phase(**presets.ADDITION_WARM_START),

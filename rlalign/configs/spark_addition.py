@@ -45,9 +45,7 @@ def arm_config(arm: str) -> ml_collections.ConfigDict:
   if arm not in ARMS:
     raise ValueError(f"unknown arm {arm!r}; expected one of {sorted(ARMS)}")
   c = ml_collections.ConfigDict()
-  presets.addition_task(c)
-  c.model.vocab_size = 128  # printable ASCII
-  c.data.alphabet = "ascii"
+  presets.ascii_addition_task(c)
   c.train.eval_every = 25   # the curves over iterations
   c.roles = presets.policy_and_reference(optimizer=dict(presets.ADDITION_RL_OPTIMIZER))
   c.phases = dict(

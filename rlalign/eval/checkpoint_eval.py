@@ -500,7 +500,7 @@ def plot(report: Mapping[str, Any], out_png: str) -> None:
   for ax in axes:
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  metrics_lib.atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=110))
+  metrics_lib.save_png(fig, out_png, dpi=110)
   plt.close(fig)
 
 

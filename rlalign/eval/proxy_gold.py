@@ -76,7 +76,7 @@ def plot(runs: Mapping[str, Mapping[str, np.ndarray]], out_png: str, window: int
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  metrics_lib.atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=110))
+  metrics_lib.save_png(fig, out_png, dpi=110)
   plt.close(fig)
 
 

@@ -444,8 +444,7 @@ def plot_turns(metrics_path: str, png_path: str, turns: int) -> None:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
-  metrics_lib.atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=100),
-                           suffix=".png")
+  metrics_lib.save_png(fig, png_path, dpi=100)
 
 
 def dry_run_program(cfg: ExperimentConfig) -> dry_run.RecipeProgram:

@@ -149,8 +149,7 @@ def plot(results: Dict[str, Dict[str, Any]], path: str) -> None:
     if ax.lines:  # an AUROC over one class only is undefined, and a smoke run may have none
       ax.legend(fontsize=8)
   fig.suptitle("Easy-to-hard transfer on addition (labels for 3 digits, gold judge on 4)")
-  metrics_lib.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110),
-                           suffix=".png")
+  metrics_lib.save_png(fig, path, dpi=110)
 
 
 def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:

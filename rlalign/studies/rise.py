@@ -95,8 +95,7 @@ def plot(results: Dict[str, Dict[str, Any]], path: str, turns: int) -> None:
   if ax.lines:
     ax.legend(fontsize=8)
   fig.suptitle("RISE on addition with a hidden digit: accuracy over turns")
-  metrics_lib.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110),
-                           suffix=".png")
+  metrics_lib.save_png(fig, path, dpi=110)
 
 
 def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:

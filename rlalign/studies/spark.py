@@ -92,8 +92,7 @@ def plot(results: Dict[str, Dict[str, Any]], path: str, samples: int) -> None:
     if ax.lines:
       ax.legend(fontsize=7)
   fig.suptitle("SPARK on addition: one policy, its own verifier (held out, gold judge)")
-  metrics_lib.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110),
-                           suffix=".png")
+  metrics_lib.save_png(fig, path, dpi=110)
 
 
 def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
