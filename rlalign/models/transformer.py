@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -513,12 +513,16 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_mask: j
   return x, new_cache
 
 
-def lm_logits(params: Params, hidden: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """Vocabulary logits in float32, [..., vocab]."""
+def lm_logits(params: Params, hidden: jax.Array, cfg: ModelConfig,
+              ids: Optional[Sequence[int]] = None) -> jax.Array:
+  """Vocabulary logits in float32, [..., vocab]; with ``ids``, those tokens' only, [..., len]
+  (a verdict's few tokens without the whole unembedding)."""
   if cfg.tie_embeddings:
-    w = params["embed"].astype(hidden.dtype).T
+    embed = params["embed"] if ids is None else params["embed"][jnp.asarray(ids)]
+    w = embed.astype(hidden.dtype).T
   else:
-    w = params["lm_head"].astype(hidden.dtype)
+    head = params["lm_head"] if ids is None else params["lm_head"][:, jnp.asarray(ids)]
+    w = head.astype(hidden.dtype)
   logits = _dense(hidden, w).astype(jnp.float32)
   return _softcap(logits, cfg.final_softcap)
 
