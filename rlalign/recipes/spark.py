@@ -55,6 +55,7 @@ import numpy as np
 
 from rlalign.data import turns as turns_lib
 from rlalign.recipes import base
+from rlalign.recipes.verifier_data import balanced_rows, near_miss, pick
 from rlalign.rewards import base as reward_base
 from rlalign.rewards import judges
 from rlalign.rl import dry_run, evaluation, iteration
@@ -178,13 +179,6 @@ def task_slots(prompt_len: int, new_tokens: int, ids: TaskIds, restate: bool = F
   return widest + new_tokens
 
 
-def _pick(key: jax.Array, allowed: jax.Array) -> Tuple[jax.Array, jax.Array]:
-  """[P] a uniformly random allowed column of each row of ``allowed`` [P, G], and whether
-  the row has one (column 0 when not)."""
-  noise = jax.random.uniform(key, allowed.shape)
-  return jnp.argmax(jnp.where(allowed, noise, -1.0), axis=1), jnp.any(allowed, axis=1)
-
-
 def _word(ids: Tuple[int, ...], rows: int, width: int, pad_id: int):
   tokens = jnp.full((rows, width), pad_id, jnp.int32).at[:, :len(ids)].set(
       jnp.asarray(ids, jnp.int32))
@@ -197,18 +191,6 @@ def _pad_right(x: jax.Array, width: int, value) -> jax.Array:
 
 def _left_pad(x: jax.Array, width: int, value) -> jax.Array:
   return jnp.pad(x, ((0, 0), (width - x.shape[1], 0)), constant_values=value)
-
-
-def balanced_rows(right: jax.Array, rng: jax.Array, n: int) -> jax.Array:
-  """[n] row indices of ``right`` [R], right and wrong ones in turn, each kind in random
-  order, while both last; then the kind that remains."""
-  u = jax.random.uniform(rng, right.shape)
-  by_kind = [jnp.argsort(jnp.where(right == kind, u, 2.0)) for kind in (True, False)]
-  counts = [jnp.sum(right == kind) for kind in (True, False)]
-  k = jnp.arange(right.shape[0])
-  order = jnp.stack(by_kind, axis=1).reshape(-1)                  # r0 w0 r1 w1 ...
-  valid = jnp.stack([k < counts[0], k < counts[1]], axis=1).reshape(-1)
-  return order[jnp.argsort(~valid, stable=True)[:n]]
 
 
 def verifier_tasks(rollouts: Mapping[str, jax.Array], right: jax.Array, rng: jax.Array,
@@ -242,8 +224,8 @@ def verifier_tasks(rollouts: Mapping[str, jax.Array], right: jax.Array, rng: jax
       target, active = choose(right[rows], word("yes"), word("no")), jnp.ones((P,), bool)
     elif task == "pairwise":
       grouped = right.reshape(P, G)
-      good, _ = _pick(keys[2], grouped)
-      bad, _ = _pick(keys[3], ~grouped)
+      good, _ = pick(keys[2], grouped)
+      bad, _ = pick(keys[3], ~grouped)
       good_first = jax.random.bernoulli(keys[4], 0.5, (P,))
       base = jnp.arange(P) * G
       one = base + jnp.where(good_first, good, bad)
@@ -355,19 +337,6 @@ def verdict_probability(params, model, tokens, mask, ids: Tuple[int, ...], other
   return jax.nn.sigmoid(logits[:, ids[0]] - logits[:, other[0]])
 
 
-def near_miss(answer_tokens: jax.Array, answer_mask: jax.Array, digits: Tuple[int, ...],
-              rng: jax.Array) -> jax.Array:
-  """The gold answers with one digit, at a random digit position, changed to another digit."""
-  digit_ids = jnp.asarray(digits, jnp.int32)
-  is_digit = jnp.isin(answer_tokens, digit_ids) & answer_mask.astype(bool)
-  k1, k2 = jax.random.split(rng)
-  col, _ = _pick(k1, is_digit)
-  rows = jnp.arange(answer_tokens.shape[0])
-  old = jnp.argmax(answer_tokens[rows, col][:, None] == digit_ids[None, :], axis=1)
-  new = (old + jax.random.randint(k2, old.shape, 1, 10)) % 10
-  return answer_tokens.at[rows, col].set(digit_ids[new])
-
-
 def self_evaluator(runtime: Runtime, spec: iteration.IterationSpec, settings: SPARKSettings,
                    ids: TaskIds):
   """``for_roles(roles) -> evaluate(state, frozen)``: the held-out metrics of the module
@@ -411,16 +380,16 @@ def self_evaluator(runtime: Runtime, spec: iteration.IterationSpec, settings: SP
       one = (batch["prompt_tokens"], batch["prompt_mask"])
       real = judges.without_stop(batch["answer_tokens"], batch["answer_mask"], ids.stop)
       k1, k2 = jax.random.split(jax.random.fold_in(rng, 1))
-      miss = (near_miss(batch["answer_tokens"], real, ids.digits, k1), real)
+      miss = (near_miss(batch["answer_tokens"], real, ids.digits, k1)[0], real)
       gold_answer = (batch["answer_tokens"], real)
       said1 = lambda name: judges.constant(getattr(ids, name), B)
       pointwise = lambda a: verdict_probability(params, model, *judges.left_pack(
           [one, a, said1("pointwise")]), ids.yes, ids.no)
       good_first = jax.random.bernoulli(k2, 0.5, (B,))
-      pick = lambda c, a, b: tuple(jnp.where(c[:, None], x, y) for x, y in zip(a, b))
+      either = lambda c, a, b: tuple(jnp.where(c[:, None], x, y) for x, y in zip(a, b))
       p_first = verdict_probability(params, model, *judges.left_pack(
-          [one, pick(good_first, gold_answer, miss), said1("pair_between"),
-           pick(good_first, miss, gold_answer), said1("pairwise")]), ids.first, ids.second)
+          [one, either(good_first, gold_answer, miss), said1("pair_between"),
+           either(good_first, miss, gold_answer), said1("pairwise")]), ids.first, ids.second)
       out["near_miss_pointwise"] = jnp.stack([pointwise(gold_answer) > 0.5,
                                               pointwise(miss) <= 0.5], axis=1)
       out["near_miss_pairwise"] = (p_first > 0.5) == good_first

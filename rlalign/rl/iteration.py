@@ -468,7 +468,10 @@ def _learn(state, rollouts, scores, rng, frozen, spec: IterationSpec):
   # proxy-vs-gold curves (Gao et al. 2023 plot against its square root).
   drift = (data["old_logprobs"] - data["ref_logprobs"]) * data["mask"]
   metrics["kl_sequence"] = drift.sum(axis=1).mean()
-  for name, value in reward_base.sequence_scores(rl.rewards, scores).items():
+  # Monitors' scores sit under ``monitor/<source>``; a per-token one is reduced like a reward.
+  logged = rl.rewards + tuple(dataclasses.replace(t, source=MONITOR + t.key)
+                              for t in rl.monitors)
+  for name, value in reward_base.sequence_scores(logged, scores).items():
     metrics[name if name.startswith(MONITOR) else f"reward/{name}"] = value.mean()
   for name, value in rollouts.get("reference_rewards", {}).items():
     metrics[f"reward/{name}/reference"] = value.mean()

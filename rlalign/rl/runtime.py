@@ -20,7 +20,7 @@ import functools
 import json
 import os
 import zlib
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import numpy as np
@@ -584,20 +584,25 @@ class Runtime:
         max_consecutive_skips=cfg.train.max_consecutive_skips)
     return BuiltPhase(name, phase_cfg, phase, state, frozen, data, rng, checkpointer, roles)
 
-  def per_row_evaluator(self, per_row: Callable, summarize: Callable, policy: str
+  def per_row_evaluator(self, per_row: Callable, summarize: Callable,
+                        policy: Union[str, Tuple[str, ...]]
                         ) -> Callable[[roles_lib.RoleSpecs], Callable]:
     """``for_roles(roles) -> evaluate(state, frozen)`` for a recipe's held-out metrics:
     ``per_row(params, batch, rng)`` (compiled once, whichever phase's roles hold the policy)
     returns arrays with a leading row axis; the valid rows of every batch of a split, joined,
     go to ``summarize(rows) -> {"eval/<name>": value}``, logged as they are for the test split
-    and as ``eval/<split>/<name>`` for each extra one."""
+    and as ``eval/<split>/<name>`` for each extra one. ``params`` are the ``policy`` role's,
+    or, for a tuple of roles, a dict of each one's."""
     plan = self.plan
     score = jit_with_rules(per_row, plan, out_shardings=plan.replicated)
     splits = {"": self.eval_data, **{f"{k}/": v for k, v in self.extra_eval_data.items()}}
 
     def for_roles(roles):
       def evaluate(state, frozen):
-        params = self.policy_weights(state, roles, frozen, policy)
+        if isinstance(policy, tuple):
+          params = {r: self.policy_weights(state, roles, frozen, r) for r in policy}
+        else:
+          params = self.policy_weights(state, roles, frozen, policy)
         out = {}
         for prefix, batches in splits.items():
           rows: Dict[str, List[np.ndarray]] = {}

@@ -14,7 +14,7 @@ import pytest
 from rlalign import objectives
 from rlalign.data.tokenizer import ASCII_ALPHABET, CharTokenizer
 from rlalign.models import transformer as tfm
-from rlalign.recipes import spark
+from rlalign.recipes import spark, verifier_data
 from rlalign.rl import iteration
 from rlalign.rl import state as state_lib
 from rlalign.sampling import sampler
@@ -148,7 +148,7 @@ def test_tasks_are_recycled_from_the_groups_with_their_labels():
 def test_balanced_rows_alternate_while_both_kinds_last():
   right = jnp.asarray([True, True, True, True, True, False, True, True])
   for seed in range(10):
-    rows = np.asarray(spark.balanced_rows(right, jax.random.key(seed), 6))
+    rows = np.asarray(verifier_data.balanced_rows(right, jax.random.key(seed), 6))
     assert len(set(rows.tolist())) == 6
     np.testing.assert_array_equal(np.asarray(right)[rows], [1, 0, 1, 1, 1, 1])
   # Reflection's rows: no wrong answer, no task posed.
@@ -162,9 +162,11 @@ def test_the_near_miss_changes_one_digit():
   answers = rollouts["answer_tokens"]
   real = rollouts["answer_mask"] & (answers != TOK.eos_id)
   for seed in range(10):
-    miss = np.asarray(spark.near_miss(answers, real, ids().digits, jax.random.key(seed)))
+    miss, where = verifier_data.near_miss(answers, real, ids().digits, jax.random.key(seed))
+    miss = np.asarray(miss)
     changed = miss != np.asarray(answers)
     np.testing.assert_array_equal(changed.sum(axis=1), 1)
+    np.testing.assert_array_equal(np.argmax(changed, axis=1), where)
     assert not (changed & ~np.asarray(real)).any()
     assert set(TOK.decode(miss[changed].tolist())) <= set("0123456789")
 
