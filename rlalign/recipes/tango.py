@@ -214,7 +214,8 @@ def gold_steps(completion_tokens: jax.Array, steps: jax.Array, answer_tokens: ja
 
 
 def tango_evaluator(runtime: Runtime, generator: iteration.IterationSpec,
-                    step: sv.StepVerifierSettings, settings: TangoSettings, digits):
+                    step: sv.StepVerifierSettings, settings: TangoSettings, digits,
+                    stop_id: int):
   """``for_roles(roles) -> evaluate(state, frozen)``: the held-out metrics of the module
   docstring, on the test split and each extra one (``eval/<split>/...``)."""
   label = dataclasses.replace(next(t for t in generator.rewards
@@ -240,7 +241,7 @@ def tango_evaluator(runtime: Runtime, generator: iteration.IterationSpec,
     B = right.shape[0] // N
     p_steps, steps, worst = judge(ver_params, rollouts)
     step_gold = gold_steps(rollouts["completion_tokens"], steps, rollouts["answer_tokens"])
-    written = iteration.rollout(ver_params, pose(rollouts, right, step, stop_ids[0]), rng,
+    written = iteration.rollout(ver_params, pose(rollouts, right, step, stop_id), rng,
                                 greedy, greedy=True, model=ver_model)
     formed, all_yes, _ = sv.read_verdicts(written, step)
     out = {"right": right.reshape(B, N), "worst": worst.reshape(B, N),
@@ -302,8 +303,9 @@ def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   roles = {**gen_roles, **ver_roles}
   digits = [runtime.tokenizer.encode(str(d)) for d in range(10)]
   digits = tuple(int(d[0]) for d in digits) if all(len(d) == 1 for d in digits) else ()
-  evaluate = tango_evaluator(runtime, generator, step, settings, digits)
-  stop_id = step.template.stop_ids[0]
+  # The verifier's answer ends where its sampling stops.
+  stop_id = (runtime.cfg.sampling.stop_tokens or (runtime.tokenizer.eos_id,))[0]
+  evaluate = tango_evaluator(runtime, generator, step, settings, digits, stop_id)
   built = runtime.build_phase(
       CHECKPOINT, gen_cfg, roles=roles,
       make_step=lambda layout: make_step(layout, generator=generator, verifier=verifier,

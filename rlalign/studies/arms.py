@@ -40,12 +40,13 @@ def run_arm(out: str, config: str, arm: str, smoke: bool, seed: int = 0) -> floa
   return wall
 
 
-def parse(prog: str, doc: str, arms: Sequence[str], argv: Sequence[str] | None
-          ) -> Tuple[argparse.Namespace, List[str]]:
-  """A study's command line: ``--out``, ``--arms`` (of ``arms``), ``--smoke``, ``--seed``."""
+def parse(prog: str, doc: str, arms: Sequence[str], argv: Sequence[str] | None,
+          default: Sequence[str] = ()) -> Tuple[argparse.Namespace, List[str]]:
+  """A study's command line: ``--out``, ``--arms`` (of ``arms``; ``default``, or all of
+  them), ``--smoke``, ``--seed``."""
   parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
   parser.add_argument("--out", required=True, help="a directory; one workdir per arm")
-  parser.add_argument("--arms", default=",".join(arms),
+  parser.add_argument("--arms", default=",".join(default or arms),
                       help=f"comma-separated, of {', '.join(arms)}")
   parser.add_argument("--smoke", action="store_true", help="every arm shrunk to seconds")
   parser.add_argument("--seed", type=int, default=0,

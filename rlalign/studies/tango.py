@@ -2,6 +2,7 @@
 
   python -m rlalign.studies.tango --out=/tmp/tango_study [--arms=tango,frozen,grpo] [--smoke]
       [--seed=0]
+  python -m rlalign.studies.tango --out=/tmp/tango_4d --arms=tango_4d,frozen_4d,grpo_4d
 
 Each arm is one run of ``python -m rlalign.main`` in ``<out>/<arm>`` (a killed study resumes,
 ``rlalign.studies.arms``). The arms share the warm start, the data stream and the generator's
@@ -20,7 +21,8 @@ from rlalign import metrics as metrics_lib
 from rlalign.configs import tango_addition as config_module
 from rlalign.studies import arms as arms_lib
 
-ARMS = ("tango", "frozen", "grpo")
+FIRST = ("tango", "frozen", "grpo")
+ARMS = FIRST + tuple(f"{arm}{config_module.WIDE}" for arm in FIRST)  # the second design
 COLUMNS = [("greedy pass@1", "eval/pass@1_greedy"),
            ("sampled pass@1", "eval/pass@1_sampled"),
            ("verifier AUROC on its samples", "eval/verifier_auroc"),
@@ -99,7 +101,8 @@ def plot(results: Dict[str, Dict[str, Any]], path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
-  args, arms = arms_lib.parse("python -m rlalign.studies.tango", __doc__, ARMS, argv)
+  args, arms = arms_lib.parse("python -m rlalign.studies.tango", __doc__, ARMS, argv,
+                              default=FIRST)
   walls = {arm: arms_lib.run_arm(args.out, "tango_addition", arm, args.smoke, args.seed)
            for arm in arms}
   config = config_module.get_config("tango" + (",smoke" if args.smoke else ""))

@@ -295,6 +295,31 @@ def test_spark_dry_runs_the_answers_and_every_task_in_one_program(tmp_path):
 
 
 @pytest.mark.slow
+def test_tango_dry_runs_both_models_in_one_program(tmp_path):
+  """The RL Tango step (the generator's sampling and step scores, the verifier's sampling,
+  both updates) compiles on a (2, 2, 2) mesh with all three roles, and its KV cache is the
+  verifier's widest prompt by hand: the question, a whole completion and the template, then
+  a verdict per new token."""
+  from rlalign import config as config_lib, recipes
+  config = load_config("tango_addition", "tango,smoke")
+  config.data.data_dir = str(tmp_path)
+  config.mesh.ici = (2, 2, 2)
+  config.phases.generate.batch_size = config.phases.verify.batch_size = 32
+  cfg = config_lib.from_config_dict(config)
+  report = dry_run.dry_run_recipe(cfg, recipes.get("tango").dry_run(cfg))
+  (step,) = report.programs
+  assert step.name == "tango_step"
+  P, N = cfg.data.max_prompt_len, cfg.sampling.max_new_tokens
+  m = cfg.role_model("generator")
+  assert report.kv_shape == (m.n_layers, 32, m.n_kv_heads, P + N + len(" steps? ") + N,
+                             m.head_dim)
+  by_role = {r.name: r for r in report.roles}
+  assert set(by_role) == {"generator", "reference", "verifier"}
+  assert by_role["verifier"].trained and by_role["generator"].trained
+  assert not by_role["reference"].trained
+
+
+@pytest.mark.slow
 def test_cli_dry_runs_a_recipe(tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}

@@ -228,6 +228,7 @@ def test_a_frozen_verifier_is_not_updated_and_its_step_scores_reach_the_generato
   assert max(jax.tree.leaves(diff)) > 0
 
 
+@pytest.mark.slow  # the default suite is at its budget; the kill matrix runs this config too
 def test_a_run_logs_both_models_before_and_after(tmp_path, cli):
   workdir = str(tmp_path / "run")
   cli.run_main(workdir, config=SMOKE)
@@ -260,7 +261,7 @@ def test_from_a_hugging_face_checkpoint(tmp_path):
   config = load_config("tango_addition", f"hf:{ckpt},smoke")
   config.data.data_dir = str(tmp_path / "tfds")
   # The tiny tokenizer spells only "useraistnm", digits, "+", "=" and newlines.
-  config.phases.generate.rewards.steps.template.suffix = "\nsteps"
+  config.phases.generate.rewards.steps.template.suffix = "\nrate"
   config.phases.generate.rewards.steps.update(yes="+", no="=")
   config.phases.verify.rewards.verdict.update(yes="+", no="=")
   config.mesh.ici = (-1, 1, 1)

@@ -23,6 +23,7 @@ COTRAIN_SMOKE = os.path.join(REPO, "configs", "cotrain_addition.py") + ":smoke"
 EASY_TO_HARD_SMOKE = os.path.join(REPO, "configs", "easy_to_hard_addition.py") + ":cotrain,smoke"
 RISE_SMOKE = os.path.join(REPO, "configs", "rise_addition.py") + ":rise,smoke"
 SPARK_SMOKE = os.path.join(REPO, "configs", "spark_addition.py") + ":spark,smoke"
+TANGO_SMOKE = os.path.join(REPO, "configs", "tango_addition.py") + ":tango,smoke"
 
 
 def read_tfevents_scalars(directory):
@@ -96,6 +97,8 @@ RUNS = {
     "rise": (RISE_SMOKE, "rise", ("policy",)),
     # Verifier tasks built from each iteration's answers, in the same program.
     "spark": (SPARK_SMOKE, "spark", ("policy",)),
+    # Two models sampling in one program, each rewarded through the other's rollouts.
+    "tango": (TANGO_SMOKE, "tango", ("generator", "verifier")),
 }
 
 
@@ -135,7 +138,7 @@ def uninterrupted(tmp_path_factory, cli):
                                             ("cotrain", "alternating/2"),
                                             ("easy_to_hard", "alternating/2"),
                                             ("rise", "dialogue/2"), ("rise", "rise/2"),
-                                            ("spark", "spark/2")])
+                                            ("spark", "spark/2"), ("tango", "tango/2")])
 def test_killed_run_resumes_to_the_same_params(tmp_path, run, kill_when, uninterrupted, cli):
   """SIGKILL at a checkpoint of either phase; the resumed run ends with every trained role
   bit-identical to an uninterrupted run (two models in one checkpoint for ``cotrain``)."""
