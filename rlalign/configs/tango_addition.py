@@ -33,7 +33,13 @@ the verifier had almost no wrong completion left to learn from.
 Face checkpoint with its tokenizer and chat template; ``scale:v5p-8`` and ``scale:8xh100`` are
 a Qwen2.5-1.5B-shaped generator and verifier for --dry_run.
 
-Measured: see README.md, "RL Tango", which has every figure and reads them.
+Measured on 2 CPU cores (seed 0; 4.7 min for tango, 3.4 frozen, 5.0 grpo), held out:
+generation 0.166 -> 0.998 greedy (frozen 1.000, grpo 1.000), reaching 0.9 by iteration 75
+(frozen 100, grpo 25). The verifier learned its format, not its verdict: from iteration 100
+it passes every completion (false-positive rate 1.00), its step balanced accuracy is 0.500,
+and on near misses its lowest step falls on the changed digit 0.28 of the time, chance. The
+finding does not reproduce. In the 4-digit design the verifier never wrote one well-formed
+verdict string. README.md, "RL Tango", has every figure and reads them.
 """
 
 import ml_collections
@@ -120,7 +126,9 @@ def scale_config(target: str) -> ml_collections.ConfigDict:
   """
   c = arm_config("tango")
   presets.at_scale(c, target, "tango_addition")
-  rollouts = 16 * 8
+  # The easy-to-hard and RISE dry runs' 32 prompts: the verifier's step scores read two
+  # vocabulary rows, not all of them, and each model's update is its own rollouts only.
+  rollouts = 32 * 8
   c.phases.generate.update(batch_size=rollouts, minibatches=rollouts // 64)
   c.phases.verify.update(batch_size=rollouts, minibatches=rollouts // 64)
   return c

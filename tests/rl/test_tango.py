@@ -265,6 +265,7 @@ def test_from_a_hugging_face_checkpoint(tmp_path):
   config.phases.generate.rewards.steps.update(yes="+", no="=")
   config.phases.verify.rewards.verdict.update(yes="+", no="=")
   config.mesh.ici = (-1, 1, 1)
+  config.phases.generate.batch_size = config.phases.verify.batch_size = 32  # 8 prompts
   cfg = config_lib.from_config_dict(config)
   assert cfg.data.prompt_format == "chat"
   workdir = str(tmp_path / "run")
