@@ -61,11 +61,12 @@ def aggregate_steps(values: jax.Array, steps: jax.Array, how: str) -> jax.Array:
   return jnp.where(has, out, 0.0)
 
 
-def _single_token(tokenizer: Any, text: str, who: str) -> int:
+def single_token(tokenizer: Any, text: str, who: str, what: str = "the step delimiter") -> int:
+  """``text``'s one token id, or a one-line error naming ``who`` and ``what`` it is."""
   ids = tokenizer.encode(text)
   if len(ids) != 1:
-    raise ValueError(f"{who}: the step delimiter {text!r} is {len(ids)} tokens in this "
-                     "tokenizer; it must be one")
+    raise ValueError(f"{who}: {what} {text!r} is {len(ids)} tokens in this tokenizer; it "
+                     "must be one")
   return int(ids[0])
 
 
@@ -98,7 +99,7 @@ class ProcessRewardSettings:
 
 def resolve_delimiter(tokenizer: Any, text: str, who: str) -> int:
   """The token id of a step delimiter, or EVERY_TOKEN for ""."""
-  return _single_token(tokenizer, text, who) if text else EVERY_TOKEN
+  return single_token(tokenizer, text, who) if text else EVERY_TOKEN
 
 
 def step_scores(params, model: tfm.ModelConfig, rollouts: Mapping[str, jax.Array]) -> jax.Array:

@@ -34,14 +34,6 @@ from rlalign.rewards import base, judges, process
 Rollouts = Mapping[str, jax.Array]
 
 
-def _one_token(tokenizer: Any, word: str, who: str) -> int:
-  ids = tokenizer.encode(word)
-  if len(ids) != 1:
-    raise ValueError(f"{who}: the verdict {word!r} is {len(ids)} tokens in this tokenizer; a "
-                     "step verdict must be one token")
-  return int(ids[0])
-
-
 @dataclasses.dataclass(frozen=True)
 class StepVerdictSettings:
   yes: str = "+"
@@ -56,8 +48,8 @@ class StepVerdictSettings:
 
   def resolve(self, tokenizer: Any):
     who = "step verdicts"
-    return dataclasses.replace(self, yes_id=_one_token(tokenizer, self.yes, who),
-                               no_id=_one_token(tokenizer, self.no, who))
+    one = lambda word: process.single_token(tokenizer, word, who, "the verdict")
+    return dataclasses.replace(self, yes_id=one(self.yes), no_id=one(self.no))
 
   def check_resolved(self, who: str) -> None:
     if self.yes_id < 0 or self.no_id < 0:

@@ -71,3 +71,24 @@ def write_results(out: str, results: Dict[str, Any], walls: Dict[str, float], te
                            lambda f: f.write((text + "\n").encode()))
   plot(os.path.join(out, png))
   print(text)
+
+
+def plot_panels(fig, results: Dict[str, Dict[str, Any]],
+                panels: Sequence[Tuple[str, Sequence[Tuple[str, str]]]]) -> None:
+  """One panel per (title, [(label, metric), ...]) side by side on ``fig``: each arm's curves
+  (``results[arm]["curves"][metric]``, (iteration, value) points), a line style per arm and a
+  colour per metric."""
+  styles = dict(zip(results, ("-", "--", ":")))
+  for i, (title, lines) in enumerate(panels):
+    ax = fig.add_subplot(1, len(panels), i + 1)
+    for arm, res in results.items():
+      for (label, metric), color in zip(lines, ("tab:blue", "tab:orange")):
+        points = res["curves"].get(metric, [])
+        if points:
+          ax.plot(*zip(*points), styles[arm], color=color, marker=".",
+                  label=f"{arm}: {label}")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("iteration after the warm start")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend(fontsize=7)

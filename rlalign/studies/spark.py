@@ -77,20 +77,7 @@ def plot(results: Dict[str, Dict[str, Any]], path: str, samples: int) -> None:
             ("test-time use", [(f"self-verified best of {samples}",
                                 f"eval/self_best_of_{samples}"),
                                ("self-corrected", "eval/self_corrected")])]
-  styles = dict(zip(results, ("-", "--", ":")))
-  for i, (title, lines) in enumerate(panels):
-    ax = fig.add_subplot(1, len(panels), i + 1)
-    for arm, res in results.items():
-      for (label, metric), color in zip(lines, ("tab:blue", "tab:orange")):
-        points = res["curves"].get(metric, [])
-        if points:
-          ax.plot(*zip(*points), styles[arm], color=color, marker=".",
-                  label=f"{arm}: {label}")
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel("iteration after the warm start")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-      ax.legend(fontsize=7)
+  arms_lib.plot_panels(fig, results, panels)
   fig.suptitle("SPARK on addition: one policy, its own verifier (held out, gold judge)")
   metrics_lib.save_png(fig, path, dpi=110)
 

@@ -81,20 +81,7 @@ def plot(results: Dict[str, Dict[str, Any]], path: str) -> None:
                                              "eval/verifier_step_balanced_accuracy")]),
             ("gold vs a near miss", [("outcome", "eval/near_miss_accuracy"),
                                      ("wrong digit found", "eval/near_miss_localised")])]
-  styles = dict(zip(results, ("-", "--", ":")))
-  for i, (title, lines) in enumerate(panels):
-    ax = fig.add_subplot(1, len(panels), i + 1)
-    for arm, res in results.items():
-      for (label, metric), color in zip(lines, ("tab:blue", "tab:orange")):
-        points = res["curves"].get(metric, [])
-        if points:
-          ax.plot(*zip(*points), styles[arm], color=color, marker=".",
-                  label=f"{arm}: {label}")
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel("iteration after the warm start")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-      ax.legend(fontsize=7)
+  arms_lib.plot_panels(fig, results, panels)
   fig.suptitle("RL Tango on addition: generator and step verifier, both by RL "
                "(held out, gold judge)")
   metrics_lib.save_png(fig, path, dpi=110)

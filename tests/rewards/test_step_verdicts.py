@@ -48,7 +48,7 @@ def _generator_rollouts(pairs, N=6):
 
 
 def test_words_must_be_one_token_each():
-  with pytest.raises(ValueError, match="the verdict 'ok' is 2 tokens"):
+  with pytest.raises(ValueError, match="the verdict 'ok' is 2 tokens in this tokenizer; it must be one"):
     sv.StepVerifierSettings(yes="ok").resolve(TOK)
   with pytest.raises(ValueError, match="two different non-empty words"):
     sv.StepVerifierSettings(yes="1", no="1").validate("rewards.steps")
