@@ -209,6 +209,7 @@ def test_with_the_step_scores_a_monitor_the_generator_is_grpos_bit_for_bit():
   assert "verifier/reward/verdict" in metrics and int(got["step"]) == 1
 
 
+@pytest.mark.slow  # two compilations of the step; the default suite is at its budget
 def test_a_frozen_verifier_is_not_updated_and_its_step_scores_reach_the_generator():
   generator, verifier = _specs(monitor=False)
   state, batch, rng = _state(), _batch(), jax.random.key(3)
