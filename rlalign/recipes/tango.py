@@ -108,6 +108,9 @@ class TangoSettings:
     if ver.rl().prompts_per_step > gen.batch_size:
       raise ValueError(f"{v} poses {ver.rl().prompts_per_step} completions per step; "
                        f"{g} samples only {gen.batch_size}")
+    if gen.role("policy") == ver.role("policy"):
+      raise ValueError(f"{g} and {v} train the same role {ver.role('policy')!r}: RL Tango's "
+                       "generator and verifier are two models (SPARK is one)")
     if step.settings.role != ver.role("policy"):
       raise ValueError(f"{g}.rewards.{self.step_reward}.role {step.settings.role!r} is not "
                        f"the role {v} trains ({ver.role('policy')!r})")
@@ -241,8 +244,9 @@ def tango_evaluator(runtime: Runtime, generator: iteration.IterationSpec,
     B = right.shape[0] // N
     p_steps, steps, worst = judge(ver_params, rollouts)
     step_gold = gold_steps(rollouts["completion_tokens"], steps, rollouts["answer_tokens"])
-    written = iteration.rollout(ver_params, pose(rollouts, right, step, stop_id), rng,
-                                greedy, greedy=True, model=ver_model)
+    written = iteration.rollout(ver_params, pose(rollouts, right, step, stop_id),
+                                jax.random.fold_in(rng, 2), greedy, greedy=True,
+                                model=ver_model)
     formed, all_yes, _ = sv.read_verdicts(written, step)
     out = {"right": right.reshape(B, N), "worst": worst.reshape(B, N),
            "written_right": (formed & (all_yes == right)).reshape(B, N),
@@ -292,19 +296,23 @@ def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   runtime = Runtime(cfg, workdir, schedule + [(CHECKPOINT, phases[settings.generator_phase]
                                                .steps)])
   # The runtime's config has the rewards' text in token ids (the step term's template).
-  gen_cfg = runtime.cfg.phase_configs[settings.generator_phase]
-  ver_cfg = runtime.cfg.phase_configs[settings.verifier_phase]
-  step = step_term(gen_cfg, settings.step_reward).settings
+  # A completion is quoted without whichever of the sampling's stop tokens ended it.
+  stops = tuple(runtime.cfg.sampling.stop_tokens or (runtime.tokenizer.eos_id,))
+  term = step_term(runtime.cfg.phase_configs[settings.generator_phase], settings.step_reward)
+  step = dataclasses.replace(term.settings, template=dataclasses.replace(
+      term.settings.template, stop_ids=stops))
+  loop_cfg = with_step_settings(runtime.cfg, settings, step)
+  gen_cfg = loop_cfg.phase_configs[settings.generator_phase]
+  ver_cfg = loop_cfg.phase_configs[settings.verifier_phase]
   runtime.evaluate_initial(gen_cfg.role("policy"))
   for name in settings.before:
     runtime.run_phase(name)
   gen_roles, ver_roles = runtime.role_specs(gen_cfg), runtime.role_specs(ver_cfg)
-  generator, verifier = specs(runtime.cfg, gen_roles, ver_roles, runtime.tokenizer.pad_id)
+  generator, verifier = specs(loop_cfg, gen_roles, ver_roles, runtime.tokenizer.pad_id)
   roles = {**gen_roles, **ver_roles}
   digits = [runtime.tokenizer.encode(str(d)) for d in range(10)]
   digits = tuple(int(d[0]) for d in digits) if all(len(d) == 1 for d in digits) else ()
-  # The verifier's answer ends where its sampling stops.
-  stop_id = (runtime.cfg.sampling.stop_tokens or (runtime.tokenizer.eos_id,))[0]
+  stop_id = stops[0]  # the verifier's answer ends where its sampling stops
   evaluate = tango_evaluator(runtime, generator, step, settings, digits, stop_id)
   built = runtime.build_phase(
       CHECKPOINT, gen_cfg, roles=roles,
@@ -326,14 +334,9 @@ def dry_run_program(cfg: ExperimentConfig) -> dry_run.RecipeProgram:
   pad, stop = dry_run.PAD_ID, (cfg.sampling.stop_tokens or (dry_run.PAD_ID + 2,))[0]
   term = step_term(gen_cfg, settings.step_reward)
   step = stand_in(term.settings, pad, stop)
-  gen_cfg = dataclasses.replace(gen_cfg, rewards=_with(gen_cfg.rewards, term.key, step),
-                                monitors=_with(gen_cfg.monitors, term.key, step))
-  ver_cfg = dataclasses.replace(ver_cfg, rewards=tuple(
-      dataclasses.replace(t, settings=dataclasses.replace(t.settings, yes_id=pad, no_id=pad + 1))
-      for t in ver_cfg.rewards))
-  phases = dict(cfg.phases)
-  phases.update({settings.generator_phase: gen_cfg, settings.verifier_phase: ver_cfg})
-  cfg = dataclasses.replace(cfg, phases=tuple(phases.items()))
+  cfg = with_step_settings(cfg, settings, step)
+  gen_cfg = cfg.phase_configs[settings.generator_phase]
+  ver_cfg = cfg.phase_configs[settings.verifier_phase]
   gen_roles, ver_roles = role_specs(cfg, gen_cfg), role_specs(cfg, ver_cfg)
   generator, verifier = specs(cfg, gen_roles, ver_roles, pad)
   prompt, new = cfg.data.max_prompt_len, cfg.sampling.max_new_tokens
@@ -355,8 +358,20 @@ def stand_in(settings: sv.StepVerifierSettings, pad: int, stop: int) -> sv.StepV
                              delimiter_id=process.EVERY_TOKEN)
 
 
-def _with(terms, key: str, settings) -> Tuple[reward_base.RewardTerm, ...]:
-  return tuple(dataclasses.replace(t, settings=settings) if t.key == key else t for t in terms)
+def with_step_settings(cfg: ExperimentConfig, settings: TangoSettings,
+                       step: sv.StepVerifierSettings) -> ExperimentConfig:
+  """``cfg`` with the step term's settings ``step``, and the verifier's verdict ids its."""
+  phases = dict(cfg.phases)
+  gen, ver = phases[settings.generator_phase], phases[settings.verifier_phase]
+  swap = lambda terms: tuple(dataclasses.replace(t, settings=step)
+                             if t.key == settings.step_reward else t for t in terms)
+  phases[settings.generator_phase] = dataclasses.replace(gen, rewards=swap(gen.rewards),
+                                                         monitors=swap(gen.monitors))
+  phases[settings.verifier_phase] = dataclasses.replace(ver, rewards=tuple(
+      dataclasses.replace(t, settings=dataclasses.replace(t.settings, yes_id=step.yes_id,
+                                                          no_id=step.no_id))
+      for t in ver.rewards))
+  return dataclasses.replace(cfg, phases=tuple(phases.items()))
 
 
 RECIPE = base.register(base.Recipe("tango", TangoSettings, run, dry_run_program))

@@ -78,7 +78,7 @@ def plot_panels(fig, results: Dict[str, Dict[str, Any]],
   """One panel per (title, [(label, metric), ...]) side by side on ``fig``: each arm's curves
   (``results[arm]["curves"][metric]``, (iteration, value) points), a line style per arm and a
   colour per metric."""
-  styles = dict(zip(results, ("-", "--", ":")))
+  styles = {arm: ("-", "--", ":", "-.")[i % 4] for i, arm in enumerate(results)}
   for i, (title, lines) in enumerate(panels):
     ax = fig.add_subplot(1, len(panels), i + 1)
     for arm, res in results.items():

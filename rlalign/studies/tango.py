@@ -75,10 +75,9 @@ def plot(results: Dict[str, Dict[str, Any]], path: str) -> None:
             ("verifier on the generator's samples",
              [("AUROC", "eval/verifier_auroc"),
               ("false-positive rate", "eval/verifier_false_positive_rate")]),
-            ("verifier, written verdicts", [("right about the outcome",
-                                             "eval/verifier_written_accuracy"),
-                                            ("step balanced accuracy",
-                                             "eval/verifier_step_balanced_accuracy")]),
+            ("verifier: written verdicts, step P(yes)",
+             [("written, right about the outcome", "eval/verifier_written_accuracy"),
+              ("steps by P(yes), balanced accuracy", "eval/verifier_step_balanced_accuracy")]),
             ("gold vs a near miss", [("outcome", "eval/near_miss_accuracy"),
                                      ("wrong digit found", "eval/near_miss_localised")])]
   arms_lib.plot_panels(fig, results, panels)

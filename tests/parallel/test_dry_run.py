@@ -297,9 +297,9 @@ def test_spark_dry_runs_the_answers_and_every_task_in_one_program(tmp_path):
 @pytest.mark.slow
 def test_tango_dry_runs_both_models_in_one_program(tmp_path):
   """The RL Tango step (the generator's sampling and step scores, the verifier's sampling,
-  both updates) compiles on a (2, 2, 2) mesh with all three roles, and its KV cache is the
-  verifier's widest prompt by hand: the question, a whole completion and the template, then
-  a verdict per new token."""
+  both updates) compiles on a (2, 2, 2) mesh with all three roles, and the KV cache it
+  declares is the verifier's widest prompt (the question, a whole completion and the
+  template) then a verdict per new token: the report's figure, not read from the program."""
   from rlalign import config as config_lib, recipes
   config = load_config("tango_addition", "tango,smoke")
   config.data.data_dir = str(tmp_path)

@@ -51,6 +51,8 @@ def typed(arg, tmp_path, **changes):
      "poses 32 completions per step"),
     ({"phases.generate.dynamic_sampling": True}, "supports neither"),
     ({"recipe.eval_samples": 0}, "eval_samples must be >= 1"),
+    ({"phases.verify.slots": {"policy": "generator"},
+      "phases.generate.rewards.steps.role": "generator"}, "train the same role"),
 ])
 def test_the_recipe_refuses_runs_it_cannot_make_sense_of(changes, message, tmp_path):
   with pytest.raises(ValueError, match=message):
