@@ -33,7 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rlalign.data import addition
+from rlalign.data import addition, rubric
 
 _TEXT_KEYS = ("prompt", "answer", "demonstration", "chosen", "rejected", "completion")
 _RESPONSE_KEYS = ("chosen", "rejected", "completion")  # completions; never only whitespace
@@ -203,6 +203,44 @@ class EasyHardAddition(_LocalBuilder):
     problems = addition.generate_easy_hard(split, num, c.easy_digits, c.hard_digits,
                                            c.hard_fraction, c.carry_drop, c.seed)
     for index, problem in enumerate(problems):
+      yield index, {**dict.fromkeys(_TEXT_KEYS, ""), "label": False,
+                    "step_labels": _NO_STEPS, **problem}
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class RubricConfig(tfds.core.BuilderConfig):
+  """Generator settings for `RubricPrompts`; the name encodes all of them."""
+
+  honor: float = 0.4
+  num_train: int = 50_000
+  num_test: int = 256
+  seed: int = 0
+
+  @classmethod
+  def create(cls, *, honor: float, num_train: int, num_test: int, seed: int) -> RubricConfig:
+    honor = float(honor)
+    return cls(name=f"honor{honor!r}-train{num_train}-test{num_test}-seed{seed}", honor=honor,
+               num_train=num_train, num_test=num_test, seed=seed)
+
+
+class RubricPrompts(_LocalBuilder):
+  """Digit strings under four constraints, graded by a five-point rubric
+  (`rlalign.data.rubric`): the answer is the gold judge's key, the demonstration a sloppy
+  teacher's."""
+
+  name = "rlalign_rubric"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    c = self.builder_config
+    return {split: self._generate_examples(split, num)
+            for split, num in (("train", c.num_train), ("test", c.num_test))}
+
+  def _generate_examples(self, split: str, num: int):
+    c = self.builder_config
+    for index, problem in enumerate(rubric.generate(split, num, c.honor, c.seed)):
       yield index, {**dict.fromkeys(_TEXT_KEYS, ""), "label": False,
                     "step_labels": _NO_STEPS, **problem}
 

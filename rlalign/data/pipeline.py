@@ -35,10 +35,10 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rlalign.data import buckets, builders, hf_datasets
+from rlalign.data import buckets, builders, hf_datasets, rubric
 from rlalign.data.tokenizer import CharTokenizer
 
-TASKS = ("addition", "jsonl", "tfds", "hf")
+TASKS = ("addition", "rubric", "jsonl", "tfds", "hf")
 _MAX_SEED = 2**32  # grain shuffle seeds must fit in 32 bits.
 
 
@@ -60,7 +60,7 @@ class DataConfig:
   `rlalign.data.hf_datasets`.
   """
 
-  task: str = "addition"          # "addition" | "jsonl" | "tfds" | "hf"
+  task: str = "addition"          # "addition" | "rubric" | "jsonl" | "tfds" | "hf"
   data_dir: str = ""              # TFDS data dir; must be set (non-empty) by the caller
   max_prompt_len: int = 12        # tokens incl. BOS
   max_answer_len: int = 6         # tokens incl. EOS
@@ -78,6 +78,9 @@ class DataConfig:
   # addition only: the share of problems whose second operand's units digit is shown as "?"
   # (`addition.hide_units_digit`; needs alphabet "ascii"): a first answer is a guess.
   hidden_fraction: float = 0.0
+  # rubric only (`rlalign.data.rubric`, the self-rewarding task): how often the teacher's
+  # demonstration meets each constraint; num_train and num_test size it as addition's.
+  honor: float = 0.4
   # The character tokenizer's alphabet: "" the task's own (addition: digits, "+" and "="),
   # "ascii" printable ASCII and newline, for text beside the task's (a recipe's feedback).
   alphabet: str = ""
@@ -151,6 +154,8 @@ class DataConfig:
       raise ValueError("data.step_delimiter must be the (one-token) text that ends a step")
     if self.task == "addition":
       self._validate_addition()
+    elif self.task == "rubric":
+      self._validate_rubric()
     elif self.task == "tfds":
       self._validate_tfds()
     elif self.task == "hf":
@@ -168,6 +173,24 @@ class DataConfig:
     for name in ("tfds_train_split", "tfds_test_split"):
       if not getattr(self, name):
         raise ValueError(f"data.{name} must name a split of data.tfds_name")
+
+  def _validate_rubric(self) -> None:
+    if not 0.0 <= self.honor <= 1.0:
+      raise ValueError(f"data.honor must be in [0, 1], got {self.honor}")
+    for name in ("num_train", "num_test"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
+    if self.eval_splits:
+      raise ValueError(f"data.eval_splits names {list(self.eval_splits)}; the rubric task has "
+                       "no extra held-out splits")
+    if not self.tokenizer_dir:  # a chat template's text comes before the prompt
+      if self.max_prompt_len < rubric.PROMPT_LEN + 1:
+        raise ValueError(f"data.max_prompt_len={self.max_prompt_len} is too small for the "
+                         f"rubric task: prompts need {rubric.PROMPT_LEN + 1} tokens with BOS")
+      if self.max_answer_len < rubric.MAX_RESPONSE + 1:
+        raise ValueError(f"data.max_answer_len={self.max_answer_len} is too small for the "
+                         f"rubric task: the teacher's answers need {rubric.MAX_RESPONSE + 1} "
+                         "tokens with EOS")
 
   def _validate_addition(self) -> None:
     if self.max_digits < 1:
@@ -226,6 +249,10 @@ def _make_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
         easy_digits=cfg.max_digits, hard_digits=cfg.hard_digits,
         hard_fraction=cfg.hard_fraction, carry_drop=cfg.carry_drop,
         num_train=cfg.num_train, num_test=cfg.num_test, seed=cfg.seed)
+  elif cfg.task == "rubric":
+    builder_cls = builders.RubricPrompts
+    config = builders.RubricConfig.create(honor=cfg.honor, num_train=cfg.num_train,
+                                          num_test=cfg.num_test, seed=cfg.seed)
   elif cfg.task == "addition":
     builder_cls = builders.AdditionPrompts
     config = builders.AdditionConfig.create(

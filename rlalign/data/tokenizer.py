@@ -109,7 +109,7 @@ def tokenizer_for(cfg: DataConfig):
     return CharTokenizer(ASCII_ALPHABET)
   if cfg.task == "addition":
     return CharTokenizer(ADDITION_ALPHABET)
-  if cfg.task in ("jsonl", "tfds", "hf"):
+  if cfg.task in ("rubric", "jsonl", "tfds", "hf"):
     return CharTokenizer(ASCII_ALPHABET)
   raise ValueError(f"no tokenizer for data.task={cfg.task!r}")
 

@@ -87,6 +87,10 @@ class Objective:
   # a process reward model can train it; False where prepare replaces them (PPO's GAE) or
   # the ratio is per sequence (GSPO).
   token_advantages: bool = False
+  # The loss never reads the sampler's log-probs as the policy's own (no ratio, no old
+  # policy), so a phase may sample from another role (``sample_from``: online DPO's rounds
+  # on data of the model as the round began).
+  any_sampler: bool = False
 
   @property
   def shuffles_pairs(self) -> bool:

@@ -87,4 +87,4 @@ def online_dpo_loss(hp: OnlineDPOConfig, outputs: Mapping[str, base.ModelOutputs
 OBJECTIVE = base.register(base.Objective(
     name="online_dpo", hparams=OnlineDPOConfig, loss_fn=online_dpo_loss, batch="rollouts",
     trains={"policy": ("logprobs",)}, needs_reference=lambda hp: True,
-    prepare=online_dpo_prepare, pairs_layout=True))
+    prepare=online_dpo_prepare, pairs_layout=True, any_sampler=True))

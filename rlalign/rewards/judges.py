@@ -260,13 +260,19 @@ def judge_score(rollouts: Rollouts, roles: Mapping[str, base.RoleModel],
   if settings.parse == "auto":
     raise ValueError("judge_score: parse='auto' is decided by resolve(tokenizer); call it first")
   view = roles[settings.role]
-  tokens, mask = judge_input(rollouts, settings.template)
-  config = sampler.SamplingConfig(max_new_tokens=settings.max_new_tokens,
-                                  temperature=settings.temperature,
-                                  stop_tokens=settings.template.stop_ids)
-  rng = rollouts.get("rng", jax.random.PRNGKey(0))
-  out = sampler.sample(view.params, tokens, mask, rng, view.model, config)
+  out = write_judgement(view.params, view.model, rollouts,
+                        rollouts.get("rng", jax.random.PRNGKey(0)), settings)
   if settings.parse == "host":
     return out.tokens, out.mask
   value, found = parse_score(out.tokens, out.mask, settings)
   return jnp.where(found, jnp.clip(value / settings.max_score, 0.0, 1.0), settings.fallback)
+
+
+def write_judgement(params, model: tfm.ModelConfig, rollouts: Rollouts, rng: jax.Array,
+                    settings: JudgeScoreSettings):
+  """The judge's written judgement of each row (``sampler.Samples``), in-graph."""
+  tokens, mask = judge_input(rollouts, settings.template)
+  config = sampler.SamplingConfig(max_new_tokens=settings.max_new_tokens,
+                                  temperature=settings.temperature,
+                                  stop_tokens=settings.template.stop_ids)
+  return sampler.sample(params, tokens, mask, rng, model, config)

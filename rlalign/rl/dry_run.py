@@ -34,10 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlalign.rl.experiment import ExperimentConfig
+from rlalign.data import tokenizer as tokenizer_lib
 from rlalign.models import transformer as tfm
 from rlalign.parallel import mesh as mesh_lib
 from rlalign.parallel.logical import axis_rules
 from rlalign.parallel.sharding import ShardingPlan
+from rlalign.rewards import base as reward_base
 from rlalign.rl import iteration
 from rlalign.rl import roles as roles_lib
 from rlalign.rl import state as state_lib
@@ -123,8 +125,10 @@ def rl_phase(cfg: ExperimentConfig):
 
 
 def reward_roles(cfg: ExperimentConfig) -> Tuple[str, ...]:
-  """The roles the RL phase's rewards read (learned reward models)."""
-  return rl_phase(cfg)[1].rl().reward_roles
+  """The roles the RL phase's rewards read (learned reward models), but its reference, which
+  the step holds anyway."""
+  phase = rl_phase(cfg)[1]
+  return tuple(r for r in phase.rl().reward_roles if r != phase.role("reference"))
 
 
 def _optimizer(cfg: ExperimentConfig, phase):
@@ -276,6 +280,19 @@ def dry_run(cfg: ExperimentConfig, reward_model: bool = False,
   sampler_plan = make_sampler_plan(cfg, devices)
   _, phase = rl_phase(cfg)
   rl = phase.rl()
+  # Settings that name text (a judge's template, the digits a rubric reads) in the run's
+  # token ids, as the runtime gives them: the tokenizer needs no data.
+  tokenizer = tokenizer_lib.tokenizer_for(cfg.data)
+  rl = dataclasses.replace(rl, rewards=reward_base.resolve_terms(rl.rewards, tokenizer),
+                           monitors=reward_base.resolve_terms(rl.monitors, tokenizer))
+  # A reward that reads the phase's own reference (a judge that is the round's start, as in
+  # Self-Rewarding) reads the step's frozen reference: one copy, counted once.
+  own = phase.role("reference")
+  as_reference = lambda terms: tuple(
+      dataclasses.replace(t, settings=dataclasses.replace(t.settings, role="reference"))
+      if own in t.roles and getattr(t.settings, "role", None) == own else t for t in terms)
+  rl = dataclasses.replace(rl, rewards=as_reference(rl.rewards),
+                           monitors=as_reference(rl.monitors))
   optimizer = _optimizer(cfg, phase)
   abstract = tfm.abstract_params(cfg.model)
   param_sh = plan.params(tfm.logical_axes(cfg.model), abstract)

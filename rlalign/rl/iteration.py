@@ -74,6 +74,11 @@ class RLConfig:
   # How host rewards (Python on decoded text) run: worker processes, a per-call timeout and
   # the fallback a failed row gets, so no reward can hang or end the run.
   host_rewards: host_pool.HostRewardSettings = host_pool.HostRewardSettings()
+  # "" : the policy samples its own rollouts. A slot ("reference"): that slot's role samples
+  # them instead, the same role all phase long, as iterative DPO's rounds train on data of
+  # the model as the round began (Xu et al. 2023; Yuan et al. 2024). Objectives that read
+  # the sampler's log-probs as the policy's (ratios) refuse it (``Objective.any_sampler``).
+  sample_from: str = ""
 
   @property
   def prompts_per_step(self) -> int:
@@ -172,6 +177,11 @@ class IterationSpec:
     return name if name in self.binding.roles else None
 
   @property
+  def sampler(self) -> str:
+    """The role that samples the rollouts: the policy's, or ``rl.sample_from``'s."""
+    return self.binding.role(self.rl.sample_from) if self.rl.sample_from else self.policy
+
+  @property
   def model(self) -> tfm.ModelConfig:
     return self.binding.roles[self.policy].model
 
@@ -198,6 +208,15 @@ class IterationSpec:
     if objective.needs_reference(self.binding.hparams) and self.reference is None:
       raise ValueError(f"objective {objective.name!r} with these settings needs a reference "
                        f"role; roles: {sorted(self.binding.roles)}")
+    if self.rl.sample_from:
+      if not objective.any_sampler:
+        raise ValueError(f"rl.sample_from={self.rl.sample_from!r}: objective "
+                         f"{objective.name!r} reads the sampler's log-probs as the policy's, "
+                         "so only the policy may sample its rollouts")
+      if self.sampler not in self.binding.roles:
+        raise ValueError(f"rl.sample_from={self.rl.sample_from!r} is bound to role "
+                         f"{self.sampler!r}, which this step does not have; roles: "
+                         f"{sorted(self.binding.roles)}")
     if objective.pairs_layout:
       pairs = self.rl.prompts_per_step
       if self.rl.group_size < 2 or pairs % self.binding.minibatches:
@@ -244,8 +263,13 @@ def single_policy_spec(model: tfm.ModelConfig, sampling: sampler.SamplingConfig,
 
 
 def policy_params(trained: Mapping[str, Any], frozen: Mapping[str, Any], spec: IterationSpec):
-  """The sampling policy's weights: its trained params, or base + merged adapters."""
+  """The policy's weights: its trained params, or base + merged adapters."""
   return roles_lib.effective_params(spec.policy, trained, frozen, spec.binding.roles)
+
+
+def sampler_params(trained: Mapping[str, Any], frozen: Mapping[str, Any], spec: IterationSpec):
+  """The weights the rollouts are sampled with: the policy's, or ``rl.sample_from``'s."""
+  return roles_lib.effective_params(spec.sampler, trained, frozen, spec.binding.roles)
 
 
 def rollout(params, batch: Batch, rng: jax.Array, spec: IterationSpec, *,
@@ -506,7 +530,7 @@ def rl_step(state, batch, rng, frozen, spec: IterationSpec):
   greedy_rng = jax.random.split(rng, 3)[2]  # a key of its own, unlike any the sampler folds
   trained = state_lib.params_of(state)
   params = policy_params(trained, frozen, spec)
-  rollouts = rollout(params, batch, sample_rng, spec)
+  rollouts = rollout(sampler_params(trained, frozen, spec), batch, sample_rng, spec)
   score_rng, reference_rng = jax.random.split(jax.random.fold_in(greedy_rng, 1))
   if spec.rl.lsc_terms:
     rollouts["reference_rewards"] = reference_rewards(batch, reference_rng, trained, frozen,
@@ -553,6 +577,9 @@ def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], st
 
   sampler_plan = layout.sampler.plan if separate else plan
   sample_kw = {}
+  if separate and spec.rl.sample_from:
+    raise ValueError("rl.sample_from with a separate sampler layout is not supported: only "
+                     "the policy's weights are resharded into the sampler's layout")
   if separate:
     if spec.binding.roles[spec.policy].adapter is not None:
       raise ValueError("LoRA adapters with a separate sampler layout are not supported: the "
@@ -560,7 +587,7 @@ def make_rl_step(spec: IterationSpec, decode: Optional[Callable[[np.ndarray], st
     sample_kw = dict(in_shardings=({spec.policy: layout.sampler.params}, layout.sampler.batch,
                                    sampler_plan.replicated, {}))
   sample_jit = jit_with_rules(
-      lambda trained, batch, rng, frozen: rollout(policy_params(trained, frozen, spec), batch,
+      lambda trained, batch, rng, frozen: rollout(sampler_params(trained, frozen, spec), batch,
                                                   rng, spec),
       sampler_plan, **sample_kw)
   score_jit = jit_with_rules(

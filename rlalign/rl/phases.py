@@ -69,6 +69,7 @@ class PhaseConfig:
   # Scored and logged as monitor/<source> beside the rewards, never trained on (RLConfig).
   monitors: Tuple[reward_base.RewardTerm, ...] = ()
   host_rewards: host_pool.HostRewardSettings = host_pool.HostRewardSettings()
+  sample_from: str = ""  # a slot whose role samples the rollouts instead (RLConfig)
 
   @property
   def kind(self) -> str:
@@ -98,7 +99,7 @@ class PhaseConfig:
                     rescore_old_logprobs=self.rescore_old_logprobs,
                     dynamic_sampling=self.dynamic_sampling, oversample=self.oversample,
                     informative_rewards=self.informative_rewards, monitors=self.monitors,
-                    host_rewards=self.host_rewards)
+                    host_rewards=self.host_rewards, sample_from=self.sample_from)
 
   def validate(self, prefix: str) -> None:
     if self.steps < 0:
@@ -117,6 +118,14 @@ class PhaseConfig:
     if self.kind == "rl":
       self.rl().validate(prefix)
     objective = self.objective.objective
+    if self.sample_from and self.kind == "rl":
+      if self.sample_from not in set(objective.reads) | {"reference"}:
+        raise ValueError(f"{prefix}.sample_from must name a frozen slot of objective "
+                         f"{self.objective.name!r} ({sorted(set(objective.reads) | {'reference'})})"
+                         f", got {self.sample_from!r}")
+      if not objective.any_sampler:
+        raise ValueError(f"{prefix}.sample_from: objective {self.objective.name!r} reads the "
+                         "sampler's log-probs as the policy's, so only the policy may sample")
     known = set(objective.trains) | set(objective.reads) | {"reference"}
     unknown = set(self.slot_map) - known
     if unknown:

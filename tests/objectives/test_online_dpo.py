@@ -271,3 +271,64 @@ def test_online_dpo_updates_raise_the_margin_of_informative_pairs():
   informative = np.asarray(base.split_pairs(prepared["pair_weight"])[0]) > 0
   assert np.all(margin[informative] > 0.05), margin
   _close(margin[~informative], 0.0, 1e-5)  # a tied "pair" is one sample twice
+
+
+# ---------------------------------------------------------------- sampling from the reference
+
+def _rl_spec(sample_from, group_size=2):
+  from rlalign.rewards import base as reward_base, verifiers
+  from rlalign.rl import iteration
+  from rlalign.sampling import sampler
+  roles = {"policy": roles_lib.RoleSpec(TINY, optax.sgd(0.1)),
+           "reference": roles_lib.RoleSpec(TINY)}
+  binding = update.Binding(objectives.get("online_dpo"), online_dpo.OnlineDPOConfig(beta=0.5),
+                           roles, {}, 1, 1)
+  rl = iteration.RLConfig(batch_size=4 * group_size, group_size=group_size,
+                          rewards=(reward_base.RewardTerm("length", settings=verifiers.LengthSettings()),),
+                          sample_from=sample_from)
+  config = sampler.SamplingConfig(max_new_tokens=4, temperature=1.0, stop_tokens=(2,))
+  return iteration.IterationSpec(config, rl, binding, 0)
+
+
+def test_sample_from_the_reference_samples_its_rollouts_and_trains_the_policy_on_them():
+  """With ``sample_from="reference"`` the step is the plain step of a policy that holds the
+  reference's weights as it samples: the same rollouts, so the same update of the policy's
+  own weights. (The reference's weights differ from the policy's, so its samples do too.)"""
+  from rlalign.rl import iteration
+  policy, reference = tfm.init(TINY, jax.random.key(0)), tfm.init(TINY, jax.random.key(1))
+  batch = {"prompt_tokens": jnp.asarray(np.tile([[1, 5, 6]], (4, 1))),
+           "prompt_mask": jnp.ones((4, 3), bool),
+           "answer_tokens": jnp.zeros((4, 2), jnp.int32), "answer_mask": jnp.ones((4, 2), bool)}
+  rng = jax.random.key(7)
+  state = state_lib.init_state({"policy": policy}, {"policy": optax.sgd(0.1)})
+  spec = _rl_spec("reference")
+  spec.check()
+  got, metrics = jax.jit(lambda s, f: iteration.rl_step(s, batch, rng, f, spec))(
+      state, {"reference": reference})
+  # The reference's rollouts, as the step draws them, scored and learned by the plain path.
+  plain = _rl_spec("")
+  step_rng = jax.random.fold_in(rng, 0)
+  sample_rng, learn_rng = jax.random.split(step_rng)
+  rollouts = iteration.rollout(reference, batch, sample_rng, plain)
+  scores = iteration.score(rollouts, {"policy": policy}, {"reference": reference}, plain,
+                           jax.random.split(jax.random.fold_in(jax.random.split(step_rng, 3)[2],
+                                                               1))[0])
+  want, want_metrics = iteration.learn(state, rollouts, scores, learn_rng,
+                                       {"reference": reference}, plain)
+  chex.assert_trees_all_close(got["roles"]["policy"]["params"],
+                              want["roles"]["policy"]["params"], rtol=1e-6, atol=1e-6)
+  _close(metrics["loss"], want_metrics["loss"])
+
+
+def test_sample_from_is_refused_where_the_loss_reads_the_samplers_log_probs():
+  from rlalign.rl import iteration
+  spec = _rl_spec("reference")
+  grpo = update.Binding(objectives.get("grpo"), objectives.get("grpo").hparams(),
+                        spec.binding.roles, {}, 1, 1)
+  import dataclasses
+  with pytest.raises(ValueError, match="reads the sampler's log-probs as the policy's"):
+    dataclasses.replace(spec, binding=grpo).check()
+  only_policy = update.Binding(spec.binding.objective, spec.binding.hparams,
+                               {"policy": spec.binding.roles["policy"]}, {}, 1, 1)
+  with pytest.raises(ValueError, match="needs a reference role|does not have"):
+    iteration.IterationSpec(spec.sampling, spec.rl, only_policy, 0).check()

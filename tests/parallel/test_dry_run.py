@@ -329,3 +329,23 @@ def test_cli_dry_runs_a_recipe(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "| verifier (trained, float32)" in proc.stdout and "verdict: fits" in proc.stdout
   assert os.listdir(tmp_path) == ["dry_run.md"]  # no data prepared
+
+
+@pytest.mark.slow
+def test_self_rewarding_dry_runs_a_round_whose_reference_judges_and_samples(tmp_path):
+  """A Self-Rewarding round compiles on a (2, 2, 2) mesh: its reference role samples the
+  rollouts and writes the judgements in the same program, and is the step's one frozen copy,
+  counted once (not again as a reward model)."""
+  from rlalign import config as config_lib
+  config = load_config("self_rewarding_rubric", "self,smoke")
+  config.data.data_dir = str(tmp_path)
+  config.mesh.ici = (2, 2, 2)
+  config.phases.round_1.batch_size = 32
+  cfg = config_lib.from_config_dict(config)
+  assert cfg.phase_configs["round_1"].rewards[0].roles == ("reference_1",)
+  report = dry_run.dry_run(cfg)
+  assert report.reward_roles == ()
+  assert report.state.reward_model == 0 and report.state.reference == report.state.params
+  rl_step, _ = report.programs
+  assert rl_step.outside == 0
+  assert rl_step.arguments >= report.state.params + report.state.reference

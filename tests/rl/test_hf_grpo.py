@@ -31,8 +31,8 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def write_tokenizer(directory):
-  vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
+def write_tokenizer(directory, chars=CHARS):
+  vocab = {tok: i for i, tok in enumerate(SPECIALS + list(chars))}
   tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<|endoftext|>"))
   tok.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex("."), "isolated")
   tok.decoder = tokenizers.decoders.Fuse()

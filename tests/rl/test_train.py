@@ -24,6 +24,7 @@ EASY_TO_HARD_SMOKE = os.path.join(REPO, "configs", "easy_to_hard_addition.py") +
 RISE_SMOKE = os.path.join(REPO, "configs", "rise_addition.py") + ":rise,smoke"
 SPARK_SMOKE = os.path.join(REPO, "configs", "spark_addition.py") + ":spark,smoke"
 TANGO_SMOKE = os.path.join(REPO, "configs", "tango_addition.py") + ":tango,smoke"
+SELF_REWARDING_SMOKE = os.path.join(REPO, "configs", "self_rewarding_rubric.py") + ":self,smoke"
 
 
 def read_tfevents_scalars(directory):
@@ -99,6 +100,8 @@ RUNS = {
     "spark": (SPARK_SMOKE, "spark", ("policy",)),
     # Two models sampling in one program, each rewarded through the other's rollouts.
     "tango": (TANGO_SMOKE, "tango", ("generator", "verifier")),
+    # Rounds whose judge and sampler are a role copied from the policy as the round starts.
+    "self_rewarding": (SELF_REWARDING_SMOKE, "round_3", ("policy",)),
 }
 
 
@@ -138,7 +141,9 @@ def uninterrupted(tmp_path_factory, cli):
                                             ("cotrain", "alternating/2"),
                                             ("easy_to_hard", "alternating/2"),
                                             ("rise", "dialogue/2"), ("rise", "rise/2"),
-                                            ("spark", "spark/2"), ("tango", "tango/2")])
+                                            ("spark", "spark/2"), ("tango", "tango/2"),
+                                            ("self_rewarding", "judge_seed/2"),
+                                            ("self_rewarding", "round_2/2")])
 def test_killed_run_resumes_to_the_same_params(tmp_path, run, kill_when, uninterrupted, cli):
   """SIGKILL at a checkpoint of either phase; the resumed run ends with every trained role
   bit-identical to an uninterrupted run (two models in one checkpoint for ``cotrain``)."""
