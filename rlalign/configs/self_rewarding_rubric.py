@@ -7,7 +7,8 @@ DPO, three rounds (``recipes/self_rewarding.py``; the task is ``data/rubric.py``
 
 Every arm has the same warm start (SFT on a sloppy teacher that meets each constraint 40% of
 the time, erring the same way otherwise), the same judge seed (the model's own samples of the
-train prompts, each answered "Score: k" by the gold rubric: the paper's EFT data), and three
+train prompts, each answered "Score: k" by the gold rubric, the paper's EFT data, and the
+meta-judge's task on them: the gold judgement against another score), and three
 rounds of DPO, 32 prompts x 8 samples a step, as the paper's iterations: the responses of
 round k come from the model as the round began (M_k, the round's reference, which
 ``sample_from`` makes the sampler), never from the policy being trained, and the judge's best
@@ -15,6 +16,10 @@ and worst of each eight are the pair. The argument picks who judges in the round
 
   self    (default) the model as it was when the round began (the round's reference):
           Self-Rewarding
+  meta    the same judge, and each step also trains the judging: 64 of the responses are
+          judged twice (temperature 1), the model as meta-judge picks the better judgement
+          ("...points? Score: 3 | Score: 4 which? " -> "A" or "B", both orders), and DPO
+          prefers it: Meta-Rewarding (Wu et al. 2024)
   frozen  the model as it left the judge seed, for every round: a judge that never improves
   gold    the gold rubric itself: the ceiling, the only arm whose training reads it
 
@@ -33,7 +38,8 @@ from rlalign import presets
 ROUNDS = 3
 JUDGE = dict(template=dict(prefix="", middle=" ", suffix=" points? "), max_score=5,
              max_new_tokens=10)
-ARMS = ("self", "frozen", "gold")
+META = dict(between=" | ", question=" which? ", first="A", second="B")
+ARMS = ("self", "meta", "frozen", "gold")
 SMOKE = dict(warm_start=dict(steps=4, batch_size=16),
              judge_seed=dict(steps=4, batch_size=8, group_size=2),
              **{f"round_{k}": dict(steps=4, batch_size=16, group_size=4)
@@ -64,7 +70,7 @@ def arm_config(arm: str) -> ml_collections.ConfigDict:
   for k in range(1, ROUNDS + 1):
     reference = f"reference_{k}"
     roles[reference] = dict(weights=dict(source="role", role="policy"), trainable=False)
-    judge = {"self": reference, "frozen": "judge"}.get(arm)
+    judge = {"self": reference, "meta": reference, "frozen": "judge"}.get(arm)
     rewards = ({"rubric_points": 1.0} if judge is None else
                {"judge": dict(JUDGE, name="judge_score", role=judge)})
     phases[f"round_{k}"] = dict(
@@ -75,7 +81,8 @@ def arm_config(arm: str) -> ml_collections.ConfigDict:
   c.recipe = dict(name="self_rewarding", before=("warm_start",), seed_phase="judge_seed",
                   seed_reward="rubric_points",
                   rounds=tuple(f"round_{k}" for k in range(1, ROUNDS + 1)),
-                  judge=dict(JUDGE, role="policy"), oracle=arm == "gold", eval_samples=4)
+                  judge=dict(JUDGE, role="policy"), oracle=arm == "gold", eval_samples=4,
+                  meta=dict(META), meta_rounds=arm == "meta", meta_share=0.25)
   return c
 
 

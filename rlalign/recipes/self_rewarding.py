@@ -5,9 +5,10 @@ worst responses to each prompt by its own judgement train it by DPO, round after
   before      the warm start: SFT on the task's demonstrations (the paper's IFT data)
   seed_phase  the judge's seed (EFT): each step the model samples ``group_size`` responses
               to its prompts, ``seed_reward`` labels them (the paper's human-ranked seed;
-              here the gold rubric on the train prompts), and one SFT update learns both
-              the demonstrations again and, for every sample, the judgement "Score: k"
-              after the rubric template (``judge.template``): the model as its own judge
+              here the gold rubric on the train prompts), and one SFT update learns the
+              demonstrations again, for every sample the judgement "Score: k" after the
+              rubric template (``judge.template``), and the meta-judge's answer between the
+              gold judgement and another: the model as its own judge
   rounds      online-DPO phases (``objectives/online_dpo.py``): the policy samples a group
               per prompt, a ``judge_score`` reward scores each by writing its judgement, and
               the best and the worst form the pair. Bind the judge and the reference to a
@@ -15,6 +16,14 @@ worst responses to each prompt by its own judgement train it by DPO, round after
               while M_{k+1} learns: Self-Rewarding (configs/self_rewarding_rubric.py). The
               same recipe runs the ablations: a judge frozen after the seed, and the gold
               judge as the reward (``oracle``), the ceiling.
+
+Meta-Rewarding (Wu et al. 2024, "Meta-Rewarding Language Models"; ``meta_rounds``) adds the
+judge's own training to each round step, in the same program: a share of the step's
+responses is judged twice by the round's judge (at temperature 1), the same model as
+meta-judge reads both judgements after the judge's question and says which is right
+(``rewards/judges.py:meta_judge``, both orders averaged), and an online-DPO update prefers the
+one it picked. The seed teaches the meta-judge in every arm (the gold judgement against
+another score, in a random order), so the arms differ only from round 1 on.
 
 The gold judge (``gold``, a registered in-graph reward) is read by the seed phase, as its
 labels, and by the evaluator; the recipe refuses a round that reads it, as a reward or a
@@ -32,6 +41,8 @@ Held out, the evaluator logs beside the policy's own evaluation:
                             share the judge orders the same way (a tie counts half)
   eval/judge_overscore      the mean of judgement minus gold, in points
   eval/judge_well_formed    the share of judgements with a readable score
+  eval/meta_judge_accuracy  the meta-judge's pick between the gold judgement of a sample and
+                            another score (both orders averaged): right when it picks gold
   eval/judge_length_bias    the correlation of (judgement - gold) with the response's length:
                             a judge that favours longer answers shows it here
   eval/response_length      the sampled responses' mean length in tokens
@@ -51,6 +62,7 @@ from rlalign.rewards import base as reward_base
 from rlalign.rewards import judges
 from rlalign.rewards import rubric as rubric_reward
 from rlalign.rl import iteration, offline
+from rlalign.rl import roles as roles_lib
 from rlalign.rl import state as state_lib
 from rlalign.rl.experiment import ExperimentConfig
 from rlalign.rl.layout import StepLayout, jit_step
@@ -75,6 +87,14 @@ class SelfRewardingSettings:
   gold: str = "rubric_points"          # the gold judge: seed labels and evaluation only
   oracle: bool = False                 # the rounds may train on the gold judge (a ceiling)
   eval_samples: int = 4
+  # The meta-judge: asked which of two judgements of one response is right. The seed teaches
+  # it (the gold judgement against another score, in a random order) in every arm.
+  meta: judges.MetaJudgeSettings = judges.MetaJudgeSettings()
+  # Meta-Rewarding: each round step also poses a share ``meta_share`` of its responses to the
+  # round's judge twice, the meta-judge (the same role) picks the better judgement, and DPO
+  # trains the policy's judging on that pair, beside the responses' pair.
+  meta_rounds: bool = False
+  meta_share: float = 0.25
 
   def validate(self, prefix: str, cfg: ExperimentConfig) -> None:
     phases = cfg.phase_configs
@@ -114,9 +134,29 @@ class SelfRewardingSettings:
           raise ValueError(f"phases.{name}.rewards.{term.key} asks its judge in other words "
                            f"than {prefix}.judge, which the seed taught: give both the same "
                            "template, marker and max_score")
+    self.meta.validate(f"{prefix}.meta")
+    if self.meta_rounds:
+      judged_by = {r for name in self.rounds for t in phases[name].rewards
+                   if t.name == "judge_score" for r in t.roles}
+      if len(judged_by) != len(self.rounds) or self.oracle:
+        raise ValueError(f"{prefix}.meta_rounds trains the judge that scores each round: every "
+                         "round needs one judge_score reward (and no oracle)")
+      for name in self.rounds:
+        phase = phases[name]
+        if not 0.0 < self.meta_share <= 1.0 or posed(phase, self.meta_share) < 1:
+          raise ValueError(f"{prefix}.meta_share ({self.meta_share}) must pose at least one of "
+                           f"phases.{name}'s {phase.batch_size} responses, and at most all")
+        if phase.dynamic_sampling or phase.rl().lsc_terms or phase.rl().estimator.greedy_baseline:
+          raise ValueError(f"phases.{name}: a Meta-Rewarding round supports neither dynamic "
+                           "sampling, lsc rewards nor a greedy baseline")
     if self.eval_samples < 2:
       raise ValueError(f"{prefix}.eval_samples must be >= 2 (the pairwise agreement), got "
                        f"{self.eval_samples}")
+
+
+def posed(phase, share: float) -> int:
+  """Responses a Meta-Rewarding round step poses to its judge."""
+  return int(phase.batch_size * share)
 
 
 class Judgements(NamedTuple):
@@ -142,32 +182,59 @@ def judgement_ids(judge: judges.JudgeScoreSettings, tokenizer: Any, stop: int) -
   return Judgements(tokens, mask)
 
 
-def stack_rows(a: Mapping[str, jax.Array], b: Mapping[str, jax.Array], pad_id: int):
-  """Two canonical sequence batches as one: prompts left-padded, completions right-padded."""
+def stack_rows(parts, pad_id: int):
+  """Canonical sequence batches as one: prompts left-padded, completions right-padded."""
   def widen(x, width, left, value):
     extra = width - x.shape[1]
     return jnp.pad(x, ((0, 0), (extra, 0) if left else (0, extra)), constant_values=value)
-  P = max(a["prompt_tokens"].shape[1], b["prompt_tokens"].shape[1])
-  N = max(a["completion_tokens"].shape[1], b["completion_tokens"].shape[1])
+  P = max(p["prompt_tokens"].shape[1] for p in parts)
+  N = max(p["completion_tokens"].shape[1] for p in parts)
   out = {}
   for key, width, left, value in (("prompt_tokens", P, True, pad_id),
                                   ("prompt_mask", P, True, False),
                                   ("completion_tokens", N, False, pad_id),
                                   ("mask", N, False, False)):
-    out[key] = jnp.concatenate([widen(a[key].astype(b[key].dtype), width, left, value),
-                                widen(b[key], width, left, value)])
+    dtype = jnp.int32 if key.endswith("tokens") else bool
+    out[key] = jnp.concatenate([widen(p[key].astype(dtype), width, left, value)
+                                for p in parts])
   return out
+
+
+def other_points(points: jax.Array, rng: jax.Array, max_score: int) -> jax.Array:
+  """A score other than each of ``points``, uniformly."""
+  shift = jax.random.randint(rng, points.shape, 1, max_score + 1)
+  return (points + shift) % (max_score + 1)
+
+
+def meta_rows(judge_tokens, judge_mask, points, rng, *, targets: Judgements,
+              meta: judges.MetaJudgeSettings):
+  """The meta-judge's seed rows: each judge input with the gold judgement and another, in a
+  random order, answered by the position of the gold one."""
+  order_rng, other_rng = jax.random.split(rng)
+  wrong = other_points(points, other_rng, targets.tokens.shape[0] - 1)
+  gold_first = jax.random.bernoulli(order_rng, 0.5, points.shape)
+  table = lambda k: (jnp.asarray(targets.tokens)[k], jnp.asarray(targets.mask)[k])
+  gold, other = table(points), table(wrong)
+  pick = lambda c, x, y: tuple(jnp.where(c[:, None], u, v) for u, v in zip(x, y))
+  tokens, mask = judges.meta_input((judge_tokens, judge_mask), pick(gold_first, gold, other),
+                                   pick(gold_first, other, gold), meta)
+  verdict = jnp.where(gold_first, meta.first_id, meta.second_id).astype(jnp.int32)
+  stop = jnp.full_like(verdict, meta.stop_ids[0])
+  return {"prompt_tokens": tokens, "prompt_mask": mask,
+          "completion_tokens": jnp.stack([verdict, stop], axis=1),
+          "mask": jnp.ones((verdict.shape[0], 2), bool)}
 
 
 def seed_step(state, batch, rng, frozen, *, sampling: iteration.IterationSpec,
               sft: offline.OfflineSpec, seed_term: reward_base.RewardTerm,
-              judge: judges.JudgeScoreSettings, targets: Judgements):
+              judge: judges.JudgeScoreSettings, targets: Judgements,
+              meta: judges.MetaJudgeSettings):
   """One EFT step: sample, label by the seed reward, SFT on demonstrations and judgements."""
   rng = jax.random.fold_in(rng, state["step"])
   sample_rng, learn_rng = jax.random.split(rng)
   policy = iteration.policy_params(state_lib.params_of(state), frozen, sampling)
   rows, gold = seed_rows(policy, batch, sample_rng, sampling=sampling, seed_term=seed_term,
-                         judge=judge, targets=targets)
+                         judge=judge, targets=targets, meta=meta)
   state, metrics = offline.learn(state, rows, learn_rng, frozen, sft)
   metrics = {**metrics, "seed_points": jnp.mean(gold)}
   return {**state, "step": state["step"] + 1}, metrics
@@ -175,22 +242,73 @@ def seed_step(state, batch, rng, frozen, *, sampling: iteration.IterationSpec,
 
 def seed_rows(policy, batch, rng, *, sampling: iteration.IterationSpec,
               seed_term: reward_base.RewardTerm, judge: judges.JudgeScoreSettings,
-              targets: Judgements):
-  """The seed's SFT rows, the demonstrations then one judgement per sample, and each
-  sample's seed reward [B * G]."""
-  rollouts = iteration.rollout(policy, batch, rng, sampling)
+              targets: Judgements, meta: judges.MetaJudgeSettings):
+  """The seed's SFT rows, the demonstrations, then one judgement per sample, then one
+  meta-judgement per sample; and each sample's seed reward [B * G]."""
+  sample_rng, meta_rng = jax.random.split(rng)
+  rollouts = iteration.rollout(policy, batch, sample_rng, sampling)
   gold = reward_base.score_in_graph((seed_term,), rollouts, {})[seed_term.key]
   points = jnp.clip(jnp.round(gold * judge.max_score), 0, judge.max_score).astype(jnp.int32)
   tokens, mask = judges.judge_input(rollouts, judge.template)
   judged = {"prompt_tokens": tokens, "prompt_mask": mask,
             "completion_tokens": jnp.asarray(targets.tokens)[points],
             "mask": jnp.asarray(targets.mask)[points]}
-  return stack_rows(offline.to_sequences(batch, "demonstrations"), judged,
+  metas = meta_rows(tokens, mask, points, meta_rng, targets=targets, meta=meta)
+  return stack_rows([offline.to_sequences(batch, "demonstrations"), judged, metas],
                     sampling.pad_id), gold
 
 
 def make_seed_step(layout: StepLayout, **static) -> Any:
   return jit_step(functools.partial(seed_step, **static), layout)
+
+
+def meta_round_step(state, batch, rng, frozen, *, actor: iteration.IterationSpec,
+                    judging: iteration.IterationSpec, judge: judges.JudgeScoreSettings,
+                    posed: int):
+  """One Meta-Rewarding round step: the responses' online-DPO update, exactly a plain
+  round's (the same keys), then the judge's: ``posed`` of the responses judged twice by the
+  round's judge, and the meta-judge's pick of the two is chosen over the other (``judging``:
+  online DPO on groups of two judgements, rewarded by ``meta_judge``)."""
+  step_rng = jax.random.fold_in(rng, state["step"])
+  sample_rng, learn_rng = jax.random.split(step_rng)
+  score_rng = jax.random.split(jax.random.fold_in(jax.random.split(step_rng, 3)[2], 1))[0]
+  trained = state_lib.params_of(state)
+  rollouts = iteration.rollout(iteration.sampler_params(trained, frozen, actor), batch,
+                               sample_rng, actor)
+  scores = iteration.score(rollouts, trained, frozen, actor, score_rng)
+  new, metrics = iteration.learn(state, rollouts, scores, learn_rng, frozen, actor)
+  judge_rng, judge_learn_rng = jax.random.split(jax.random.fold_in(step_rng, 3))
+  asked = {k: v[:posed] for k, v in rollouts.items()}
+  tokens, mask = judges.judge_input(asked, judge.template)
+  written = iteration.rollout(
+      roles_lib.effective_params(judge.role, trained, frozen, actor.binding.roles),
+      {"prompt_tokens": tokens, "prompt_mask": mask, "answer_tokens": asked["answer_tokens"],
+       "answer_mask": asked["answer_mask"]}, judge_rng, judging,
+      model=actor.binding.roles[judge.role].model)
+  meta_scores = iteration.score(written, trained, frozen, judging)
+  judged, judge_metrics = iteration.learn({"step": state["step"], "roles": new["roles"]},
+                                          written, meta_scores, judge_learn_rng, frozen, judging)
+  metrics.update({f"judge/{k}": v for k, v in judge_metrics.items() if k != "tokens"})
+  metrics["tokens"] = metrics["tokens"] + judge_metrics["tokens"]
+  return {**new, "roles": judged["roles"]}, metrics
+
+
+def make_meta_round_step(layout: StepLayout, **static) -> Any:
+  return jit_step(functools.partial(meta_round_step, **static), layout)
+
+
+def judging_spec(actor: iteration.IterationSpec, judge: judges.JudgeScoreSettings,
+                 meta: judges.MetaJudgeSettings, posed: int) -> iteration.IterationSpec:
+  """The judge's half of a Meta-Rewarding round: judgements sampled two per response (at
+  temperature 1, so they can differ), paired by the meta-judge, by the round's objective."""
+  sampling = dataclasses.replace(actor.sampling, max_new_tokens=judge.max_new_tokens,
+                                 temperature=1.0)
+  term = reward_base.RewardTerm("meta_judge", settings=dataclasses.replace(meta,
+                                                                           role=judge.role))
+  rl = dataclasses.replace(actor.rl, batch_size=2 * posed, group_size=2, minibatches=1,
+                           rewards=(term,), monitors=(), sample_from="",
+                           response_buckets=())
+  return dataclasses.replace(actor, sampling=sampling, rl=rl)
 
 
 def self_judge(params, model, rollouts, rng, judge: judges.JudgeScoreSettings):
@@ -200,7 +318,8 @@ def self_judge(params, model, rollouts, rng, judge: judges.JudgeScoreSettings):
 
 
 def evaluator(runtime: Runtime, spec: iteration.IterationSpec, settings: SelfRewardingSettings,
-              judge: judges.JudgeScoreSettings, gold: reward_base.RewardTerm):
+              judge: judges.JudgeScoreSettings, gold: reward_base.RewardTerm,
+              meta: judges.MetaJudgeSettings, targets: Judgements):
   """``for_roles(roles) -> evaluate(state, frozen)``: the held-out metrics of the module
   docstring."""
   N, model = settings.eval_samples, spec.model
@@ -219,7 +338,15 @@ def evaluator(runtime: Runtime, spec: iteration.IterationSpec, settings: SelfRew
     length = judges.without_stop(sampled["completion_tokens"], sampled["completion_mask"],
                                  judge.template.stop_ids).sum(axis=1)
     B = batch["prompt_tokens"].shape[0]
+    # The meta-judge: the gold judgement of each sample against another score.
+    points = jnp.clip(jnp.round(gold_of(sampled)), 0, judge.max_score).astype(jnp.int32)
+    wrong = other_points(points, jax.random.fold_in(rng, 2), judge.max_score)
+    table = lambda k: (jnp.asarray(targets.tokens)[k], jnp.asarray(targets.mask)[k])
+    asked = judges.judge_input(sampled, judge.template)
+    meta_right = judges.first_is_better(params, model, asked, table(points), table(wrong),
+                                        meta) > 0.5
     out = {"greedy": gold_of(greedy), "sampled": gold_of(sampled).reshape(B, N),
+           "meta_right": meta_right.reshape(B, N),
            "said": said.reshape(B, N), "readable": readable.reshape(B, N),
            "length": length.reshape(B, N).astype(jnp.float32)}
     if by_criterion:
@@ -242,6 +369,7 @@ def summarize(rows: Mapping[str, np.ndarray], max_score: int) -> Dict[str, float
          "eval/judge_exact": float(np.mean(readable & (said == sampled))),
          "eval/judge_overscore": float(np.mean(said - sampled)),
          "eval/judge_well_formed": float(readable.mean()),
+         "eval/meta_judge_accuracy": float(rows["meta_right"].mean()),
          "eval/response_length": float(rows["length"].mean())}
   if "criteria" in rows:
     for name, hit in zip(("digits", "length", "first", "last", "has"), rows["criteria"].T):
@@ -269,6 +397,7 @@ def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   judge = settings.judge.resolve(tokenizer)
   judge = dataclasses.replace(judge, template=dataclasses.replace(judge.template,
                                                                   stop_ids=stops))
+  meta = dataclasses.replace(settings.meta.resolve(tokenizer), stop_ids=stops)
   if judge.parse != "graph":
     raise ValueError("recipe.judge: the self-rewarding evaluator reads scores in-graph, which "
                      "needs one-token digits in this tokenizer")
@@ -285,20 +414,30 @@ def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   binding = runtime.binding(seed_cfg, roles)
   sampling = iteration.IterationSpec(runtime.cfg.sampling, seed_cfg.rl(), binding,
                                      tokenizer.pad_id)
-  evaluate = evaluator(runtime, sampling, settings, judge, gold)
   targets = judgement_ids(judge, tokenizer, stops[0])
+  evaluate = evaluator(runtime, sampling, settings, judge, gold, meta, targets)
   sft = offline.OfflineSpec(binding)
   sft.check()
   runtime.run(runtime.build_phase(
       settings.seed_phase, seed_cfg, roles=roles,
       make_step=lambda layout: make_seed_step(layout, sampling=sampling, sft=sft,
                                               seed_term=seed_term, judge=judge,
-                                              targets=targets),
+                                              targets=targets, meta=meta),
       also_evaluate=evaluate(roles), also_evaluate_at_start=True))
   for name in settings.rounds:
     round_cfg = runtime.cfg.phase_configs[name]
     round_roles = runtime.role_specs(round_cfg)
-    runtime.run(runtime.build_phase(name, round_cfg, roles=round_roles,
+    make_step = None
+    if settings.meta_rounds:
+      actor = iteration.IterationSpec(runtime.cfg.sampling, round_cfg.rl(),
+                                      runtime.binding(round_cfg, round_roles), tokenizer.pad_id)
+      term = next(t for t in round_cfg.rewards if t.name == "judge_score")
+      round_judge = dataclasses.replace(term.settings, template=judge.template)
+      asked = posed(round_cfg, settings.meta_share)
+      judging = judging_spec(actor, round_judge, meta, asked)
+      make_step = functools.partial(make_meta_round_step, actor=actor, judging=judging,
+                                    judge=round_judge, posed=asked)
+    runtime.run(runtime.build_phase(name, round_cfg, roles=round_roles, make_step=make_step,
                                     also_evaluate=evaluate(round_roles)))
   judged_by = sorted({r for name in settings.rounds
                       for t in runtime.cfg.phase_configs[name].rewards for r in t.roles})

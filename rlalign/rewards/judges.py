@@ -276,3 +276,82 @@ def write_judgement(params, model: tfm.ModelConfig, rollouts: Rollouts, rng: jax
                                   temperature=settings.temperature,
                                   stop_tokens=settings.template.stop_ids)
   return sampler.sample(params, tokens, mask, rng, model, config)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaJudgeSettings:
+  """The meta-judge of Meta-Rewarding (Wu et al. 2024): a judge's input, then two of its
+  judgements, then the question; the verdict is the first token of ``first`` or ``second``."""
+  role: str = "policy"
+  between: str = "\nOr: "
+  question: str = "\nWhich judgement is right, A or B? "
+  first: str = "A"
+  second: str = "B"
+  between_ids: Tuple[int, ...] = ()  # filled by ``resolve``
+  question_ids: Tuple[int, ...] = ()
+  first_id: int = -1
+  second_id: int = -1
+  stop_ids: Tuple[int, ...] = ()
+
+  heads_needed = ("logits",)
+
+  def validate(self, prefix: str) -> None:
+    if not self.role:
+      raise ValueError(f"{prefix}.role must name the meta-judge's role")
+    if not self.question or not self.first or not self.second:
+      raise ValueError(f"{prefix}.question, .first and .second must be non-empty")
+
+  def resolve(self, tokenizer: Any) -> "MetaJudgeSettings":
+    who = f"meta_judge of role {self.role!r}"
+    first, second = (_first_token(tokenizer, self.first, who),
+                     _first_token(tokenizer, self.second, who))
+    if first == second:
+      raise ValueError(f"{who}: {self.first!r} and {self.second!r} start with the same token "
+                       f"{first}; choose verdicts whose first tokens differ")
+    encode = lambda text: tuple(int(i) for i in tokenizer.encode(text)) if text else ()
+    return dataclasses.replace(self, between_ids=encode(self.between),
+                               question_ids=encode(self.question), first_id=first,
+                               second_id=second, stop_ids=(int(tokenizer.eos_id),))
+
+
+def meta_input(prompt: Tuple[jax.Array, jax.Array], a: Tuple[jax.Array, jax.Array],
+               b: Tuple[jax.Array, jax.Array], settings: MetaJudgeSettings
+               ) -> Tuple[jax.Array, jax.Array]:
+  """The meta-judge's tokens and mask, left-packed: the judge's input ``prompt``, judgement
+  ``a``, the text between, judgement ``b`` (each without its stop), the question."""
+  rows = prompt[0].shape[0]
+  quote = lambda part: (part[0], without_stop(part[0], part[1], settings.stop_ids))
+  return left_pack([prompt, quote(a), constant(settings.between_ids, rows), quote(b),
+                    constant(settings.question_ids, rows)])
+
+
+def first_is_better(params, model: tfm.ModelConfig, prompt, a, b, settings: MetaJudgeSettings
+                    ) -> jax.Array:
+  """P(``a`` is the better judgement), asked in both orders and averaged, [rows]: a judge
+  that favours a position gains nothing by it."""
+  def p_first(x, y):
+    logits = verdict_logits(params, model, *meta_input(prompt, x, y, settings))
+    return jax.nn.sigmoid(logits[:, settings.first_id] - logits[:, settings.second_id])
+  return 0.5 * (p_first(a, b) + 1.0 - p_first(b, a))
+
+
+@base.in_graph("meta_judge", settings=MetaJudgeSettings, roles_of=lambda s: (s.role,))
+def meta_judge(rollouts: Rollouts, roles: Mapping[str, base.RoleModel],
+               settings: MetaJudgeSettings) -> jax.Array:
+  """Rows in contiguous pairs, two judgements of one judge input (the prompt): each row's
+  reward is the meta-judge's P(it is the better of its pair); two identical judgements state
+  no preference, 0.5 each."""
+  B = rollouts["completion_tokens"].shape[0]
+  if B % 2:
+    raise ValueError(f"meta_judge compares judgements in pairs: {B} rows is not whole pairs")
+  view = roles[settings.role]
+  tokens = rollouts["completion_tokens"]
+  mask = without_stop(tokens, rollouts["completion_mask"], settings.stop_ids)
+  prompt = (rollouts["prompt_tokens"][0::2], rollouts["prompt_mask"][0::2])
+  a, b = (tokens[0::2], rollouts["completion_mask"][0::2]), (tokens[1::2],
+                                                             rollouts["completion_mask"][1::2])
+  p = first_is_better(view.params, view.model, prompt, a, b, settings)
+  same = jnp.all(jnp.where(mask[0::2], tokens[0::2], -1) == jnp.where(mask[1::2], tokens[1::2],
+                                                                      -1), axis=1)
+  p = jnp.where(same, 0.5, p)
+  return jnp.stack([p, 1.0 - p], axis=1).reshape(B)

@@ -2,6 +2,7 @@
 evaluator's summary by hand, the recipe's refusals, and runs of the config."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -30,6 +31,7 @@ MODEL = tfm.ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=2, n_kv_
 JUDGE = judges.JudgeScoreSettings(
     role="policy", max_score=5, max_new_tokens=10,
     template=judges.Template(prefix="", middle=" ", suffix=" points? ")).resolve(TOK)
+META = judges.MetaJudgeSettings(between=" | ", question=" which? ").resolve(TOK)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(REPO, "configs", "self_rewarding_rubric.py") + ":self,smoke"
 
@@ -120,7 +122,7 @@ def _sampling(group_size):
   return iteration.IterationSpec(config, rl, binding, TOK.pad_id)
 
 
-def test_seed_rows_are_the_demonstrations_then_each_sample_judged_by_the_gold_rubric():
+def test_seed_rows_are_demonstrations_then_each_sample_judged_then_each_judgement_judged():
   batch, rows = _batch(4)
   sampling = _sampling(3)
   term = reward_base.RewardTerm("rubric_points", settings=rubric_reward.RubricSettings()
@@ -129,9 +131,10 @@ def test_seed_rows_are_the_demonstrations_then_each_sample_judged_by_the_gold_ru
   params = tfm.init(MODEL, jax.random.key(0))
   out, gold = jax.jit(lambda p, b, r: sr.seed_rows(
       p, b, r, sampling=sampling, seed_term=term, judge=judge,
-      targets=sr.judgement_ids(judge, TOK, TOK.eos_id)))(params, batch, jax.random.key(1))
+      targets=sr.judgement_ids(judge, TOK, TOK.eos_id), meta=META))(params, batch,
+                                                                  jax.random.key(1))
   out = jax.device_get(out)
-  assert out["prompt_tokens"].shape[0] == 4 + 4 * 3
+  assert out["prompt_tokens"].shape[0] == 4 + 2 * 4 * 3
   for i, r in enumerate(rows):  # the demonstrations first, as the dataset has them
     assert _text(out["prompt_tokens"][i], out["prompt_mask"][i]) == "\ufffd" + r["prompt"]
     assert _text(out["completion_tokens"][i], out["mask"][i]) == r["demonstration"]
@@ -144,6 +147,14 @@ def test_seed_rows_are_the_demonstrations_then_each_sample_judged_by_the_gold_ru
     k = int(rubric.points(rubric.spec_of(prompt), response).sum())
     assert _text(out["completion_tokens"][i], out["mask"][i]) == f"Score: {k}"
     assert round(float(gold[j]) * 5) == k
+    # The meta-judge's row: the same question, the gold judgement and another one, in
+    # either order, answered by the gold one's position.
+    metaq = _text(out["prompt_tokens"][i + 12], out["prompt_mask"][i + 12])
+    assert metaq.startswith(asked + "Score: ") and metaq.endswith(" which? ")
+    a, b = metaq[len(asked):-len(" which? ")].split(" | ")
+    verdict = _text(out["completion_tokens"][i + 12], out["mask"][i + 12])
+    assert a != b and f"Score: {k}" in (a, b)
+    assert verdict == ("A" if a == f"Score: {k}" else "B")
   # Every prompt is left-padded to one width and every completion right-padded: the real
   # tokens are contiguous, so positions run unbroken.
   for m in out["prompt_mask"]:
@@ -155,6 +166,7 @@ def test_seed_rows_are_the_demonstrations_then_each_sample_judged_by_the_gold_ru
 def test_the_summary_by_hand():
   # Two prompts, three samples each: gold points, the judge's, readable, lengths.
   rows = {"greedy": np.array([5.0, 3.0]),
+          "meta_right": np.array([[True, False, True], [True, True, True]]),
           "sampled": np.array([[5.0, 3.0, 3.0], [1.0, 2.0, 4.0]]),
           "said": np.array([[4.0, 4.0, 3.0], [2.0, 1.0, 9.0]]),
           "readable": np.array([[True, True, True], [True, True, False]]),
@@ -175,6 +187,7 @@ def test_the_summary_by_hand():
   assert np.isclose(out["eval/judge_length_bias"], np.corrcoef(said - gold, length)[0, 1])
   assert out["eval/gold_length"] == 0.5 and out["eval/gold_first"] == 1.0
   assert np.isclose(out["eval/response_length"], length.mean())
+  assert out["eval/meta_judge_accuracy"] == 5 / 6
 
 
 @pytest.mark.slow  # the kill matrix runs this config too; the default suite is at its budget
@@ -211,6 +224,8 @@ def test_from_a_hugging_face_checkpoint(tmp_path):
   config = load_config("self_rewarding_rubric", f"hf:{ckpt},smoke")
   config.data.data_dir = str(tmp_path / "tfds")
   config.mesh.ici = (-1, 1, 1)
+  for k in (1, 2, 3):  # 8 prompts a step, one per fake device
+    config.phases[f"round_{k}"].batch_size = 32
   cfg = config_lib.from_config_dict(config)
   assert cfg.data.prompt_format == "chat"
   assert cfg.recipe.settings.judge.template.suffix == sr.RUBRIC.suffix
@@ -222,3 +237,68 @@ def test_from_a_hugging_face_checkpoint(tmp_path):
   moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
               for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(trained)))
   assert moved > 1e-4
+
+
+def test_the_meta_judge_asks_both_orders_and_ties_identical_judgements():
+  params = tfm.init(MODEL, jax.random.key(2))
+  view = {"policy": reward_base.RoleModel(MODEL, params)}
+  meta = dataclasses.replace(META, role="policy")
+  judge_in = TOK.encode("L5F3E8H7: 37218 points? ")
+  one = lambda text: TOK.encode(text) + [TOK.eos_id]
+  texts = ["Score: 4", "Score: 3", "Score: 5", "Score: 5"]
+  width = max(len(one(t)) for t in texts)
+  tokens = np.zeros((4, width), np.int32)
+  mask = np.zeros((4, width), bool)
+  for i, t in enumerate(texts):
+    tokens[i, :len(one(t))], mask[i, :len(one(t))] = one(t), True
+  rollouts = {"prompt_tokens": jnp.asarray([judge_in] * 4), "prompt_mask": jnp.ones((4, len(
+      judge_in)), bool), "completion_tokens": jnp.asarray(tokens),
+      "completion_mask": jnp.asarray(mask)}
+  got = np.asarray(reward_base.get("meta_judge").fn(rollouts, view, meta))
+  assert np.allclose(got[0] + got[1], 1.0) and got[2] == got[3] == 0.5
+  # By hand: P(first) of each order from the verdict logits after the question.
+  def p_first(x, y):
+    ids = judge_in + TOK.encode(x + " | " + y + " which? ")
+    logits = judges.verdict_logits(params, MODEL, jnp.asarray([ids]),
+                                   jnp.ones((1, len(ids)), bool))[0]
+    return float(jax.nn.sigmoid(logits[META.first_id] - logits[META.second_id]))
+  want = 0.5 * (p_first(texts[0], texts[1]) + 1 - p_first(texts[1], texts[0]))
+  np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # two compilations of a round step; the default suite is at its budget
+def test_a_meta_rewarding_step_is_the_plain_round_then_a_judge_update():
+  """The responses' half is the plain round's step bit for bit (its loss and rewards); the
+  judge's half then moves the policy again, on pairs of the reference's judgements."""
+  from rlalign.rewards import judges as judges_lib
+  group = 4
+  objective = objectives.get("online_dpo")
+  roles = {"policy": roles_lib.RoleSpec(MODEL, optax.sgd(0.5)),
+           "reference": roles_lib.RoleSpec(MODEL)}
+  judge = dataclasses.replace(JUDGE, role="reference")
+  term = reward_base.RewardTerm("judge_score", settings=judge, source="judge")
+  rl = iteration.RLConfig(batch_size=2 * group, group_size=group, rewards=(term,),
+                          sample_from="reference")
+  binding = update.Binding(objective, objective.hparams(beta=0.5), roles, {}, 1, 1)
+  config = sampler.SamplingConfig(max_new_tokens=8, temperature=1.0, stop_tokens=(TOK.eos_id,))
+  actor = iteration.IterationSpec(config, rl, binding, TOK.pad_id)
+  judging = sr.judging_spec(actor, judge, META, 4)
+  batch, _ = _batch(2)
+  batch = {k: v for k, v in batch.items() if not k.startswith("demo")}
+  from rlalign.rl import state as state_lib
+  policy, reference = tfm.init(MODEL, jax.random.key(0)), tfm.init(MODEL, jax.random.key(1))
+  state = lambda: state_lib.init_state({"policy": jax.tree.map(jnp.copy, policy)},
+                                       {"policy": optax.sgd(0.5)})
+  frozen, rng = {"reference": reference}, jax.random.key(5)
+  got, metrics = jax.jit(lambda s: sr.meta_round_step(s, batch, rng, frozen, actor=actor,
+                                                      judging=judging, judge=judge, posed=4))(
+      state())
+  plain, want = jax.jit(lambda s: iteration.rl_step(s, batch, rng, frozen, actor))(state())
+  for k in ("loss", "reward/judge", "informative_pairs", "chosen_reward_gap"):
+    np.testing.assert_array_equal(metrics[k], want[k])
+  assert int(got["step"]) == int(plain["step"]) == 1
+  assert "judge/reward/meta_judge" in metrics and "judge/informative_pairs" in metrics
+  diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                      got["roles"]["policy"]["params"], plain["roles"]["policy"]["params"])
+  moved = max(jax.tree.leaves(diff))
+  assert (moved > 0) == (float(metrics["judge/informative_pairs"]) > 0)
