@@ -26,6 +26,13 @@ and worst of each eight are the pair. The argument picks who judges in the round
 The judge is asked "L5F3E8H7: 37218 points? " and writes "Score: 4"; the evaluator also asks
 the policy to judge its own held-out samples, against the gold rubric, each evaluation.
 
+Measured on 2 CPU cores (seed 0; 6.0 min for self, 9.2 meta, 5.3 frozen, 5.0 gold, beside
+our tests), held out, gold greedy points / 5 after the judge seed -> after three rounds:
+self 0.466 -> 0.510, meta 0.466 -> 0.295 (generation collapsed in round 3), frozen 0.466 ->
+0.508, gold 0.466 -> 0.840. The judge's pairwise agreement with gold on its own samples fell
+from 0.697 to 0.50 after the first round in every arm. The finding does not reproduce.
+README.md, "Self-Rewarding and Meta-Rewarding", has every figure and reads them.
+
 ``,smoke`` shrinks any arm to seconds; ``hf:DIR[,smoke]`` starts the policy from a Hugging
 Face checkpoint with its tokenizer and chat template, judged with the rubric in words
 (``self_rewarding.RUBRIC``); ``scale:v5p-8`` and ``scale:8xh100`` are a Qwen2.5-1.5B-shaped
