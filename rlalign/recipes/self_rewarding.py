@@ -136,13 +136,12 @@ class SelfRewardingSettings:
                            "template, marker and max_score")
     self.meta.validate(f"{prefix}.meta")
     if self.meta_rounds:
-      judged_by = {r for name in self.rounds for t in phases[name].rewards
-                   if t.name == "judge_score" for r in t.roles}
-      if len(judged_by) != len(self.rounds) or self.oracle:
-        raise ValueError(f"{prefix}.meta_rounds trains the judge that scores each round: every "
-                         "round needs one judge_score reward (and no oracle)")
       for name in self.rounds:
         phase = phases[name]
+        if self.oracle or [t.name for t in phase.rewards] != ["judge_score"]:
+          raise ValueError(f"{prefix}.meta_rounds trains the judging that scores each round: "
+                           f"phases.{name}.rewards must be one judge_score term (and "
+                           f"{prefix}.oracle False)")
         if not 0.0 < self.meta_share <= 1.0 or posed(phase, self.meta_share) < 1:
           raise ValueError(f"{prefix}.meta_share ({self.meta_share}) must pose at least one of "
                            f"phases.{name}'s {phase.batch_size} responses, and at most all")

@@ -58,7 +58,7 @@ def _prompts(tokenizer, batch):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"task": "x"}, "data.task must be one of ('addition', 'jsonl', 'tfds', 'hf'), got 'x'"),
+        ({"task": "x"}, "data.task must be one of ('addition', 'rubric', 'jsonl', 'tfds', 'hf'), got 'x'"),
         ({"data_dir": ""}, "data.data_dir"),
         ({"task": "jsonl"}, "data.train_path is required when data.task='jsonl'"),
         ({"max_prompt_len": 0}, "data.max_prompt_len"),

@@ -57,6 +57,9 @@ def typed(arg, tmp_path, **changes):
     ({"recipe.rounds": ("round_1", "round_9")}, "recipe.rounds names \\['round_9'\\]"),
     ({"recipe.rounds": ()}, "recipe.rounds must name"),
     ({"recipe.eval_samples": 1}, "eval_samples must be >= 2"),
+    ({"recipe.meta_rounds": True, "recipe.meta_share": 0.01}, "meta_share \\(0.01\\) must pose"),
+    ({"recipe.meta_rounds": True, "phases.round_2.rewards.length": 0.1},
+     "round_2.rewards must be one judge_score term"),
 ])
 def test_the_recipe_refuses_runs_it_cannot_make_sense_of(changes, message, tmp_path):
   with pytest.raises(ValueError, match=message):
