@@ -116,6 +116,8 @@ def scale_config(target: str) -> ml_collections.ConfigDict:
 
     python -m rlalign.main --config=configs/self_rewarding_rubric.py:scale:v5p-8 \
         --workdir=DIR --dry_run --device_memory_gib=95   # on a CPU: device_count=4
+
+  ``--config.recipe.meta_rounds=True`` dry-runs the Meta-Rewarding round instead.
   """
   c = arm_config("self")
   presets.at_scale(c, target, "self_rewarding_rubric")

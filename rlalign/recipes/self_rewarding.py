@@ -57,16 +57,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlalign.data import tokenizer as tokenizer_lib
 from rlalign.recipes import base
 from rlalign.rewards import base as reward_base
 from rlalign.rewards import judges
 from rlalign.rewards import rubric as rubric_reward
-from rlalign.rl import iteration, offline
+from rlalign.rl import dry_run, iteration, offline, update
 from rlalign.rl import roles as roles_lib
 from rlalign.rl import state as state_lib
 from rlalign.rl.experiment import ExperimentConfig
 from rlalign.rl.layout import StepLayout, jit_step
-from rlalign.rl.runtime import Runtime
+from rlalign.rl.runtime import Runtime, role_specs
 
 RUBRIC = judges.Template(
     prefix="Review the user's request and the response.\nRequest: ",
@@ -444,4 +445,34 @@ def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
                         f"by {', '.join(judged_by) or settings.gold} on {cfg.data.task}")
 
 
-RECIPE = base.register(base.Recipe("self_rewarding", SelfRewardingSettings, run))
+def dry_run_program(cfg: ExperimentConfig):
+  """``--dry_run`` of a Meta-Rewarding round: the answers' and the judge's halves in one
+  program, on abstract inputs; None for the other arms, whose rounds are the plain RL step
+  (which the default dry run compiles)."""
+  settings: SelfRewardingSettings = cfg.recipe.settings
+  if not settings.meta_rounds:
+    return None
+  name = settings.rounds[0]
+  phase = cfg.phase_configs[name]
+  tokenizer = tokenizer_lib.tokenizer_for(cfg.data)
+  stops = tuple(cfg.sampling.stop_tokens or (tokenizer.eos_id,))
+  phase = dataclasses.replace(phase, rewards=reward_base.resolve_terms(phase.rewards, tokenizer))
+  roles = role_specs(cfg, phase)
+  actor = iteration.IterationSpec(cfg.sampling, phase.rl(), update.Binding(
+      phase.objective.objective, phase.objective.hparams, roles, phase.slot_map, phase.epochs,
+      phase.minibatches), dry_run.PAD_ID)
+  term = next(t for t in phase.rewards if t.name == "judge_score")
+  judge = dataclasses.replace(term.settings, template=dataclasses.replace(
+      term.settings.template, stop_ids=stops))
+  meta = dataclasses.replace(settings.meta.resolve(tokenizer), stop_ids=stops)
+  asked = posed(phase, settings.meta_share)
+  judging = judging_spec(actor, judge, meta, asked)
+  return dry_run.RecipeProgram(
+      name=f"{name}_meta_step", roles=roles,
+      make_step=lambda layout: make_meta_round_step(layout, actor=actor, judging=judging,
+                                                    judge=judge, posed=asked),
+      rows=phase.rows_per_step, rollouts=phase.batch_size, policy=actor.policy)
+
+
+RECIPE = base.register(base.Recipe("self_rewarding", SelfRewardingSettings, run,
+                                   dry_run_program))

@@ -349,3 +349,30 @@ def test_self_rewarding_dry_runs_a_round_whose_reference_judges_and_samples(tmp_
   rl_step, _ = report.programs
   assert rl_step.outside == 0
   assert rl_step.arguments >= report.state.params + report.state.reference
+
+
+@pytest.mark.slow
+def test_meta_rewarding_dry_runs_both_halves_of_its_round_in_one_program(tmp_path):
+  """The Meta-Rewarding round (the answers' update, the judge's judgements, the meta-judge
+  and the judging's update) compiles as one program on a (2, 2, 2) mesh over the policy and
+  the round's reference."""
+  from rlalign import config as config_lib, recipes
+  config = load_config("self_rewarding_rubric", "meta,smoke")
+  config.data.data_dir = str(tmp_path)
+  config.mesh.ici = (2, 2, 2)
+  config.phases.round_1.batch_size = 64  # 16 prompts; a quarter, 16 responses, posed twice
+  cfg = config_lib.from_config_dict(config)
+  report = dry_run.dry_run_recipe(cfg, recipes.get("self_rewarding").dry_run(cfg))
+  (step,) = report.programs
+  assert step.name == "round_1_meta_step"
+  by_role = {r.name: r for r in report.roles}
+  assert set(by_role) == {"policy", "reference_1"}
+  assert by_role["policy"].trained and not by_role["reference_1"].trained
+  assert recipes.get("self_rewarding").dry_run(typed_plain(tmp_path)) is None
+
+
+def typed_plain(tmp_path):
+  from rlalign import config as config_lib
+  config = load_config("self_rewarding_rubric", "self,smoke")
+  config.data.data_dir = str(tmp_path)
+  return config_lib.from_config_dict(config)
