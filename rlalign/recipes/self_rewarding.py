@@ -62,12 +62,12 @@ from rlalign.recipes import base
 from rlalign.rewards import base as reward_base
 from rlalign.rewards import judges
 from rlalign.rewards import rubric as rubric_reward
-from rlalign.rl import dry_run, iteration, offline, update
+from rlalign.rl import dry_run, iteration, offline
 from rlalign.rl import roles as roles_lib
 from rlalign.rl import state as state_lib
 from rlalign.rl.experiment import ExperimentConfig
 from rlalign.rl.layout import StepLayout, jit_step
-from rlalign.rl.runtime import Runtime, role_specs
+from rlalign.rl.runtime import Runtime, fused_spec, role_specs
 
 RUBRIC = judges.Template(
     prefix="Review the user's request and the response.\nRequest: ",
@@ -164,6 +164,10 @@ class Judgements(NamedTuple):
   tokens: jax.Array
   mask: jax.Array
 
+  def of(self, points: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """The judgement "<marker> points[i]" of every row: (tokens, mask) [B, W]."""
+    return jnp.asarray(self.tokens)[points], jnp.asarray(self.mask)[points]
+
 
 def judgement_ids(judge: judges.JudgeScoreSettings, tokenizer: Any, stop: int) -> Judgements:
   """The seed's target judgements, spelled as the judge's parser reads them."""
@@ -213,8 +217,7 @@ def meta_rows(judge_tokens, judge_mask, points, rng, *, targets: Judgements,
   order_rng, other_rng = jax.random.split(rng)
   wrong = other_points(points, other_rng, targets.tokens.shape[0] - 1)
   gold_first = jax.random.bernoulli(order_rng, 0.5, points.shape)
-  table = lambda k: (jnp.asarray(targets.tokens)[k], jnp.asarray(targets.mask)[k])
-  gold, other = table(points), table(wrong)
+  gold, other = targets.of(points), targets.of(wrong)
   pick = lambda c, x, y: tuple(jnp.where(c[:, None], u, v) for u, v in zip(x, y))
   tokens, mask = judges.meta_input((judge_tokens, judge_mask), pick(gold_first, gold, other),
                                    pick(gold_first, other, gold), meta)
@@ -250,9 +253,9 @@ def seed_rows(policy, batch, rng, *, sampling: iteration.IterationSpec,
   gold = reward_base.score_in_graph((seed_term,), rollouts, {})[seed_term.key]
   points = jnp.clip(jnp.round(gold * judge.max_score), 0, judge.max_score).astype(jnp.int32)
   tokens, mask = judges.judge_input(rollouts, judge.template)
-  judged = {"prompt_tokens": tokens, "prompt_mask": mask,
-            "completion_tokens": jnp.asarray(targets.tokens)[points],
-            "mask": jnp.asarray(targets.mask)[points]}
+  target_tokens, target_mask = targets.of(points)
+  judged = {"prompt_tokens": tokens, "prompt_mask": mask, "completion_tokens": target_tokens,
+            "mask": target_mask}
   metas = meta_rows(tokens, mask, points, meta_rng, targets=targets, meta=meta)
   return stack_rows([offline.to_sequences(batch, "demonstrations"), judged, metas],
                     sampling.pad_id), gold
@@ -269,14 +272,9 @@ def meta_round_step(state, batch, rng, frozen, *, actor: iteration.IterationSpec
   round's (the same keys), then the judge's: ``posed`` of the responses judged twice by the
   round's judge, and the meta-judge's pick of the two is chosen over the other (``judging``:
   online DPO on groups of two judgements, rewarded by ``meta_judge``)."""
-  step_rng = jax.random.fold_in(rng, state["step"])
-  sample_rng, learn_rng = jax.random.split(step_rng)
-  score_rng = jax.random.split(jax.random.fold_in(jax.random.split(step_rng, 3)[2], 1))[0]
   trained = state_lib.params_of(state)
-  rollouts = iteration.rollout(iteration.sampler_params(trained, frozen, actor), batch,
-                               sample_rng, actor)
-  scores = iteration.score(rollouts, trained, frozen, actor, score_rng)
-  new, metrics = iteration.learn(state, rollouts, scores, learn_rng, frozen, actor)
+  new, metrics, rollouts = iteration.rl_step_and_rollouts(state, batch, rng, frozen, actor)
+  step_rng = jax.random.fold_in(rng, state["step"])
   judge_rng, judge_learn_rng = jax.random.split(jax.random.fold_in(step_rng, 3))
   asked = {k: v[:posed] for k, v in rollouts.items()}
   tokens, mask = judges.judge_input(asked, judge.template)
@@ -341,10 +339,9 @@ def evaluator(runtime: Runtime, spec: iteration.IterationSpec, settings: SelfRew
     # The meta-judge: the gold judgement of each sample against another score.
     points = jnp.clip(jnp.round(gold_of(sampled)), 0, judge.max_score).astype(jnp.int32)
     wrong = other_points(points, jax.random.fold_in(rng, 2), judge.max_score)
-    table = lambda k: (jnp.asarray(targets.tokens)[k], jnp.asarray(targets.mask)[k])
     asked = judges.judge_input(sampled, judge.template)
-    meta_right = judges.first_is_better(params, model, asked, table(points), table(wrong),
-                                        meta) > 0.5
+    meta_right = judges.first_is_better(params, model, asked, targets.of(points),
+                                        targets.of(wrong), meta) > 0.5
     out = {"greedy": gold_of(greedy), "sampled": gold_of(sampled).reshape(B, N),
            "meta_right": meta_right.reshape(B, N),
            "said": said.reshape(B, N), "readable": readable.reshape(B, N),
@@ -427,22 +424,27 @@ def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   for name in settings.rounds:
     round_cfg = runtime.cfg.phase_configs[name]
     round_roles = runtime.role_specs(round_cfg)
-    make_step = None
-    if settings.meta_rounds:
-      actor = iteration.IterationSpec(runtime.cfg.sampling, round_cfg.rl(),
-                                      runtime.binding(round_cfg, round_roles), tokenizer.pad_id)
-      term = next(t for t in round_cfg.rewards if t.name == "judge_score")
-      round_judge = dataclasses.replace(term.settings, template=judge.template)
-      asked = posed(round_cfg, settings.meta_share)
-      judging = judging_spec(actor, round_judge, meta, asked)
-      make_step = functools.partial(make_meta_round_step, actor=actor, judging=judging,
-                                    judge=round_judge, posed=asked)
+    make_step = (meta_round(runtime.cfg, name, round_roles, judge.template, meta,
+                            tokenizer.pad_id) if settings.meta_rounds else None)
     runtime.run(runtime.build_phase(name, round_cfg, roles=round_roles, make_step=make_step,
                                     also_evaluate=evaluate(round_roles)))
   judged_by = sorted({r for name in settings.rounds
                       for t in runtime.cfg.phase_configs[name].rewards for r in t.roles})
   return runtime.finish(f"Self-Rewarding: {len(settings.rounds)} rounds of online DPO judged "
                         f"by {', '.join(judged_by) or settings.gold} on {cfg.data.task}")
+
+
+def meta_round(cfg: ExperimentConfig, name: str, roles, template: judges.Template,
+               meta: judges.MetaJudgeSettings, pad_id: int):
+  """``make_step(layout)`` of round ``name`` as a Meta-Rewarding step over ``roles``; ``cfg``
+  has its rewards in token ids, ``template`` and ``meta`` are resolved with the stops."""
+  actor = fused_spec(cfg, name, roles, pad_id, "a Meta-Rewarding round judges its responses")
+  term = next(t for t in actor.rewards if t.name == "judge_score")
+  judge = dataclasses.replace(term.settings, template=template)
+  asked = posed(cfg.phase_configs[name], cfg.recipe.settings.meta_share)
+  return functools.partial(make_meta_round_step, actor=actor,
+                           judging=judging_spec(actor, judge, meta, asked), judge=judge,
+                           posed=asked)
 
 
 def dry_run_program(cfg: ExperimentConfig):
@@ -453,25 +455,19 @@ def dry_run_program(cfg: ExperimentConfig):
   if not settings.meta_rounds:
     return None
   name = settings.rounds[0]
-  phase = cfg.phase_configs[name]
   tokenizer = tokenizer_lib.tokenizer_for(cfg.data)
   stops = tuple(cfg.sampling.stop_tokens or (tokenizer.eos_id,))
-  phase = dataclasses.replace(phase, rewards=reward_base.resolve_terms(phase.rewards, tokenizer))
+  cfg = dataclasses.replace(cfg, phases=tuple(
+      (n, dataclasses.replace(p, rewards=reward_base.resolve_terms(p.rewards, tokenizer)))
+      for n, p in cfg.phases))
+  phase = cfg.phase_configs[name]
   roles = role_specs(cfg, phase)
-  actor = iteration.IterationSpec(cfg.sampling, phase.rl(), update.Binding(
-      phase.objective.objective, phase.objective.hparams, roles, phase.slot_map, phase.epochs,
-      phase.minibatches), dry_run.PAD_ID)
-  term = next(t for t in phase.rewards if t.name == "judge_score")
-  judge = dataclasses.replace(term.settings, template=dataclasses.replace(
-      term.settings.template, stop_ids=stops))
+  template = dataclasses.replace(settings.judge.resolve(tokenizer).template, stop_ids=stops)
   meta = dataclasses.replace(settings.meta.resolve(tokenizer), stop_ids=stops)
-  asked = posed(phase, settings.meta_share)
-  judging = judging_spec(actor, judge, meta, asked)
   return dry_run.RecipeProgram(
       name=f"{name}_meta_step", roles=roles,
-      make_step=lambda layout: make_meta_round_step(layout, actor=actor, judging=judging,
-                                                    judge=judge, posed=asked),
-      rows=phase.rows_per_step, rollouts=phase.batch_size, policy=actor.policy)
+      make_step=meta_round(cfg, name, roles, template, meta, dry_run.PAD_ID),
+      rows=phase.rows_per_step, rollouts=phase.batch_size, policy=phase.role("policy"))
 
 
 RECIPE = base.register(base.Recipe("self_rewarding", SelfRewardingSettings, run,

@@ -525,6 +525,13 @@ def sample_diagnostics(rollouts: Batch, scores: Mapping[str, jax.Array], group_s
 
 def rl_step(state, batch, rng, frozen, spec: IterationSpec):
   """The fused iteration: sample, score, advantages and updates in one program."""
+  state, metrics, _ = rl_step_and_rollouts(state, batch, rng, frozen, spec)
+  return state, metrics
+
+
+def rl_step_and_rollouts(state, batch, rng, frozen, spec: IterationSpec):
+  """:func:`rl_step`, also returning the rollouts it learned on (a recipe that builds more
+  work on them, in the same program, after the step)."""
   rng = jax.random.fold_in(rng, state["step"])
   sample_rng, learn_rng = jax.random.split(rng)
   greedy_rng = jax.random.split(rng, 3)[2]  # a key of its own, unlike any the sampler folds
@@ -539,7 +546,7 @@ def rl_step(state, batch, rng, frozen, spec: IterationSpec):
     rollouts["baseline_rewards"] = greedy_baseline(params, batch, greedy_rng, trained, frozen,
                                                    spec, rollouts.get("reference_rewards"))
   scores = score(rollouts, trained, frozen, spec, score_rng)
-  return learn(state, rollouts, scores, learn_rng, frozen, spec)
+  return (*learn(state, rollouts, scores, learn_rng, frozen, spec), rollouts)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
