@@ -19,6 +19,7 @@ ARGS = {
     "rwr_addition": "", "gkd_addition": "", "online_dpo_addition": "",
     "iterative_dpo_addition": "", "prm_addition": "", "easy_to_hard_addition": "",
     "rise_addition": "", "spark_addition": "", "tango_addition": "", "self_rewarding_rubric": "",
+    "debate_addition": "",
     "dpo_jsonl": "pairs", "ipo_jsonl": "pairs", "simpo_jsonl": "pairs", "orpo_jsonl": "pairs",
     "grpo_reward_model": "pairs", "kto_jsonl": "unpaired",
     "overoptimisation_addition": "pairs:proxy",

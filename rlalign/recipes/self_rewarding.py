@@ -186,24 +186,6 @@ def judgement_ids(judge: judges.JudgeScoreSettings, tokenizer: Any, stop: int) -
   return Judgements(tokens, mask)
 
 
-def stack_rows(parts, pad_id: int):
-  """Canonical sequence batches as one: prompts left-padded, completions right-padded."""
-  def widen(x, width, left, value):
-    extra = width - x.shape[1]
-    return jnp.pad(x, ((0, 0), (extra, 0) if left else (0, extra)), constant_values=value)
-  P = max(p["prompt_tokens"].shape[1] for p in parts)
-  N = max(p["completion_tokens"].shape[1] for p in parts)
-  out = {}
-  for key, width, left, value in (("prompt_tokens", P, True, pad_id),
-                                  ("prompt_mask", P, True, False),
-                                  ("completion_tokens", N, False, pad_id),
-                                  ("mask", N, False, False)):
-    dtype = jnp.int32 if key.endswith("tokens") else bool
-    out[key] = jnp.concatenate([widen(p[key].astype(dtype), width, left, value)
-                                for p in parts])
-  return out
-
-
 def other_points(points: jax.Array, rng: jax.Array, max_score: int) -> jax.Array:
   """A score other than each of ``points``, uniformly."""
   shift = jax.random.randint(rng, points.shape, 1, max_score + 1)
@@ -257,7 +239,7 @@ def seed_rows(policy, batch, rng, *, sampling: iteration.IterationSpec,
   judged = {"prompt_tokens": tokens, "prompt_mask": mask, "completion_tokens": target_tokens,
             "mask": target_mask}
   metas = meta_rows(tokens, mask, points, meta_rng, targets=targets, meta=meta)
-  return stack_rows([offline.to_sequences(batch, "demonstrations"), judged, metas],
+  return offline.stack_sequences([offline.to_sequences(batch, "demonstrations"), judged, metas],
                     sampling.pad_id), gold
 
 

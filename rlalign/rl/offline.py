@@ -47,6 +47,25 @@ def to_sequences(batch: Batch, kind: str) -> dict:
   raise ValueError(f"batch kind {kind!r} is not an offline kind")
 
 
+def stack_sequences(parts, pad_id: int) -> dict:
+  """Canonical sequences batches as one, rows in order: prompts left-padded to the widest,
+  completions right-padded (a recipe's rows of several kinds in one update)."""
+  def widen(x, width, left, value):
+    extra = width - x.shape[1]
+    return jnp.pad(x, ((0, 0), (extra, 0) if left else (0, extra)), constant_values=value)
+  P = max(p["prompt_tokens"].shape[1] for p in parts)
+  N = max(p["completion_tokens"].shape[1] for p in parts)
+  out = {}
+  for key, width, left, value in (("prompt_tokens", P, True, pad_id),
+                                  ("prompt_mask", P, True, False),
+                                  ("completion_tokens", N, False, pad_id),
+                                  ("mask", N, False, False)):
+    dtype = jnp.int32 if key.endswith("tokens") else bool
+    out[key] = jnp.concatenate([widen(p[key].astype(dtype), width, left, value)
+                                for p in parts])
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class OfflineSpec:
   binding: update.Binding
