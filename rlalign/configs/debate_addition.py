@@ -15,10 +15,11 @@ problems with two carries or more, and the errors are independent draws, so thre
 disagree where a model is unsure.
 
 Every arm has the same warm start (SFT on the teacher, 1000 steps), the same lesson in the
-debate's form (100 steps: a critic's prompt "231,221,231|740+580=" quotes the model's own
+debate's form (200 steps: a critic's prompt "231,221,231|740+580=" quotes the model's own
 three samples before the question, and the teacher's demonstration follows it; the
-demonstration also follows the bare prompt), and three rounds of 60 steps of 32 prompts, with no label read from then
-on: the debate's consensus is all the supervision. The argument picks the arm:
+demonstration also follows the bare prompt), and three rounds of 50 steps of 64 prompts,
+with no label read from then on: the debate's consensus is all the supervision. The argument
+picks the arm:
 
   multiagent  (default) agent_0..2 and critic_0..2, six models copied from the warm start;
               two debate rounds; each model fine-tuned on its own rows (the paper's method)
@@ -48,7 +49,7 @@ ARMS = {
     "adapters": dict(agents=AGENTS, critics=CRITICS, debate_rounds=2),
 }
 SMOKE = dict(warm_start=dict(steps=4, batch_size=16), debate_form=dict(steps=4, batch_size=8),
-             **{f"round_{k}": dict(steps=3, batch_size=8) for k in range(1, ROUNDS + 1)})
+             **{f"round_{k}": dict(steps=4, batch_size=8) for k in range(1, ROUNDS + 1)})
 
 
 def arm_config(arm: str) -> ml_collections.ConfigDict:
@@ -58,8 +59,11 @@ def arm_config(arm: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   presets.ascii_addition_task(c)
   c.data.update(carry_drop=0.3, num_test=256)
-  c.train.eval_every = 30
-  optimizer = dict(presets.ADDITION_RL_OPTIMIZER)
+  c.train.eval_every = 25
+  # The preference family's fine-tuning rate: at the RL family's 5e-4 and 32 prompts a step,
+  # self-training on the majority collapsed or climbed by the draw of the data (held-out
+  # greedy 0.71 -> 0.11 or -> 0.81 in 40 steps, two streams), which no comparison survives.
+  optimizer = dict(presets.PREFERENCE_OPTIMIZER)
   roles = dict(policy=dict(optimizer=dict(optimizer)))
   for role in dict.fromkeys(spec["agents"] + spec["critics"]):
     if role != "policy":  # copied from the policy when round 1 first reads it
@@ -69,10 +73,12 @@ def arm_config(arm: str) -> ml_collections.ConfigDict:
   c.roles = roles
   phases = dict(
       warm_start=presets.sft_phase(**presets.ADDITION_WARM_START),
-      debate_form=presets.sft_phase(steps=100, batch_size=64,
+      # 200 steps: at 100 its loss still fell (0.41 -> 0.37 over the last 20), and a critic's
+      # held-out answers were right 0.27 of the time against the agents' 0.49.
+      debate_form=presets.sft_phase(steps=200, batch_size=64,
                                     optimizer=dict(learning_rate=1e-3, warmup_steps=10)))
   for k in range(1, ROUNDS + 1):
-    phases[f"round_{k}"] = dict(steps=60, batch_size=32, objective=dict(name="sft"),
+    phases[f"round_{k}"] = dict(steps=50, batch_size=64, objective=dict(name="sft"),
                                 slots={"policy": spec["agents"][0]})
   c.phases = phases
   c.recipe = dict(name="debate", before=("warm_start",), format_phase="debate_form",
@@ -106,8 +112,10 @@ def scale_config(target: str) -> ml_collections.ConfigDict:
   """
   c = arm_config("multiagent")
   presets.at_scale(c, target, "debate_addition")
+  # 32 prompts a step; each role's rows in 4 updates of 8: in one update of all 32, a
+  # critic's rows (2,308-token prompts) need 109 / 85 GiB per device.
   for k in range(1, ROUNDS + 1):
-    c.phases[f"round_{k}"].batch_size = 32
+    c.phases[f"round_{k}"].update(batch_size=32, minibatches=4)
   return c
 
 

@@ -562,7 +562,7 @@ def dry_run_program(cfg: ExperimentConfig) -> dry_run.RecipeProgram:
   N, prompt, new = len(settings.agents), cfg.data.max_prompt_len, cfg.sampling.max_new_tokens
   critic_prompt = (prompt + N * new + (N - 1) * len(spec.separator_ids)
                    + len(spec.before_question_ids) + (spec.bos_id is not None))
-  plays = max(sum(p == r for p in settings.agents + settings.critics) for r in roles)
+  plays = max(max(settings.agents.count(r), settings.critics.count(r)) for r in roles)
   return dry_run.RecipeProgram(
       name="debate_step", roles=roles,
       make_step=lambda layout: make_step(layout, spec=spec, learners=learners,

@@ -212,6 +212,11 @@ def _compile(name: str, jitted, args: Sequence[Any], outside_what: str = "", out
 
 
 def _check_batches(cfg: ExperimentConfig, plan: ShardingPlan) -> None:
+  if not any(phase.kind == "rl" for _, phase in cfg.phases):
+    # A recipe whose own program samples in offline phases (the debate's): their rows.
+    for name, phase in cfg.phases:
+      plan.check_batch(phase.batch_size, f"phases.{name}.batch_size (rows per step)")
+    return
   name, phase = rl_phase(cfg)
   rl, key = phase.rl(), f"phases.{name}"
   plan.check_batch(rl.sampled_prompts_per_step,

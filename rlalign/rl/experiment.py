@@ -14,6 +14,7 @@ from rlalign.parallel.mesh import MeshConfig
 from rlalign.rewards import base as reward_base
 from rlalign.rl import evaluation
 from rlalign.rl.phases import ObjectiveConfig, PhaseConfig
+from rlalign.rl import roles as roles_lib
 from rlalign.rl.roles import RoleConfig, WeightsConfig
 from rlalign.sampling.sampler import SamplingConfig
 
@@ -125,6 +126,10 @@ class ExperimentConfig:
       raise ValueError("roles must declare at least one role")
     for name, role in self.roles:
       role.validate(f"roles.{name}", tuple(roles))
+      if role.export_hf and roles_lib.hf_source(name, roles) is None:
+        raise ValueError(f"roles.{name}.export_hf: its weights come from no Hugging Face "
+                         "checkpoint (weights.source 'hf', or a role copied from one), whose "
+                         "config and tokenizer an export writes beside them")
       role.model_config(self.model).validate(f"roles.{name}.model")
       if role.rules is not None:
         dataclasses.replace(self.mesh, rules=role.rules).validate(f"roles.{name}")

@@ -121,6 +121,22 @@ class RoleSpec:
 RoleSpecs = Mapping[str, RoleSpec]
 
 
+def hf_source(name: str, roles: Mapping[str, "RoleConfig"]) -> Optional[str]:
+  """The Hugging Face directory a role's weights come from, directly or through the roles it
+  is copied from; None when they come from elsewhere (the tokenizer and config an export
+  writes beside the weights are that directory's)."""
+  seen = set()
+  while name in roles and name not in seen:
+    seen.add(name)
+    weights = roles[name].weights
+    if weights.source == "hf":
+      return weights.path
+    if weights.source != "role":
+      return None
+    name = weights.role
+  return None
+
+
 def effective_params(name: str, trained: Mapping[str, Any], frozen: Mapping[str, Any],
                      roles: RoleSpecs) -> Any:
   """A role's weights inside a step: trained params, frozen ones, or base + merged adapters."""

@@ -712,8 +712,9 @@ class Runtime:
     """Closes the writer, exports HF roles, writes summary.json and curves.png."""
     self.writer.close()
     for name, role in self.cfg.roles:
-      if role.export_hf and role.weights.source == "hf":
-        self._export_hf(name, role.weights.path)
+      source = roles_lib.hf_source(name, self.cfg.role_configs)
+      if role.export_hf and source is not None:
+        self._export_hf(name, source)
     if jax.process_index():
       return {}
     summary = self._write_summary(title)

@@ -371,6 +371,36 @@ def test_meta_rewarding_dry_runs_both_halves_of_its_round_in_one_program(tmp_pat
   assert recipes.get("self_rewarding").dry_run(typed_plain(tmp_path)) is None
 
 
+@pytest.mark.slow
+def test_the_debate_dry_runs_every_agent_and_critic_in_one_program(tmp_path):
+  """The debate's step (three agents' and three critics' sampling, six updates) compiles on
+  a (2, 2, 2) mesh; the KV cache it declares is a critic's prompt (three answers, two
+  separators, the text before the question and the question, BOS first) then its answer;
+  LoRA agents are refused with the reason."""
+  from rlalign import config as config_lib, recipes
+  from rlalign.recipes import debate
+  config = load_config("debate_addition", "multiagent,smoke")
+  config.data.data_dir = str(tmp_path)
+  config.mesh.ici = (2, 2, 2)
+  for k in (1, 2, 3):
+    config.phases[f"round_{k}"].batch_size = 16
+  cfg = config_lib.from_config_dict(config)
+  report = dry_run.dry_run_recipe(cfg, recipes.get("debate").dry_run(cfg))
+  (step,) = report.programs
+  assert step.name == "debate_step"
+  P, N = cfg.data.max_prompt_len, cfg.sampling.max_new_tokens
+  m = cfg.role_model("agent_0")
+  assert report.kv_shape == (m.n_layers, 16, m.n_kv_heads, 1 + 3 * N + 2 + 1 + P + N,
+                             m.head_dim)
+  assert {r.name for r in report.roles} == set(debate.AGENTS + debate.CRITICS)
+  assert all(r.trained for r in report.roles)
+  config = load_config("debate_addition", "adapters,smoke")
+  config.data.data_dir = str(tmp_path)
+  cfg = config_lib.from_config_dict(config)
+  with pytest.raises(dry_run.DryRunError, match="does not lay out LoRA adapters"):
+    dry_run.dry_run_recipe(cfg, recipes.get("debate").dry_run(cfg))
+
+
 def typed_plain(tmp_path):
   from rlalign import config as config_lib
   config = load_config("self_rewarding_rubric", "self,smoke")

@@ -179,21 +179,28 @@ def _setup(agents, critics):
 
 def test_each_roles_update_is_sft_on_its_own_rows_and_no_label_reaches_the_step():
   spec, learners, state, batch, step = _setup(debate.AGENTS[:2] + ("agent_0",),
-                                              debate.CRITICS[:2] + ("critic_0",))
+                                              ("critic_0",) * 3)
   rng = jax.random.key(3)
   got, metrics = jax.device_get(step(state, batch, rng))
   # The same debate by hand (the step's keys), then SFT of each role on its rows alone.
-  keys = jax.random.split(jax.random.fold_in(rng, 0), 3)
-  params = {r: state["roles"][r]["params"] for r in learners}
-  rounds = debate.debate(params, batch["prompt_tokens"], batch["prompt_mask"], keys[0], spec)
-  rows, _ = debate.training_rows(rounds, spec, keys[1], 1.0, 1)
-  assert rows["agent_0"]["mask"].shape[0] == 8   # agent_0 plays two generation parts
-  for i, (role, learner) in enumerate(learners.items()):
-    own = {"step": state["step"], "roles": {role: state["roles"][role]}}
-    want, _ = offline.learn(own, rows[role], jax.random.fold_in(keys[2], i), {}, learner)
+  @jax.jit
+  def by_hand(state, batch):
+    keys = jax.random.split(jax.random.fold_in(rng, 0), 3)
+    params = {r: state["roles"][r]["params"] for r in learners}
+    rounds = debate.debate(params, batch["prompt_tokens"], batch["prompt_mask"], keys[0], spec)
+    rows, _ = debate.training_rows(rounds, spec, keys[1], 1.0, 1)
+    out = {}
+    for i, (role, learner) in enumerate(learners.items()):
+      own = {"step": state["step"], "roles": {role: state["roles"][role]}}
+      out[role] = offline.learn(own, rows[role], jax.random.fold_in(keys[2], i), {},
+                                learner)[0]["roles"][role]
+    return out, rows["agent_0"]["mask"].shape[0]
+  want, agent_0_rows = jax.device_get(by_hand(state, batch))
+  assert agent_0_rows == 8   # agent_0 plays two generation parts
+  for role in learners:
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 got["roles"][role], jax.device_get(want["roles"][role]))
-  assert int(got["step"]) == 1 and "critic_1/loss" in metrics
+                 got["roles"][role], want[role])
+  assert int(got["step"]) == 1 and "critic_0/loss" in metrics
   # Other answers and demonstrations: the same step, bit for bit.
   relabelled = {**batch, "answer_tokens": batch["answer_tokens"][:, ::-1] + 1,
                 "demo_tokens": batch["demo_tokens"] * 0 + 5}
@@ -206,22 +213,18 @@ def test_the_agents_divergence_reads_the_samplers_log_probs():
   params = tfm.init(MODEL, jax.random.key(0))
   other = tfm.init(MODEL, jax.random.key(1))
   p, pm = prompts(["12+30=", "5+5=", "7+1="])
-  s = sampler.sample(params, p, pm, jax.random.key(2), MODEL, SAMPLING, TOK.pad_id)
+  s = jax.jit(lambda p_, t, m: sampler.sample(p_, t, m, jax.random.key(2), MODEL, SAMPLING,
+                                              TOK.pad_id))(params, p, pm)
   own = jnp.sum(jnp.where(s.mask, s.logprobs, 0.0), axis=1)
   np.testing.assert_allclose(debate.sequence_logprob(params, MODEL, p, pm, s.tokens, s.mask),
                              own, rtol=1e-4, atol=1e-4)
-  # By hand: the other model's log-probs of each answer token, one prefix at a time.
+  # By hand: the other model's log-probs of the answer of one row, unpadded, in one pass.
   row = 1
-  prefix = list(np.asarray(p[row])[np.asarray(pm[row])])
-  want = 0.0
-  for t, m in zip(np.asarray(s.tokens[row]), np.asarray(s.mask[row])):
-    if not m:
-      break
-    hidden, _ = tfm.forward(other, jnp.asarray([prefix]), jnp.arange(len(prefix))[None],
-                            jnp.ones((1, len(prefix)), bool), MODEL)
-    logp = jax.nn.log_softmax(tfm.lm_logits(other, hidden[:, -1], MODEL))
-    want += float(logp[0, t])
-    prefix.append(int(t))
+  prompt = list(np.asarray(p[row])[np.asarray(pm[row])])
+  answer = [int(t) for t, m in zip(np.asarray(s.tokens[row]), np.asarray(s.mask[row])) if m]
+  logp = tfm.token_logprobs(other, jnp.asarray([prompt + answer]),
+                            jnp.ones((1, len(prompt) + len(answer)), bool), MODEL)
+  want = float(jnp.sum(logp[0, len(prompt) - 1:]))
   got = debate.sequence_logprob(other, MODEL, p, pm, s.tokens, s.mask)
   assert float(got[row]) == pytest.approx(want, abs=1e-4)
 
@@ -265,6 +268,7 @@ def typed(arg, tmp_path, **changes):
     ({"recipe.kept_share": 1.5}, "kept_share must be in \\[0, 1\\]"),
     ({"recipe.gold": "no_such_reward"}, "recipe.gold 'no_such_reward'"),
     ({"recipe.before_question": ""}, "could not tell one answer"),
+    ({"roles.agent_1.export_hf": True}, "roles.agent_1.export_hf: its weights come from no"),
 ])
 def test_the_recipe_refuses_runs_it_cannot_make_sense_of(changes, message, tmp_path):
   with pytest.raises(ValueError, match=message):
@@ -286,8 +290,9 @@ def test_the_arms_differ_only_in_who_plays_the_parts(tmp_path):
 @pytest.mark.slow  # the default suite is at its budget
 def test_a_run_logs_the_debate_before_and_after_and_plots_it(tmp_path, cli):
   workdir = tmp_path / "run"
-  cli("--config=configs/debate_addition.py:multiagent,smoke", f"--workdir={workdir}",
-      f"--config.data.data_dir={tmp_path / 'tfds'}")
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  cli.run_main(str(workdir), f"--config.data.data_dir={tmp_path / 'tfds'}",
+               config=os.path.join(repo, "configs", "debate_addition.py") + ":multiagent,smoke")
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   evals = [r for r in records if "eval/debate_accuracy" in r]
   assert len(evals) >= 2 and evals[0]["step"] < evals[-1]["step"]
@@ -299,16 +304,21 @@ def test_a_run_logs_the_debate_before_and_after_and_plots_it(tmp_path, cli):
 
 @pytest.mark.slow
 def test_from_a_hugging_face_checkpoint(tmp_path):
+  """The hf config end to end on a tiny random Qwen2 whose tokenizer spells printable ASCII:
+  the prompts go through its chat template, every agent starts from it, and agent_0 is
+  exported."""
+  import string
   from rlalign import config as config_lib
   from rlalign import recipes
   from rlalign.models import hf
-  from tests.rl.test_hf_grpo import write_checkpoint
-  ckpt = write_checkpoint(tmp_path)
+  from tests.rl import test_hf_grpo as hf_test
+  ckpt = str(tmp_path / "ckpt")
+  os.makedirs(ckpt)
+  chars = sorted(set(string.printable) - set("\r\x0b\x0c"))
+  hf_test.write_checkpoint(ckpt, hf_test.write_tokenizer(ckpt, chars))
   config = load_config("debate_addition", f"hf:{ckpt},smoke")
   config.data.data_dir = str(tmp_path / "tfds")
   config.mesh.ici = (-1, 1, 1)
-  for k in (1, 2, 3):  # one prompt per fake device
-    config.phases[f"round_{k}"].batch_size = 8
   cfg = config_lib.from_config_dict(config)
   assert cfg.data.prompt_format == "chat"
   workdir = str(tmp_path / "run")

@@ -25,6 +25,7 @@ RISE_SMOKE = os.path.join(REPO, "configs", "rise_addition.py") + ":rise,smoke"
 SPARK_SMOKE = os.path.join(REPO, "configs", "spark_addition.py") + ":spark,smoke"
 TANGO_SMOKE = os.path.join(REPO, "configs", "tango_addition.py") + ":tango,smoke"
 SELF_REWARDING_SMOKE = os.path.join(REPO, "configs", "self_rewarding_rubric.py") + ":self,smoke"
+DEBATE_SMOKE = os.path.join(REPO, "configs", "debate_addition.py") + ":multiagent,smoke"
 
 
 def read_tfevents_scalars(directory):
@@ -102,6 +103,9 @@ RUNS = {
     "tango": (TANGO_SMOKE, "tango", ("generator", "verifier")),
     # Rounds whose judge and sampler are a role copied from the policy as the round starts.
     "self_rewarding": (SELF_REWARDING_SMOKE, "round_3", ("policy",)),
+    # Six models, each updated on its own rows of one debate, in one program.
+    "debate": (DEBATE_SMOKE, "round_3", tuple(f"{part}_{n}" for part in ("agent", "critic")
+                                              for n in range(3))),
 }
 
 
@@ -143,7 +147,8 @@ def uninterrupted(tmp_path_factory, cli):
                                             ("rise", "dialogue/2"), ("rise", "rise/2"),
                                             ("spark", "spark/2"), ("tango", "tango/2"),
                                             ("self_rewarding", "judge_seed/2"),
-                                            ("self_rewarding", "round_2/2")])
+                                            ("self_rewarding", "round_2/2"),
+                                            ("debate", "round_2/2")])
 def test_killed_run_resumes_to_the_same_params(tmp_path, run, kill_when, uninterrupted, cli):
   """SIGKILL at a checkpoint of either phase; the resumed run ends with every trained role
   bit-identical to an uninterrupted run (two models in one checkpoint for ``cotrain``)."""
