@@ -479,13 +479,9 @@ def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   for name in settings.before:
     runtime.run_phase(name)
   if settings.format_phase:
-    fmt_cfg = runtime.cfg.phase_configs[settings.format_phase]
-    fmt_roles = runtime.role_specs(fmt_cfg)
-    learner = offline.OfflineSpec(runtime.binding(fmt_cfg, fmt_roles))
-    learner.check()
-    runtime.run(runtime.build_phase(
-        settings.format_phase, fmt_cfg, roles=fmt_roles,
-        make_step=lambda layout: make_step(layout, format_step, spec=spec, learner=learner)))
+    runtime.run(runtime.build_offline_phase(
+        settings.format_phase,
+        lambda layout, learner: make_step(layout, format_step, spec=spec, learner=learner)))
   evaluate = evaluator(runtime, spec, gold_term(settings, tokenizer))
   for i, name in enumerate(settings.rounds):
     round_cfg = runtime.cfg.phase_configs[name]

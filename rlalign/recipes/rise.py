@@ -383,16 +383,11 @@ def run(cfg: ExperimentConfig, workdir: str) -> Dict[str, Any]:
   bos_id = runtime.tokenizer.bos_id
   evaluate_turns = turn_evaluator(runtime, spec, settings, feedback, bos_id)
   if settings.format_phase:
-    fmt_cfg = runtime.cfg.phase_configs[settings.format_phase]
-    fmt_roles = runtime.role_specs(fmt_cfg)
-    learner = offline.OfflineSpec(runtime.binding(fmt_cfg, fmt_roles))
-    learner.check()
-    runtime.run(runtime.build_phase(
-        settings.format_phase, fmt_cfg, roles=fmt_roles,
-        make_step=lambda layout: make_step(layout, format_step, spec=spec, learner=learner,
-                                           settings=settings, feedback=feedback,
-                                           bos_id=bos_id),
-        also_evaluate=evaluate_turns(fmt_roles), also_evaluate_at_start=True))
+    runtime.run(runtime.build_offline_phase(
+        settings.format_phase,
+        lambda layout, learner: make_step(layout, format_step, spec=spec, learner=learner,
+                                          settings=settings, feedback=feedback, bos_id=bos_id),
+        also_evaluate_for=evaluate_turns, also_evaluate_at_start=True))
   built = runtime.build_phase(
       CHECKPOINT, phase_cfg, roles=roles,
       make_step=lambda layout: make_step(layout, spec=spec, settings=settings,

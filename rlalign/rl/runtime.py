@@ -584,6 +584,24 @@ class Runtime:
         max_consecutive_skips=cfg.train.max_consecutive_skips)
     return BuiltPhase(name, phase_cfg, phase, state, frozen, data, rng, checkpointer, roles)
 
+  def build_offline_phase(self, name: str, make_step: Callable[[StepLayout, offline.OfflineSpec],
+                                                               Callable],
+                          also_evaluate_for: Optional[Callable[[roles_lib.RoleSpecs],
+                                                               Callable]] = None,
+                          also_evaluate_at_start: bool = False) -> BuiltPhase:
+    """Offline phase ``name`` with a recipe's own step, ``make_step(layout, learner)``: the
+    learner is the phase's objective over its roles, checked (a warm start in a recipe's
+    form: RISE's dialogue, the debate's). ``also_evaluate_for(roles)`` gives the recipe's
+    metrics beside the phase's own (``build_phase``)."""
+    phase_cfg = self.cfg.phase_configs[name]
+    roles = self.role_specs(phase_cfg)
+    learner = offline.OfflineSpec(self.binding(phase_cfg, roles))
+    learner.check()
+    return self.build_phase(
+        name, phase_cfg, roles=roles, make_step=lambda layout: make_step(layout, learner),
+        also_evaluate=also_evaluate_for(roles) if also_evaluate_for else None,
+        also_evaluate_at_start=also_evaluate_at_start)
+
   def per_row_evaluator(self, per_row: Callable, summarize: Callable,
                         policy: Union[str, Tuple[str, ...]]
                         ) -> Callable[[roles_lib.RoleSpecs], Callable]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -92,3 +93,40 @@ def plot_panels(fig, results: Dict[str, Dict[str, Any]],
     ax.grid(alpha=0.3)
     if ax.lines:
       ax.legend(fontsize=7)
+
+
+def stage_results(out: str, arm: str, ends: Dict[str, int], columns: Sequence[Tuple[str, str]],
+                  marker: str) -> Dict[str, Any]:
+  """An arm's held-out metrics (``columns``' keys) as each stage of ``ends`` ({stage: its
+  last step}, in order) ends: the last evaluation (a record with ``marker``) at or before it;
+  and their curves from the first stage's end on, in steps after it."""
+  records = metrics_lib.read_jsonl(os.path.join(out, arm, "metrics.jsonl"))
+  evals = [r for r in records if marker in r]
+  metrics = [m for _, m in columns]
+  # A rate over an empty class is NaN (nothing to rate at smoke size): left out, shown "-".
+  defined = lambda v: v is not None and not math.isnan(v)
+  pick = lambda r: {m: r[m] for m in metrics if defined(r.get(m))}
+  start = next(iter(ends.values()))
+  at = {}
+  for stage, step in ends.items():
+    # One evaluation is logged at every phase's end.
+    done = [r for r in evals if r["step"] <= step]
+    at[stage] = pick(done[-1]) if done else {}
+  return {"stages": at,
+          "curves": {m: [(r["step"] - start, r[m]) for r in evals
+                         if r["step"] >= start and defined(r.get(m))] for m in metrics}}
+
+
+def stage_table(results: Dict[str, Dict[str, Any]], walls: Dict[str, float],
+                columns: Sequence[Tuple[str, str]]) -> str:
+  """``stage_results`` of every arm as a markdown table, a row per arm and stage, the arm's
+  wall time on its last."""
+  fmt = lambda row: " | ".join(f"{row[m]:.3f}" if m in row else "-" for _, m in columns)
+  lines = ["| arm | model | " + " | ".join(h for h, _ in columns) + " | wall |",
+           "|" + "---|" * (len(columns) + 3)]
+  for arm, res in results.items():
+    stages = list(res["stages"].items())
+    for i, (stage, row) in enumerate(stages):
+      wall = f"{walls[arm] / 60:.1f} min" if i == len(stages) - 1 else ""
+      lines.append(f"| {arm} | {stage} | {fmt(row)} | {wall} |")
+  return "\n".join(lines)

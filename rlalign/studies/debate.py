@@ -13,8 +13,6 @@ diversity over iterations).
 """
 from __future__ import annotations
 
-import math
-import os
 from typing import Any, Dict, Sequence
 
 from rlalign import metrics as metrics_lib
@@ -45,32 +43,11 @@ def stage_ends(config) -> Dict[str, int]:
 
 
 def arm_results(out: str, arm: str, ends: Dict[str, int]) -> Dict[str, Any]:
-  records = metrics_lib.read_jsonl(os.path.join(out, arm, "metrics.jsonl"))
-  evals = [r for r in records if "eval/debate_accuracy" in r]
-  metrics = [m for _, m in COLUMNS]
-  defined = lambda v: v is not None and not math.isnan(v)
-  pick = lambda r: {m: r[m] for m in metrics if defined(r.get(m))}
-  start = next(iter(ends.values()))
-  at = {}
-  for stage, step in ends.items():
-    # The last evaluation at or before the stage's end (one is logged at every phase's end).
-    done = [r for r in evals if r["step"] <= step]
-    at[stage] = pick(done[-1]) if done else {}
-  return {"stages": at,
-          "curves": {m: [(r["step"] - start, r[m]) for r in evals
-                         if r["step"] >= start and defined(r.get(m))] for m in metrics}}
+  return arms_lib.stage_results(out, arm, ends, COLUMNS, "eval/debate_accuracy")
 
 
 def table(results: Dict[str, Dict[str, Any]], walls: Dict[str, float]) -> str:
-  fmt = lambda row: " | ".join(f"{row[m]:.3f}" if m in row else "-" for _, m in COLUMNS)
-  lines = ["| arm | model | " + " | ".join(h for h, _ in COLUMNS) + " | wall |",
-           "|" + "---|" * (len(COLUMNS) + 3)]
-  for arm, res in results.items():
-    stages = list(res["stages"].items())
-    for i, (stage, row) in enumerate(stages):
-      wall = f"{walls[arm] / 60:.1f} min" if i == len(stages) - 1 else ""
-      lines.append(f"| {arm} | {stage} | {fmt(row)} | {wall} |")
-  return "\n".join(lines)
+  return arms_lib.stage_table(results, walls, COLUMNS)
 
 
 def plot(results: Dict[str, Dict[str, Any]], path: str) -> None:
