@@ -33,7 +33,13 @@ picks the arm:
 Face checkpoint with its tokenizer and chat template; ``scale:v5p-8`` and ``scale:8xh100``
 are six Qwen2.5-1.5B-shaped agents for --dry_run.
 
-Measured on 2 CPU cores: see README.md, "Multiagent finetuning by debate".
+Measured on 2 CPU cores (seed 0; 6.0 min for multiagent, 4.5 single, 2.8 majority, 6.1
+adapters), held out at temperature 1, before the first round -> after the third: the debate's
+consensus 0.500 -> 0.734 (single 0.484 -> 0.758, adapters 0.500 -> 0.645), below the majority
+of the round-1 answers the critics read (0.660 -> 0.965) and majority-vote self-training
+alone (0.621 -> 0.980); round-1 answer diversity 0.47 -> 0.13 (single 0.17, majority 0.15),
+the agents' pairwise KL under 0.03 nats. The finding does not reproduce. README.md,
+"Multiagent finetuning by debate", has every figure and reads them.
 """
 import ml_collections
 

@@ -45,6 +45,11 @@ the agents debating the held-out prompts as in training:
 
 ``debate.png`` in the workdir plots them over the rounds' steps.
 
+The task of configs/debate_addition.py is reversed-digit addition after a warm start on a
+teacher that drops each carry with probability 0.3: its errors are independent draws, so
+three agents' answers disagree where a model is unsure, and their majority is right more
+often than any one of them, which is what a consensus can teach.
+
   configs/debate_addition.py; python -m rlalign.studies.debate runs its arms
 """
 from __future__ import annotations

@@ -108,6 +108,27 @@ def test_a_critic_reads_the_answers_its_counterparts_first_then_the_question():
   assert real[0] == TOK.bos_id and TOK.decode(real[1:]) == "3,3,4|1+2="
 
 
+def test_each_critic_round_reads_the_round_before_it():
+  spec = spec_for(debate.AGENTS[:2] + ("agent_0",), ("critic_0",) * 3, rounds=3)
+  params = {"agent_0": tfm.init(MODEL, jax.random.key(0)),
+            "agent_1": tfm.init(MODEL, jax.random.key(1)),
+            "critic_0": tfm.init(MODEL, jax.random.key(2))}
+  p, pm = prompts(["12+30=", "5+5="])
+  rounds = jax.device_get(jax.jit(lambda prm, t, m: debate.debate(
+      prm, t, m, jax.random.key(3), spec))(params, p, pm))
+  assert len(rounds) == 3 and rounds[2].tokens.shape == (3, 2, SAMPLING.max_new_tokens)
+  # A random model samples ids the tokenizer does not spell: read them as it reads them.
+  text = lambda ids: TOK.decode(ids, strict=False)
+  said = lambda r, n, b: text([t for t, m in zip(r.tokens[n, b], r.mask[n, b])
+                               if m and t != TOK.eos_id])
+  for m in (1, 2):
+    for n in range(3):
+      for b, question in enumerate(["12+30=", "5+5="]):
+        quoted = ",".join(said(rounds[m - 1], (n + k) % 3, b) for k in range(3))
+        got = text(rounds[m].prompt_tokens[n, b][rounds[m].prompt_mask[n, b]])
+        assert got == f"{quoted}|{question}", (m, n, b)
+
+
 def test_every_role_learns_its_own_part_that_agrees_with_the_consensus():
   spec = spec_for(debate.AGENTS, debate.CRITICS)
   first = round_of([["12", "7", "5"], ["13", "8", "6"], ["12", "9", "5"]])
