@@ -111,6 +111,11 @@ class DebateSettings:
       raise ValueError(f"{prefix}.rounds must name the fine-tuning phases, in order")
     named = (("before", self.before), ("rounds", self.rounds),
              ("format_phase", (self.format_phase,) if self.format_phase else ()))
+    order = sum((names for _, names in named), ())
+    repeated = sorted({p for p in order if order.count(p) > 1})
+    if repeated:
+      raise ValueError(f"{prefix}: phases {repeated} appear twice in before, format_phase and "
+                       "rounds; each runs once, with a checkpoint of its own")
     for key, names in named:
       unknown = [p for p in names if p not in phases]
       if unknown:
@@ -139,7 +144,8 @@ class DebateSettings:
         raise ValueError(f"{prefix}: agent role {role!r} is not in roles ({sorted(roles)})")
       if not roles[role].trainable:
         raise ValueError(f"{prefix}: agent role {role!r} is frozen (roles.{role}.trainable)")
-    if self.critics and (not self.separator or not self.before_question):
+    if (self.critics or self.format_phase) and (not self.separator
+                                                 or not self.before_question):
       raise ValueError(f"{prefix}.separator and .before_question must be non-empty: a critic "
                        "could not tell one answer from the next, or the last from the question")
     if not 1 <= self.min_votes <= len(self.agents):
@@ -148,9 +154,14 @@ class DebateSettings:
     if not 0.0 <= self.kept_share <= 1.0:
       raise ValueError(f"{prefix}.kept_share must be in [0, 1], got {self.kept_share}")
     try:
-      reward_base.get(self.gold)
+      gold = reward_base.get(self.gold)
     except KeyError as e:
       raise ValueError(f"{prefix}.gold {self.gold!r}: {e}") from None
+    term = reward_base.RewardTerm(self.gold, settings=gold.settings())
+    if not gold.in_graph or gold.per_token or term.finishes_on_host or term.roles:
+      raise ValueError(f"{prefix}.gold {self.gold!r}: the evaluator reads the gold verdict of "
+                       "every answer inside its program, so it must be an in-graph sequence "
+                       "reward of the answer alone (exact_match), reading no role")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,12 +205,16 @@ def answer_keys(tokens: jax.Array, mask: jax.Array) -> jax.Array:
 
 def consensus(keys: jax.Array) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """The majority of N answers ``keys`` [N, B, L]: (its keys [B, L], the agent [B] that
-  first gave it, its votes [B]). A tie goes to the lowest agent among the most voted."""
+  first gave it, its votes [B]). A tie goes to the lowest agent among the most voted, and
+  counts 0 votes: two answers with as many votes each are no consensus."""
   same = jnp.all(keys[:, None] == keys[None, :], axis=-1)  # [N, N, B]
   votes = same.sum(axis=1)
   pick = jnp.argmax(votes, axis=0)
+  top = jnp.max(votes, axis=0)
+  chosen = jnp.take_along_axis(same, pick[None, None, :], axis=0)[0]  # [N, B]: agree with it
+  rival = jnp.max(jnp.where(chosen, 0, votes), axis=0)
   return (jnp.take_along_axis(keys, pick[None, :, None], axis=0)[0], pick,
-          jnp.max(votes, axis=0))
+          jnp.where(top > rival, top, 0))
 
 
 def agrees(keys: jax.Array, agreed: jax.Array) -> jax.Array:
@@ -220,12 +235,13 @@ def critic_input(prompt_tokens: jax.Array, prompt_mask: jax.Array, previous: Rou
                  spec: DebateSpec) -> Tuple[jax.Array, jax.Array]:
   """Critic ``n``'s prompt, left-packed: the previous round's answers (each without its
   stop), agent n's first and the rest in turn, the separator between them, the text before
-  the question, then the prompt; the prompt's BOS, if the tokenizer has one, stays first."""
+  the question, then the prompt; a prompt's BOS stays first."""
   N, B = previous.tokens.shape[:2]
   parts = []
   if spec.bos_id is not None:
-    parts.append(judges.constant((spec.bos_id,), B))
-    prompt_mask = prompt_mask & (prompt_tokens != spec.bos_id)
+    is_bos = prompt_mask & (prompt_tokens == spec.bos_id)
+    parts.append((jnp.full((B, 1), spec.bos_id, jnp.int32), jnp.any(is_bos, axis=1)[:, None]))
+    prompt_mask = prompt_mask & ~is_bos
   for k in range(N):
     j = (n + k) % N
     if k:
@@ -320,8 +336,13 @@ def debate_step(state, batch, rng, frozen, *, spec: DebateSpec,
   new_roles, tokens = {}, jnp.zeros((), jnp.float32)
   for i, (role, learner) in enumerate(learners.items()):
     own = {"step": state["step"], "roles": {role: state["roles"][role]}}
-    own, m = offline.learn(own, rows[role], jax.random.fold_in(learn_rng, i), frozen, learner)
-    new_roles.update(own["roles"])
+    learned, m = offline.learn(own, rows[role], jax.random.fold_in(learn_rng, i), frozen,
+                               learner)
+    # A role with no row this step does not move: no momentum, decay or schedule step.
+    any_row = m["tokens"] > 0
+    new_roles.update(jax.tree.map(lambda new, old: jnp.where(any_row, new, old),
+                                  learned["roles"], own["roles"]))
+    m["updated"] = any_row.astype(jnp.float32)
     tokens = tokens + m.pop("tokens")
     metrics.update({f"{role}/{k}": v for k, v in m.items()})
   metrics["tokens"] = tokens
@@ -563,14 +584,23 @@ def dry_run_program(cfg: ExperimentConfig) -> dry_run.RecipeProgram:
   N, prompt, new = len(settings.agents), cfg.data.max_prompt_len, cfg.sampling.max_new_tokens
   critic_prompt = (prompt + N * new + (N - 1) * len(spec.separator_ids)
                    + len(spec.before_question_ids) + (spec.bos_id is not None))
-  plays = max(max(settings.agents.count(r), settings.critics.count(r)) for r in roles)
+  # The KV cache reported is the largest sampling call's: one per role and debate round, of
+  # the rows of every part the role plays, at that round's prompt width, in its own model.
+  def cache_size(call):
+    role, rows, slots = call
+    m = roles[role].model
+    return rows * slots * m.n_layers * m.n_kv_heads * m.head_dim * jnp.dtype(m.dtype).itemsize
+  B = phase.rows_per_step
+  calls = [(r, B * settings.agents.count(r), prompt + new) for r in dict.fromkeys(settings.agents)]
+  calls += [(r, B * settings.critics.count(r), critic_prompt + new)
+            for r in dict.fromkeys(settings.critics)]
+  role, rollouts, slots = max(calls, key=cache_size)
   return dry_run.RecipeProgram(
       name="debate_step", roles=roles,
       make_step=lambda layout: make_step(layout, spec=spec, learners=learners,
                                          kept_share=settings.kept_share,
                                          min_votes=settings.min_votes),
-      rows=phase.rows_per_step, rollouts=phase.rows_per_step * plays, policy=settings.agents[0],
-      cache_slots=(critic_prompt if settings.critics else prompt) + new)
+      rows=B, rollouts=rollouts, policy=role, cache_slots=slots)
 
 
 RECIPE = base.register(base.Recipe("debate", DebateSettings, run, dry_run_program))

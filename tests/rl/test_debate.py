@@ -80,7 +80,8 @@ def test_the_consensus_is_the_most_voted_answer_and_a_tie_the_first_agents():
   keys = debate.answer_keys(tokens, mask)
   agreed, pick, votes = jax.device_get(debate.consensus(keys))
   np.testing.assert_array_equal(pick, [0, 0, 0, 0])
-  np.testing.assert_array_equal(votes, [2, 1, 2, 2])  # "31" unstopped is another answer
+  # Prompt 1's three answers tie: no consensus. "31" unstopped is another answer than "31".
+  np.testing.assert_array_equal(votes, [2, 0, 2, 2])
   assert TOK.decode([t for t in agreed[0] if t >= 0]) == "12"
   np.testing.assert_array_equal(jax.device_get(debate.agrees(keys, agreed))[:, 0],
                                 [True, False, True])
@@ -88,6 +89,11 @@ def test_the_consensus_is_the_most_voted_answer_and_a_tie_the_first_agents():
   tokens, mask = answers([["4"], ["5"], ["5"]])
   _, pick, votes = debate.consensus(debate.answer_keys(tokens, mask))
   assert int(pick[0]) == 1 and int(votes[0]) == 2
+  # Two answers with two votes each are no consensus; one with three of four is.
+  tokens, mask = answers([["4", "4"], ["5", "4"], ["4", "4"], ["5", "7"]])
+  _, pick, votes = debate.consensus(debate.answer_keys(tokens, mask))
+  np.testing.assert_array_equal(jax.device_get(votes), [0, 3])
+  np.testing.assert_array_equal(jax.device_get(pick), [0, 0])
 
 
 def test_a_critic_reads_the_answers_its_counterparts_first_then_the_question():
@@ -99,13 +105,14 @@ def test_a_critic_reads_the_answers_its_counterparts_first_then_the_question():
     tokens, mask = jax.device_get(debate.critic_input(p, pm, previous, n, spec))
     assert [TOK.decode(t[m]) for t, m in zip(tokens, mask)] == want
     assert mask[:, -1].all()  # left-packed: the question ends every row
-  # A prompt's BOS stays first.
+  # A prompt's BOS stays first; a prompt without one gets none.
   bos = jnp.concatenate([jnp.full((2, 1), TOK.bos_id), p], axis=1)
-  bos_mask = jnp.concatenate([jnp.ones((2, 1), bool), pm], axis=1)
+  bos_mask = jnp.concatenate([jnp.asarray([[False], [True]]), pm], axis=1)
   tokens, mask = jax.device_get(debate.critic_input(
       bos, bos_mask, previous, 2, spec_for(debate.AGENTS, debate.CRITICS, bos_id=TOK.bos_id)))
   real = tokens[1][mask[1]]
   assert real[0] == TOK.bos_id and TOK.decode(real[1:]) == "3,3,4|1+2="
+  assert TOK.decode(tokens[0][mask[0]]) == "231,231,221|740+580="
 
 
 def test_each_critic_round_reads_the_round_before_it():
@@ -158,10 +165,9 @@ def test_every_role_learns_its_own_part_that_agrees_with_the_consensus():
   rows, _ = debate.training_rows([first, second], spec, jax.random.key(0), 0.0, 2)
   assert not np.asarray(rows["critic_0"]["mask"]).any()
   assert np.asarray(rows["critic_1"]["mask"]).any(axis=1).tolist() == [True, False, True]
-  # With one vote enough, prompt 1's critics (7, 8, 3) agree on the first's 7.
+  # Even with one vote enough, prompt 1's critics (7, 8, 3) tie: no consensus.
   rows, _ = debate.training_rows([first, second], spec, jax.random.key(0), 1.0, 1)
-  assert np.asarray(rows["agent_0"]["mask"]).any(axis=1).tolist() == [True, True, True]
-  assert np.asarray(rows["critic_1"]["mask"]).any(axis=1).tolist() == [True, False, True]
+  assert np.asarray(rows["agent_0"]["mask"]).any(axis=1).tolist() == [True, False, True]
 
 
 def test_one_model_playing_every_part_learns_all_their_rows_at_once():
@@ -178,14 +184,19 @@ def test_one_model_playing_every_part_learns_all_their_rows_at_once():
   assert rows[role]["prompt_tokens"].shape[1] == second.prompt_tokens.shape[2]
 
 
-def _setup(agents, critics):
+def _setup(agents, critics, min_votes=1, same_start=False):
+  """A step over the parts' roles. ``same_start``: every role starts from one init and samples
+  greedily, so every part gives one answer and every row agrees with the consensus."""
   spec = spec_for(agents, critics)
+  if same_start:
+    spec = dataclasses.replace(spec, sampling=dataclasses.replace(SAMPLING, temperature=0.0))
   names = tuple(dict.fromkeys(agents + critics))
   sft = objectives.get("sft")
   specs = {r: roles_lib.RoleSpec(MODEL, optax.adam(1e-2)) for r in names}
   learners = {r: offline.OfflineSpec(update.Binding(sft, sft.hparams(), specs, {"policy": r}))
               for r in names}
-  params = {r: tfm.init(MODEL, jax.random.key(i)) for i, r in enumerate(names)}
+  params = {r: tfm.init(MODEL, jax.random.key(0 if same_start else i))
+            for i, r in enumerate(names)}
   state = state_lib.init_state(params, {r: specs[r].optimizer for r in names})
   p, pm = prompts(["12+30=", "5+5=", "7+1=", "99+1="])
   batch = {"prompt_tokens": p, "prompt_mask": pm,
@@ -194,13 +205,13 @@ def _setup(agents, critics):
            "demo_tokens": jnp.asarray(np.tile(TOK.encode("41"), (4, 1))),
            "demo_mask": jnp.ones((4, 2), bool)}
   step = jax.jit(lambda s, b, r: debate.debate_step(s, b, r, {}, spec=spec, learners=learners,
-                                                    kept_share=1.0, min_votes=1))
+                                                    kept_share=1.0, min_votes=min_votes))
   return spec, learners, state, batch, step
 
 
 def test_each_roles_update_is_sft_on_its_own_rows_and_no_label_reaches_the_step():
   spec, learners, state, batch, step = _setup(debate.AGENTS[:2] + ("agent_0",),
-                                              ("critic_0",) * 3)
+                                              ("critic_0",) * 3, same_start=True)
   rng = jax.random.key(3)
   got, metrics = jax.device_get(step(state, batch, rng))
   # The same debate by hand (the step's keys), then SFT of each role on its rows alone.
@@ -210,24 +221,41 @@ def test_each_roles_update_is_sft_on_its_own_rows_and_no_label_reaches_the_step(
     params = {r: state["roles"][r]["params"] for r in learners}
     rounds = debate.debate(params, batch["prompt_tokens"], batch["prompt_mask"], keys[0], spec)
     rows, _ = debate.training_rows(rounds, spec, keys[1], 1.0, 1)
-    out = {}
+    out, tokens = {}, {}
     for i, (role, learner) in enumerate(learners.items()):
       own = {"step": state["step"], "roles": {role: state["roles"][role]}}
       out[role] = offline.learn(own, rows[role], jax.random.fold_in(keys[2], i), {},
                                 learner)[0]["roles"][role]
-    return out, rows["agent_0"]["mask"].shape[0]
-  want, agent_0_rows = jax.device_get(by_hand(state, batch))
+      tokens[role] = rows[role]["mask"].sum()
+    return out, tokens, rows["agent_0"]["mask"].shape[0]
+  want, tokens, agent_0_rows = jax.device_get(by_hand(state, batch))
   assert agent_0_rows == 8   # agent_0 plays two generation parts
+  # Greedy copies of one model: the critics agree (their prompts quote the same answers), and
+  # the agents, whose prompt is another, do not agree with them. A role with rows takes SFT
+  # on them alone; a role without any does not move.
+  assert tokens["critic_0"] > 0 and tokens["agent_0"] == tokens["agent_1"] == 0
   for role in learners:
+    expected = want[role] if tokens[role] else jax.device_get(state["roles"][role])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 got["roles"][role], want[role])
-  assert int(got["step"]) == 1 and "critic_0/loss" in metrics
+                 got["roles"][role], expected)
+    assert float(metrics[f"{role}/updated"]) == float(tokens[role] > 0)
+  assert int(got["step"]) == 1 and float(metrics["agreement/settled"]) == 1.0
   # Other answers and demonstrations: the same step, bit for bit.
   relabelled = {**batch, "answer_tokens": batch["answer_tokens"][:, ::-1] + 1,
                 "demo_tokens": batch["demo_tokens"] * 0 + 5}
   again, again_metrics = jax.device_get(step(state, relabelled, rng))
   jax.tree.map(np.testing.assert_array_equal, again, got)
   jax.tree.map(np.testing.assert_array_equal, again_metrics, metrics)
+
+
+@pytest.mark.slow  # another compilation of the step; the default suite is at its budget
+def test_a_role_with_no_row_does_not_move():
+  # Three random models' answers never all agree: with three votes needed, no row is kept.
+  _, learners, state, batch, step = _setup(debate.AGENTS, debate.CRITICS, min_votes=3)
+  got, metrics = jax.device_get(step(state, batch, jax.random.key(3)))
+  assert float(metrics["agreement/settled"]) == 0.0
+  jax.tree.map(np.testing.assert_array_equal, got["roles"], jax.device_get(state["roles"]))
+  assert all(float(metrics[f"{r}/updated"]) == 0.0 for r in learners)
 
 
 def test_the_agents_divergence_reads_the_samplers_log_probs():
@@ -290,6 +318,9 @@ def typed(arg, tmp_path, **changes):
     ({"recipe.gold": "no_such_reward"}, "recipe.gold 'no_such_reward'"),
     ({"recipe.before_question": ""}, "could not tell one answer"),
     ({"roles.agent_1.export_hf": True}, "roles.agent_1.export_hf: its weights come from no"),
+    ({"recipe.gold": "exact_match_text"}, "must be an in-graph sequence reward"),
+    ({"recipe.rounds": ("round_1", "round_1", "round_3")}, "phases \\['round_1'\\] appear twice"),
+    ({"recipe.format_phase": "warm_start"}, "phases \\['warm_start'\\] appear twice"),
 ])
 def test_the_recipe_refuses_runs_it_cannot_make_sense_of(changes, message, tmp_path):
   with pytest.raises(ValueError, match=message):
