@@ -10,7 +10,7 @@ Each step of a round, in one compiled program over every agent:
   round m    critic agent n reads round m-1's answers, its counterpart's first, then the
              prompt (``critic_input``: "231,221,231|740+580="), and answers again: the
              question last, so that the answer follows it as in round 1
-  consensus  the most frequent answer of the last round (a tie: the first agent's)
+  consensus  the most frequent answer of the last round; a tie at the top is none
   data       generation agent n: its round-1 answers equal to the consensus; critic agent
              n: its answers of rounds 2..M equal to the consensus, those that corrected its
              counterpart's disagreeing answer always, those that kept an agreeing one with
