@@ -1,6 +1,7 @@
 """The package's folders import one way, as the README's layout says; an AST scan keeps it so.
 
-  parallel, data, checkpoint, metrics, profiling, registry, diagnostics  <  models  <  sampling  <  rewards
+  parallel, data, checkpoint, metrics, profiling, registry, diagnostics  <  models, games
+    <  sampling  <  rewards
     <  objectives  <  rl  <  recipes  <  presets, config  <  configs, workdir
     <  main, eval, sample, export  <  bench, studies
 
@@ -16,7 +17,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 RANKS = {
     "parallel": 0, "data": 0, "checkpoint": 0, "metrics": 0, "profiling": 0, "registry": 0,
     "diagnostics": 0,
-    "models": 1, "sampling": 2, "rewards": 3, "objectives": 4, "rl": 5, "recipes": 6,
+    "models": 1, "games": 1, "sampling": 2, "rewards": 3, "objectives": 4, "rl": 5, "recipes": 6,
     "presets": 7, "config": 7, "configs": 8, "workdir": 8, "main": 9, "eval": 9, "sample": 9,
     "export": 9, "bench": 10, "studies": 10,
 }

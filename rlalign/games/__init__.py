@@ -1,0 +1,5 @@
+"""Games between models: the meta-games that solvers such as PSRO play over populations.
+
+- ``zero_sum``: Nash mixtures of a two-player zero-sum payoff matrix by linear programming,
+  exploitability (NashConv), fictitious play, and the payoff matrix as a PNG heat map.
+"""
