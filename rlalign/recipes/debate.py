@@ -203,11 +203,16 @@ def answer_keys(tokens: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask, tokens, -1)
 
 
+def same_answers(keys: jax.Array) -> jax.Array:
+  """[N, N, B]: whether answers i and j of ``keys`` [N, B, L] are the same."""
+  return jnp.all(keys[:, None] == keys[None, :], axis=-1)
+
+
 def consensus(keys: jax.Array) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """The majority of N answers ``keys`` [N, B, L]: (its keys [B, L], the agent [B] that
   first gave it, its votes [B]). A tie goes to the lowest agent among the most voted, and
   counts 0 votes: two answers with as many votes each are no consensus."""
-  same = jnp.all(keys[:, None] == keys[None, :], axis=-1)  # [N, N, B]
+  same = same_answers(keys)
   votes = same.sum(axis=1)
   pick = jnp.argmax(votes, axis=0)
   top = jnp.max(votes, axis=0)
@@ -225,7 +230,7 @@ def agrees(keys: jax.Array, agreed: jax.Array) -> jax.Array:
 def distinct_share(keys: jax.Array) -> jax.Array:
   """[B]: (distinct answers among the N of ``keys`` [N, B, L] - 1) / (N - 1)."""
   N = keys.shape[0]
-  same = jnp.all(keys[:, None] == keys[None, :], axis=-1)           # [N, N, B]
+  same = same_answers(keys)
   earlier = jnp.tril(jnp.ones((N, N), bool), k=-1)[:, :, None]     # j < i
   new = ~jnp.any(same & earlier, axis=1)                            # [N, B]
   return (new.sum(axis=0) - 1) / max(N - 1, 1)
@@ -436,11 +441,11 @@ def evaluator(runtime: Runtime, spec: DebateSpec, gold: reward_base.RewardTerm):
     for m, r in enumerate(rounds):
       _, pick, _ = consensus(answer_keys(r.tokens, r.mask))
       majority.append(jnp.take_along_axis(right[:, :, m], pick[:, None], axis=1)[:, 0])
-    greedy_right = []
-    for n, role in enumerate(spec.agents):
+    greedy_right = {}  # greedy answers are one per role, however many parts it plays
+    for n, role in enumerate(dict.fromkeys(spec.agents)):
       s = sampler.sample(params[role], *prompts, jax.random.fold_in(rng, 1000 + n),
                          spec.models[role], greedy, spec.pad_id)
-      greedy_right.append(right_of(batch, s.tokens, s.mask))
+      greedy_right[role] = right_of(batch, s.tokens, s.mask)
     first, kl = rounds[0], []
     for i in range(N):
       own = jnp.sum(jnp.where(first.mask[i], first.logprobs[i], 0.0), axis=1)
@@ -452,7 +457,7 @@ def evaluator(runtime: Runtime, spec: DebateSpec, gold: reward_base.RewardTerm):
     return {"right": right, "majority": jnp.stack(majority, axis=1),             # [B, M]
             "diversity": jnp.stack([distinct_share(answer_keys(r.tokens, r.mask))
                                     for r in (rounds[0], rounds[-1])], axis=1),
-            "greedy": jnp.stack(greedy_right, axis=1),                          # [B, N]
+            "greedy": jnp.stack([greedy_right[r] for r in spec.agents], axis=1),  # [B, N]
             "kl": jnp.stack(kl, axis=1)}                                        # [B, N(N-1)]
 
   def summary(rows):
